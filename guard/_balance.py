@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import attrs
+
+__all__ = ["Balance"]
+
+
+@attrs.define(frozen=True)
+class Balance:
+    """
+    A provider balance as guard last learned it.
+
+    Attributes:
+        provider: The provider's name, such as ``"oneclickdz"``.
+        amount: The balance, exact.
+        currency: ``"DZD"`` for OneClickDZ, ``"credits"`` for Clickatell.
+        fetched_at: When the provider reported it (UTC).
+    """
+
+    provider: str
+    amount: Decimal = attrs.field(validator=attrs.validators.instance_of(Decimal))
+    currency: str
+    fetched_at: dt.datetime
+
+    @property
+    def age(self) -> float:
+        """
+        Seconds since the provider reported this balance.
+        """
+        return (dt.datetime.now(dt.UTC) - self.fetched_at).total_seconds()

@@ -1,0 +1,494 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import random
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar
+
+import aiohttp
+from aiocache import SimpleMemoryCache
+
+from ._balance import Balance
+from ._events import EventKind, GuardEvent
+from ._store import Account, Entry, Hold, LocalStore, Short, Store
+from .errors import (
+    BalanceUnavailable,
+    ConfigurationError,
+    InsufficientBalance,
+    ProviderAuthError,
+    ProviderResponseError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+
+    from aiocache.base import BaseCache
+
+    from .typing import EventHook, Provider
+
+__all__ = ["BalanceGuard", "Policy", "Settle"]
+
+log = logging.getLogger("guard")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Settle: TypeAlias = Literal["invalidate", "debit"]
+Policy: TypeAlias = Literal["closed", "open"]
+
+# Rounds of "fetch, then find it was invalidated meanwhile" before giving up.
+_MAX_FETCH_ROUNDS = 3
+
+
+def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not zero_ok) or value != value:
+        raise ConfigurationError(f"{name} must be positive, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _name(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> object:
+    if value not in allowed:
+        raise ConfigurationError(
+            f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+        )
+    return value
+
+
+class BalanceGuard:
+    """
+    Checks, holds and settles provider balances for guarded calls.
+
+    One guard serves any number of providers and accounts. It owns an aiohttp
+    session for balance requests and the cache it is given: close it with
+    ``async with`` or `aclose`.
+
+    Args:
+        cache: Where balances are cached. Default: a process-local
+            ``SimpleMemoryCache``. A ``RedisCache`` shares balances and holds
+            between processes. The guard closes it when it closes.
+        ttl: Seconds a fetched balance is trusted.
+        settle: After a guarded call, ``"invalidate"`` forgets the cached
+            balance (the next call fetches it); ``"debit"`` subtracts the
+            amount from it when the call succeeded (fewer fetches; a failed
+            call still invalidates).
+        on_unavailable: ``"closed"`` raises `BalanceUnavailable` when the
+            balance cannot be learned; ``"open"`` logs a warning and lets the
+            call go ahead. Refused credentials and unreadable answers raise
+            either way.
+        fetch_timeout: Seconds one balance fetch may take, retries included.
+        retries: Transient failures retried per fetch.
+        max_retry_after: Cap in seconds on a provider's ``Retry-After``.
+        recheck_after: A cached balance older than this many seconds is
+            fetched once more before a call is refused, so that a refill is
+            seen at once.
+        auth_cooldown: Seconds an account whose credentials were refused is
+            not asked again (OneClickDZ blocks an IP for 15 minutes after five
+            bad keys); its calls raise `ProviderAuthError` at once.
+        hooks: Callables given every `GuardEvent`.
+        session: An aiohttp session to fetch balances with, instead of the
+            guard's own. The guard does not close it.
+        namespace: Prefix of the guard's cache keys.
+    """
+
+    def __init__(
+        self,
+        cache: BaseCache | None = None,
+        *,
+        ttl: float = 30.0,
+        settle: Settle = "invalidate",
+        on_unavailable: Policy = "closed",
+        fetch_timeout: float = 10.0,
+        retries: int = 2,
+        max_retry_after: float = 5.0,
+        recheck_after: float = 2.0,
+        auth_cooldown: float = 900.0,
+        hooks: Iterable[EventHook] = (),
+        session: aiohttp.ClientSession | None = None,
+        namespace: str = "guard",
+    ) -> None:
+        self.ttl = _positive("ttl", ttl)
+        _choice("settle", settle, ("invalidate", "debit"))
+        _choice("on_unavailable", on_unavailable, ("closed", "open"))
+        self.settle_mode: Settle = settle
+        self.on_unavailable: Policy = on_unavailable
+        self.fetch_timeout = _positive("fetch_timeout", fetch_timeout)
+        self.retries = _count("retries", retries)
+        self.max_retry_after = _positive(
+            "max_retry_after", max_retry_after, zero_ok=True
+        )
+        self.recheck_after = _positive("recheck_after", recheck_after, zero_ok=True)
+        self.auth_cooldown = _positive("auth_cooldown", auth_cooldown, zero_ok=True)
+        self.namespace = _name("namespace", namespace)
+        self._hooks = tuple(hooks)
+        for hook in self._hooks:
+            if not callable(hook):
+                raise ConfigurationError(f"hooks must be callables, got {hook!r}")
+        self._store: Store = self._make_store(
+            SimpleMemoryCache(timeout=None) if cache is None else cache
+        )
+        self._accounts: dict[object, Account] = {}
+        self._session = session
+        self._own_session = session is None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def _make_store(self, cache: BaseCache) -> Store:
+        return LocalStore(cache, ttl=self.ttl)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BalanceGuard ttl={self.ttl} settle={self.settle_mode!r} "
+            f"on_unavailable={self.on_unavailable!r} "
+            f"accounts={len(self._accounts)}>"
+        )
+
+    async def __aenter__(self) -> BalanceGuard:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """
+        Close the guard's HTTP session and its cache. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for account in self._accounts.values():
+            if account.inflight is not None:
+                account.inflight.cancel()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+        await self._store.close()
+
+    # -- public reads ---------------------------------------------------
+
+    async def balance(self, provider: Provider, *, fresh: bool = False) -> Balance:
+        """
+        Return the balance of *provider*'s account: cached, or fetched if
+        there is none (or *fresh* is true).
+
+        Raises:
+            BalanceUnavailable: It could not be learned (whatever the
+                *on_unavailable* policy: there is no call to let through).
+        """
+        account = self._account(provider)
+        entry = None if fresh else await self._store.read(account)
+        if entry is None:
+            entry = await self._refresh(account)
+        return self._balance_of(account, entry)
+
+    async def invalidate(self, provider: Provider) -> None:
+        """
+        Forget *provider*'s cached balance; the next call fetches it.
+        """
+        await self._store.invalidate(self._account(provider))
+
+    def held(self, provider: Provider) -> Decimal:
+        """
+        Sum of the amounts held by *provider*'s running calls in this
+        process.
+        """
+        return self._account(provider).held
+
+    # -- the guarded call -------------------------------------------------
+
+    async def acquire(self, provider: Provider, amount: Decimal) -> Hold | None:
+        """
+        Check and hold *amount* on *provider*'s account.
+
+        Returns the hold to give to `settle`, or None when the call goes ahead
+        unchecked under ``on_unavailable="open"``. Most code uses
+        `require_balance` instead.
+
+        Raises:
+            InsufficientBalance: The balance less the holds does not cover
+                *amount*.
+            BalanceUnavailable: The balance could not be learned and the
+                policy is ``"closed"``.
+        """
+        account = self._account(provider)
+        result = await self._store.try_hold(account, amount)
+        if isinstance(result, Hold):
+            return result
+        return await self._acquire_slow(account, amount, result)
+
+    async def _acquire_slow(
+        self, account: Account, amount: Decimal, result: Hold | Short | None
+    ) -> Hold | None:
+        try:
+            if result is None:
+                await self._refresh(account)
+                result = await self._store.try_hold(account, amount)
+            if isinstance(result, Short) and (
+                result.entry.fetched_mono + self.recheck_after <= time.monotonic()
+            ):
+                # An old value may predate a refill: look once more.
+                await self._refresh(account)
+                result = await self._store.try_hold(account, amount)
+            if result is None:
+                # Invalidated again between our fetch and our check.
+                raise BalanceUnavailable(
+                    "balance was invalidated faster than it could be fetched",
+                    provider=account.provider.name,
+                )
+        except BalanceUnavailable as exc:
+            if self.on_unavailable == "closed" or isinstance(
+                exc, ProviderAuthError | ProviderResponseError
+            ):
+                raise
+            log.warning(
+                "%s: balance unavailable, proceeding unchecked "
+                "(on_unavailable='open'): %s",
+                account.provider.name,
+                exc.reason,
+            )
+            self._emit("failed_open", account, amount=amount, error=exc)
+            return None
+        if isinstance(result, Short):
+            self._emit("refused", account, amount=amount, available=result.available)
+            raise InsufficientBalance(
+                provider=account.provider.name,
+                required=amount,
+                available=result.available,
+                currency=account.provider.currency,
+            )
+        return result
+
+    async def settle(
+        self, hold: Hold | None, *, ok: bool, settle: Settle | None = None
+    ) -> None:
+        """
+        Release *hold* and settle the cached balance: debit it (``"debit"``
+        and *ok*) or invalidate it.
+
+        Finishes even if the calling task is cancelled meanwhile.
+        """
+        mode = self.settle_mode if settle is None else settle
+        if hold is None:
+            return
+        release = self._store.release(hold, debit=ok and mode == "debit")
+        task = asyncio.ensure_future(release)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Cancelled again while settling: let the release finish on its
+            # own rather than leave a hold behind.
+            if not task.done():
+                task.add_done_callback(_consume)
+            raise
+
+    # -- fetching -------------------------------------------------------------
+
+    async def _refresh(self, account: Account) -> Entry:
+        """
+        Fetch and cache *account*'s balance, one fetch at a time per account.
+        """
+        for _ in range(_MAX_FETCH_ROUNDS):
+            task = account.inflight
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._fetch_and_put(account)
+                )
+                account.inflight = task
+                task.add_done_callback(functools.partial(_done, account))
+            entry = await asyncio.shield(task)
+            if entry is not None:
+                return entry
+        raise BalanceUnavailable(
+            "balance was invalidated faster than it could be fetched",
+            provider=account.provider.name,
+        )
+
+    async def _fetch_and_put(self, account: Account) -> Entry | None:
+        token = await self._store.begin_fetch(account)
+        amount = await self._fetch(account)
+        entry = await self._store.put(account, amount, token)
+        if entry is not None:
+            self._emit("fetched", account, amount=amount)
+        return entry
+
+    async def _fetch(self, account: Account) -> Decimal:
+        provider = account.provider
+        loop = asyncio.get_running_loop()
+        if account.auth_until > time.monotonic() and account.auth_error is not None:
+            raise _cooled(account.auth_error)
+        deadline = loop.time() + self.fetch_timeout
+        attempt = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    try:
+                        amount = await provider.fetch_balance(self._get_session())
+                    except (ProviderAuthError, ProviderResponseError) as exc:
+                        if isinstance(exc, ProviderAuthError):
+                            account.auth_until = time.monotonic() + self.auth_cooldown
+                            account.auth_error = exc
+                            self._emit("auth_cooldown", account, error=exc)
+                        raise
+                    except BalanceUnavailable as exc:
+                        attempt += 1
+                        delay = self._delay(attempt, exc.retry_after)
+                        if attempt > self.retries or loop.time() + delay >= deadline:
+                            self._emit("unavailable", account, error=exc)
+                            raise
+                        await asyncio.sleep(delay)
+                    except (aiohttp.ClientError, OSError) as exc:
+                        # A provider of the user's own that let one through.
+                        raise BalanceUnavailable(
+                            f"{type(exc).__name__} while fetching the balance",
+                            provider=provider.name,
+                        ) from exc
+                    else:
+                        return _as_balance(amount, provider)
+        except TimeoutError:
+            timed_out = BalanceUnavailable(
+                f"no balance within {self.fetch_timeout:g} s", provider=provider.name
+            )
+            self._emit("unavailable", account, error=timed_out)
+            raise timed_out from None
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        # Exponential backoff with full jitter, kept well inside the timeout.
+        base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
+        return float(random.uniform(base / 2, base))
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this BalanceGuard is closed")
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or (
+            self._own_session and (session.closed or self._session_loop is not loop)
+        ):
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.fetch_timeout),
+                raise_for_status=False,
+            )
+            self._session = session
+            self._session_loop = loop
+        return session
+
+    # -- helpers --------------------------------------------------------------
+
+    def _account(self, provider: Provider) -> Account:
+        try:
+            return self._accounts[provider]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable provider of the user's own
+            return self._account_by_identity(provider)
+        account = self._account_by_identity(provider)
+        self._accounts[provider] = account
+        return account
+
+    def _account_by_identity(self, provider: Provider) -> Account:
+        name, account_id = provider.name, provider.account_id
+        identity = (name, account_id)
+        account = self._accounts.get(identity)
+        if account is None:
+            # Hash again: a user's account_id is trusted to be non-secret, but
+            # the key should not depend on that.
+            digest = hashlib.sha256(f"{name}\0{account_id}".encode()).hexdigest()
+            key = f"{self.namespace}:{name}:{digest[:24]}"
+            account = self._accounts[identity] = Account(provider, key)
+        return account
+
+    def _balance_of(self, account: Account, entry: Entry) -> Balance:
+        provider = account.provider
+        return Balance(
+            provider=provider.name,
+            amount=entry.amount,
+            currency=provider.currency,
+            fetched_at=entry.fetched_at,
+        )
+
+    def _emit(
+        self,
+        kind: EventKind,
+        account: Account,
+        *,
+        amount: Decimal | None = None,
+        available: Decimal | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if not self._hooks:
+            return
+        event = GuardEvent(
+            kind=kind,
+            provider=account.provider.name,
+            account_id=account.provider.account_id,
+            amount=amount,
+            available=available,
+            error=error,
+        )
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("guard hook %r failed on %s", hook, kind)
+
+
+def _done(account: Account, task: asyncio.Task[Entry | None]) -> None:
+    if account.inflight is task:
+        account.inflight = None
+    _consume(task)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    # Every waiter may be gone; don't let asyncio log the error as unretrieved.
+    if not task.cancelled():
+        task.exception()
+
+
+def _as_balance(value: object, provider: Provider) -> Decimal:
+    # A provider of the user's own may hand back an int or a str.
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        with contextlib.suppress(ArithmeticError):
+            value = Decimal(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        return value
+    raise ProviderResponseError(
+        f"fetch_balance returned {type(value).__name__}, not a finite Decimal",
+        provider=provider.name,
+    )
+
+
+def _cooled(error: BaseException) -> ProviderAuthError:
+    assert isinstance(error, ProviderAuthError)
+    return ProviderAuthError(
+        f"not retried during the auth cooldown after: {error.reason}",
+        provider=error.provider,
+        code=error.code,
+        status=error.status,
+        retry_after=error.retry_after,
+    )

@@ -1,0 +1,217 @@
+"""
+Every error guard raises.
+
+The tree::
+
+    GuardError
+    ├── ConfigurationError (also a ValueError)
+    ├── InsufficientBalance
+    └── BalanceUnavailable
+        ├── ProviderAuthError
+        └── ProviderResponseError
+
+Errors carry their data as keyword-only attributes; callers branch on those,
+never on the message. ``str()`` is one readable line and never contains a
+credential.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+__all__ = [
+    "BalanceUnavailable",
+    "ConfigurationError",
+    "GuardError",
+    "InsufficientBalance",
+    "ProviderAuthError",
+    "ProviderResponseError",
+]
+
+
+class GuardError(Exception):
+    """
+    Root of every error guard raises.
+    """
+
+
+class ConfigurationError(GuardError, ValueError):
+    """
+    guard was set up with options that cannot work together.
+    """
+
+
+class InsufficientBalance(GuardError):
+    """
+    The provider balance, less what running calls hold, does not cover
+    *required*.
+
+    Raised before the guarded call runs: nothing was sent to the provider.
+    """
+
+    provider: str
+    required: Decimal
+    available: Decimal
+    currency: str
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        required: Decimal,
+        available: Decimal,
+        currency: str,
+    ) -> None:
+        self.provider = provider
+        self.required = required
+        self.available = available
+        self.currency = currency
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"{self.provider}: insufficient balance: {self.required} "
+            f"{self.currency} required, {self.available} {self.currency} "
+            "available"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"InsufficientBalance(provider={self.provider!r}, "
+            f"required={self.required!r}, available={self.available!r}, "
+            f"currency={self.currency!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._fields()))
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "required": self.required,
+            "available": self.available,
+            "currency": self.currency,
+        }
+
+
+class BalanceUnavailable(GuardError):
+    """
+    The balance of *provider* could not be learned: the provider was
+    unreachable, slow, overloaded (5xx, 429), or the shared cache was down.
+
+    *retry_after* is the provider's hint in seconds, if it gave one; *status*
+    the HTTP status, if a response arrived.
+    """
+
+    provider: str
+    reason: str
+    status: int | None
+    retry_after: float | None
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.provider}: balance unavailable: {self.reason}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.reason!r}, provider={self.provider!r}, "
+            f"status={self.status!r}, retry_after={self.retry_after!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._fields()))
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "provider": self.provider,
+            "status": self.status,
+            "retry_after": self.retry_after,
+        }
+
+
+class ProviderAuthError(BalanceUnavailable):
+    """
+    The provider refused the credentials (wrong or disabled key, IP blocked or
+    not allowed, frozen account).
+
+    Never retried: OneClickDZ blocks an IP after a few bad keys. *code* is the
+    provider's error code (``"INVALID_ACCESS_TOKEN"``, ``"001"``...).
+    """
+
+    code: str | None
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        provider: str,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.code = code
+        super().__init__(
+            reason, provider=provider, status=status, retry_after=retry_after
+        )
+
+    def __str__(self) -> str:
+        code = f" [{self.code}]" if self.code else ""
+        return f"{self.provider}: credentials refused{code}: {self.reason}"
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "code": self.code}
+
+
+class ProviderResponseError(BalanceUnavailable):
+    """
+    The provider answered, but not with anything guard can read as a
+    balance (a truncated body, ``success: false``, a balance that is not a
+    finite number, an unknown error code).
+    """
+
+    code: str | None
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        provider: str,
+        code: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.code = code
+        super().__init__(reason, provider=provider, status=status)
+
+    def __str__(self) -> str:
+        code = f" [{self.code}]" if self.code else ""
+        return f"{self.provider}: unreadable answer{code}: {self.reason}"
+
+    def _fields(self) -> dict[str, Any]:
+        fields = super()._fields()
+        del fields["retry_after"]
+        return {**fields, "code": self.code}
+
+
+def _rebuild(cls: type[GuardError], fields: dict[str, Any]) -> GuardError:
+    # Keyword-only constructors defeat Exception's default pickling.
+    if "reason" in fields:
+        reason = fields.pop("reason")
+        return cls(reason, **fields)
+    return cls(**fields)
