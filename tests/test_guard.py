@@ -1,0 +1,568 @@
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from decimal import Decimal
+
+import pytest
+from aiocache import SimpleMemoryCache
+from aiocache.serializers import PickleSerializer
+
+import guard as guard_module
+from guard import (
+    Balance,
+    BalanceGuard,
+    BalanceUnavailable,
+    ConfigurationError,
+    GuardEvent,
+    InsufficientBalance,
+    ProviderAuthError,
+    ProviderResponseError,
+    get_default_guard,
+    require_balance,
+    set_default_guard,
+)
+from guard.testing._memory import InMemoryProvider
+
+
+async def spend(provider: InMemoryProvider, amount: int, *, pause: float = 0) -> str:
+    if pause:
+        await asyncio.sleep(pause)
+    provider.spend(amount)
+    return "sent"
+
+
+class TestCheck:
+    async def test_refuses_with_amounts(self, guard: BalanceGuard) -> None:
+        """A call the balance can't cover raises InsufficientBalance and doesn't run."""
+        provider = InMemoryProvider(Decimal("320.50"), name="oneclickdz")
+        ran = []
+
+        @require_balance(provider, 500, guard=guard)
+        async def topup() -> None:
+            ran.append(1)
+
+        with pytest.raises(InsufficientBalance) as info:
+            await topup()
+
+        assert [] == ran
+        assert Decimal(500) == info.value.required
+        assert Decimal("320.50") == info.value.available
+        assert "DZD" == info.value.currency
+        assert "oneclickdz" == info.value.provider
+
+    async def test_runs_when_covered(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """A covered call runs and returns its result."""
+        guarded = require_balance(provider, 100, guard=guard)(spend)
+
+        assert "sent" == await guarded(provider, 100)
+        assert Decimal(900) == provider.balance
+
+    async def test_exact_amount_passes(self, guard: BalanceGuard) -> None:
+        """A balance equal to the amount covers it."""
+        provider = InMemoryProvider("12.5")
+
+        async with require_balance(provider, "12.50", guard=guard) as balance:
+            assert balance is not None
+            assert Decimal("12.5") == balance.amount
+
+    async def test_holds_stop_concurrent_overspend(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """50 concurrent 100 DZD calls on 1,000 DZD: 10 run, 40 are refused."""
+        guarded = require_balance(provider, 100, guard=guard)(spend)
+
+        results = await asyncio.gather(
+            *(guarded(provider, 100, pause=0.01) for _ in range(50)),
+            return_exceptions=True,
+        )
+
+        assert 10 == results.count("sent")
+        assert 40 == sum(isinstance(r, InsufficientBalance) for r in results)
+        assert Decimal(0) == provider.balance
+        assert Decimal(0) == guard.held(provider)
+
+    async def test_single_flight(self, guard: BalanceGuard) -> None:
+        """1,000 concurrent cold calls make one balance fetch."""
+        provider = InMemoryProvider(10**6, delay=0.05)
+        guarded = require_balance(provider, 1, guard=guard)(spend)
+
+        await asyncio.gather(*(guarded(provider, 1) for _ in range(1000)))
+
+        assert 1 == provider.fetches
+
+    async def test_cached_within_ttl(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """Reads within the TTL don't fetch again; a refused call needn't either."""
+        assert Decimal(1000) == (await guard.balance(provider)).amount
+        assert Decimal(1000) == (await guard.balance(provider)).amount
+
+        assert 1 == provider.fetches
+
+    async def test_ttl_expiry_fetches_again(self) -> None:
+        """A balance older than the TTL is fetched again."""
+        provider = InMemoryProvider(5)
+        async with BalanceGuard(ttl=0.05) as guard:
+            await guard.balance(provider)
+            await asyncio.sleep(0.08)
+            await guard.balance(provider)
+
+        assert 2 == provider.fetches
+
+    async def test_recheck_sees_refill(self) -> None:
+        """An old cached balance is fetched once more before refusing."""
+        provider = InMemoryProvider(10)
+        async with BalanceGuard(recheck_after=0) as guard:
+            await guard.balance(provider)
+            provider.balance = Decimal(1000)
+
+            async with require_balance(provider, 500, guard=guard):
+                pass
+
+        assert 2 == provider.fetches
+
+    async def test_young_balance_refuses_without_fetch(self) -> None:
+        """A recent cached balance refuses at once: refusals don't hammer the API."""
+        provider = InMemoryProvider(10)
+        async with BalanceGuard(recheck_after=60) as guard:
+            await guard.balance(provider)
+            for _ in range(20):
+                with pytest.raises(InsufficientBalance):
+                    async with require_balance(provider, 500, guard=guard):
+                        pass
+
+        assert 1 == provider.fetches
+
+
+class TestSettle:
+    async def test_invalidates_after_return(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """After a call returns, the next one fetches a fresh balance."""
+        guarded = require_balance(provider, 100, guard=guard)(spend)
+
+        await guarded(provider, 100)
+        balance = await guard.balance(provider)
+
+        assert 2 == provider.fetches
+        assert Decimal(900) == balance.amount
+
+    async def test_invalidates_after_exception(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """A call that raises releases its hold and invalidates the balance."""
+
+        @require_balance(provider, 100, guard=guard, settle="debit")
+        async def boom() -> None:
+            raise RuntimeError("provider said no")
+
+        with pytest.raises(RuntimeError, match="provider said no"):
+            await boom()
+        await guard.balance(provider)
+
+        assert Decimal(0) == guard.held(provider)
+        assert 2 == provider.fetches
+
+    async def test_cancellation_leaves_no_hold(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """A cancelled call releases its hold and invalidates the balance."""
+        started = asyncio.Event()
+
+        @require_balance(provider, 600, guard=guard)
+        async def slow() -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        task = asyncio.create_task(slow())
+        await started.wait()
+        assert Decimal(600) == guard.held(provider)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        assert Decimal(0) == guard.held(provider)
+        async with require_balance(provider, 1000, guard=guard):
+            pass
+        assert 2 == provider.fetches
+
+    async def test_debit_keeps_cache(self, provider: InMemoryProvider) -> None:
+        """settle="debit" lowers the cached balance instead of fetching again."""
+        async with BalanceGuard(settle="debit") as guard:
+            guarded = require_balance(provider, 100, guard=guard)(spend)
+            for _ in range(5):
+                await guarded(provider, 100)
+            balance = await guard.balance(provider)
+
+        assert 1 == provider.fetches
+        assert Decimal(500) == balance.amount
+
+    async def test_debit_per_call_option(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """settle= on require_balance overrides the guard's mode."""
+        guarded = require_balance(provider, 100, guard=guard, settle="debit")(spend)
+
+        await guarded(provider, 100)
+        await guarded(provider, 100)
+
+        assert 1 == provider.fetches
+        assert Decimal(800) == (await guard.balance(provider)).amount
+
+    async def test_debit_skips_entry_refetched_meanwhile(
+        self, provider: InMemoryProvider
+    ) -> None:
+        """A balance fetched while the call ran is dropped, not debited."""
+        async with BalanceGuard(settle="debit") as guard:
+            async with require_balance(provider, 100, guard=guard):
+                provider.spend(100)
+                await guard.balance(provider, fresh=True)
+            await guard.balance(provider)
+
+        assert 3 == provider.fetches
+
+    async def test_serialized_cache_debit(self, provider: InMemoryProvider) -> None:
+        """A cache that serializes values is debited by read-modify-write."""
+        cache = SimpleMemoryCache(serializer=PickleSerializer(), timeout=None)
+        async with BalanceGuard(cache=cache, settle="debit") as guard:
+            guarded = require_balance(provider, 100, guard=guard)(spend)
+            await asyncio.gather(*(guarded(provider, 100) for _ in range(3)))
+            balance = await guard.balance(provider)
+            with pytest.raises(InsufficientBalance):
+                async with require_balance(provider, 800, guard=guard):
+                    pass
+
+        assert 1 == provider.fetches
+        assert Decimal(700) == balance.amount
+
+    async def test_serialized_cache_ignores_foreign_entries(
+        self, provider: InMemoryProvider
+    ) -> None:
+        """An entry written by another guard (process) is not taken as ours."""
+        cache = SimpleMemoryCache(serializer=PickleSerializer(), timeout=None)
+        async with BalanceGuard(cache=cache) as first:
+            await first.balance(provider)
+            async with BalanceGuard(cache=cache) as second:
+                await second.balance(provider)
+                await second.balance(provider)
+
+        assert 2 == provider.fetches
+
+
+class TestRace:
+    async def test_fetch_racing_invalidation_is_not_stored(self) -> None:
+        """A balance fetched before an invalidation is never cached after it."""
+        provider = InMemoryProvider(1000, delay=0.05)
+        async with BalanceGuard() as guard:
+            reading = asyncio.create_task(guard.balance(provider))
+            await asyncio.sleep(0.01)
+            provider.balance = Decimal(100)
+            await guard.invalidate(provider)
+            first = await reading
+            second = await guard.balance(provider)
+
+        # The reader that raced is served a fresh fetch, not the stale 1000.
+        assert Decimal(100) == first.amount
+        assert Decimal(100) == second.amount
+        assert 2 == provider.fetches
+
+    async def test_spend_during_fetch_is_not_overspent(self) -> None:
+        """A call that settles while a fetch is in flight can't be counted twice."""
+        provider = InMemoryProvider(1000, delay=0.05)
+        async with BalanceGuard(ttl=0.02) as guard:
+            async with require_balance(provider, 600, guard=guard):
+                await asyncio.sleep(0.03)  # the cached balance expires
+                second = asyncio.create_task(
+                    require_balance(provider, 600, guard=guard)(spend)(provider, 600)
+                )
+                await asyncio.sleep(0.01)  # its fetch still sees 1000
+                provider.spend(600)
+            with pytest.raises(InsufficientBalance):
+                await second
+
+
+class TestPolicy:
+    async def test_closed_raises(self, guard: BalanceGuard) -> None:
+        """By default an unknown balance refuses the call."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(times=10)
+
+        with pytest.raises(BalanceUnavailable, match="injected failure"):
+            async with require_balance(provider, 1, guard=guard):
+                pass
+
+    async def test_open_proceeds_and_warns(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """on_unavailable="open" runs the call, logs a warning, emits an event."""
+        events: list[GuardEvent] = []
+        provider = InMemoryProvider(1000)
+        provider.fail_next(times=10)
+        ran = []
+        async with BalanceGuard(
+            on_unavailable="open", retries=0, hooks=[events.append]
+        ) as guard:
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                async with require_balance(provider, 1, guard=guard) as balance:
+                    ran.append(balance)
+
+        assert [None] == ran
+        assert "proceeding unchecked" in caplog.text
+        assert ["unavailable", "failed_open"] == [e.kind for e in events]
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            ProviderAuthError("bad key", provider="memory", code="INVALID"),
+            ProviderResponseError("truncated", provider="memory"),
+        ],
+    )
+    async def test_open_still_raises_auth_and_garbage(
+        self, error: BalanceUnavailable
+    ) -> None:
+        """Refused credentials and unreadable answers raise whatever the policy."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(error)
+        async with BalanceGuard(on_unavailable="open") as guard:
+            with pytest.raises(type(error)):
+                async with require_balance(provider, 1, guard=guard):
+                    pass
+
+    async def test_retries_transient(self, guard: BalanceGuard) -> None:
+        """Transient failures are retried within the fetch."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(times=2)
+
+        assert Decimal(1000) == (await guard.balance(provider)).amount
+        assert 3 == provider.fetches
+
+    async def test_retry_after_is_capped(self) -> None:
+        """A huge Retry-After is capped by max_retry_after."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(
+            BalanceUnavailable("429", provider="memory", retry_after=86400)
+        )
+        async with BalanceGuard(max_retry_after=0.01) as guard:
+            balance = await asyncio.wait_for(guard.balance(provider), 5)
+
+        assert Decimal(1000) == balance.amount
+
+    async def test_retry_after_beyond_timeout_gives_up(self) -> None:
+        """A retry that would end after the fetch timeout isn't attempted."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(BalanceUnavailable("429", provider="memory", retry_after=30))
+        async with BalanceGuard(fetch_timeout=0.5, max_retry_after=30) as guard:
+            with pytest.raises(BalanceUnavailable, match="429"):
+                await guard.balance(provider)
+
+        assert 1 == provider.fetches
+
+    async def test_timeout(self) -> None:
+        """A fetch slower than fetch_timeout fails as BalanceUnavailable."""
+        provider = InMemoryProvider(1000, delay=10)
+        async with BalanceGuard(fetch_timeout=0.05) as guard:
+            with pytest.raises(BalanceUnavailable, match=r"no balance within 0\.05 s"):
+                await guard.balance(provider)
+
+    async def test_auth_cooldown(self) -> None:
+        """After refused credentials the account isn't asked again until cooldown."""
+        provider = InMemoryProvider(1000)
+        provider.fail_next(ProviderAuthError("bad key", provider="memory"), times=5)
+        async with BalanceGuard(auth_cooldown=0.1) as guard:
+            for _ in range(20):
+                with pytest.raises(ProviderAuthError):
+                    async with require_balance(provider, 1, guard=guard):
+                        pass
+            assert 1 == provider.fetches
+            await asyncio.sleep(0.12)
+            with pytest.raises(ProviderAuthError):
+                await guard.balance(provider)
+
+        assert 2 == provider.fetches
+
+    async def test_hook_errors_are_logged(
+        self, caplog: pytest.LogCaptureFixture, provider: InMemoryProvider
+    ) -> None:
+        """A hook that raises is logged and does not break the call."""
+
+        def bad_hook(event: GuardEvent) -> None:
+            raise RuntimeError("hook bug")
+
+        async with BalanceGuard(hooks=[bad_hook]) as guard:
+            await guard.balance(provider)
+
+        assert "hook bug" in caplog.text
+
+    async def test_provider_returning_garbage(self, guard: BalanceGuard) -> None:
+        """A user's provider returning a non-number gives an unreadable answer."""
+
+        class Weird(InMemoryProvider):
+            async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
+                return float("nan")  # type: ignore[return-value]
+
+        with pytest.raises(ProviderResponseError, match="not a finite Decimal"):
+            await guard.balance(Weird())
+
+
+class TestDecorator:
+    async def test_amount_from_arguments(self, guard: BalanceGuard) -> None:
+        """A callable amount receives the guarded function's arguments."""
+        provider = InMemoryProvider(100)
+
+        @require_balance(provider, amount=lambda phone, amount: amount, guard=guard)
+        async def send_topup(phone: str, amount: Decimal) -> str:
+            return phone
+
+        assert "0550000000" == await send_topup("0550000000", Decimal(100))
+        with pytest.raises(InsufficientBalance):
+            await send_topup("0550000000", amount=Decimal("100.01"))
+
+    async def test_async_amount(self, guard: BalanceGuard) -> None:
+        """An async callable amount is awaited."""
+        provider = InMemoryProvider(100)
+
+        async def price(sku: str) -> str:
+            return {"big": "150", "small": "50"}[sku]
+
+        @require_balance(provider, price, guard=guard)
+        async def buy(sku: str) -> str:
+            return sku
+
+        assert "small" == await buy("small")
+        with pytest.raises(InsufficientBalance):
+            await buy("big")
+
+    async def test_bad_computed_amount(self, guard: BalanceGuard) -> None:
+        """A computed amount that isn't a number fails naming amount."""
+        provider = InMemoryProvider(100)
+
+        @require_balance(provider, lambda: None, guard=guard)
+        async def buy() -> None:
+            pass
+
+        with pytest.raises(TypeError, match="amount must be an int"):
+            await buy()
+
+    async def test_method(self, guard: BalanceGuard) -> None:
+        """The decorator works on methods; the amount callable gets self too."""
+        provider = InMemoryProvider(100)
+
+        class Sender:
+            @require_balance(provider, lambda self, n: n, guard=guard)
+            async def send(self, n: int) -> int:
+                return n
+
+        assert 100 == await Sender().send(100)
+        with pytest.raises(InsufficientBalance):
+            await Sender().send(101)
+
+    def test_keeps_signature(self) -> None:
+        """The wrapped function keeps its name, docstring and signature."""
+
+        async def send_topup(phone: str, amount: Decimal) -> str:
+            """Send a top-up."""
+            return phone
+
+        guarded = require_balance(InMemoryProvider(), 1)(send_topup)
+
+        assert "send_topup" == guarded.__name__
+        assert "Send a top-up." == guarded.__doc__
+        assert inspect.signature(send_topup) == inspect.signature(guarded)
+        assert inspect.iscoroutinefunction(guarded)
+
+    async def test_context_manager_needs_static_amount(self) -> None:
+        """A computed amount can't be used with async with: it has no arguments."""
+        with pytest.raises(TypeError, match="decorator"):
+            async with require_balance(InMemoryProvider(), lambda x: x):
+                pass
+
+    def test_rejects_non_provider(self) -> None:
+        """require_balance names what it expected when given something else."""
+        with pytest.raises(TypeError, match=r"guard\.typing\.Provider"):
+            require_balance("oneclickdz", 5)  # type: ignore[arg-type]
+
+    async def test_same_requirement_in_many_tasks(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """One require_balance object can be entered by several tasks at once."""
+        requirement = require_balance(provider, 100, guard=guard)
+
+        async def use() -> None:
+            async with requirement:
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(use() for _ in range(5)))
+
+        assert Decimal(0) == guard.held(provider)
+
+    def test_repr(self, provider: InMemoryProvider) -> None:
+        """The requirement's repr names the provider and the amount."""
+        assert "<require_balance memory amount=5>" == repr(require_balance(provider, 5))
+
+
+class TestDefaultGuard:
+    async def test_set_default_restores(self, provider: InMemoryProvider) -> None:
+        """set_default_guard swaps the default and restores the previous one."""
+        before = get_default_guard()
+        async with BalanceGuard(settle="debit") as mine:
+            with set_default_guard(mine):
+                assert mine is get_default_guard()
+                await require_balance(provider, 1)(spend)(provider, 1)
+            assert before is get_default_guard()
+
+        assert Decimal(999) == mine.held(provider) + provider.balance
+
+    def test_rejects_non_guard(self) -> None:
+        """set_default_guard refuses what is not a BalanceGuard."""
+        with pytest.raises(TypeError, match="BalanceGuard"):
+            set_default_guard(object())  # type: ignore[arg-type]
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize(
+        ("options", "words"),
+        [
+            ({"ttl": 0}, "ttl must be positive"),
+            ({"ttl": "30"}, "ttl must be a number"),
+            ({"settle": "refund"}, "settle must be one of"),
+            ({"on_unavailable": "maybe"}, "on_unavailable must be one of"),
+            ({"retries": -1}, "retries must be a non-negative int"),
+            ({"fetch_timeout": float("nan")}, "fetch_timeout must be positive"),
+            ({"namespace": ""}, "namespace must be a non-empty string"),
+            ({"hooks": [42]}, "hooks must be callables"),
+        ],
+    )
+    def test_bad_options(self, options: dict[str, object], words: str) -> None:
+        """Bad options raise ConfigurationError (a ValueError) naming the option."""
+        with pytest.raises(ConfigurationError, match=words):
+            BalanceGuard(**options)  # type: ignore[arg-type]
+
+    async def test_closed_guard_refuses_fetches(
+        self, provider: InMemoryProvider
+    ) -> None:
+        """A closed guard says so instead of opening a new session."""
+        guard = BalanceGuard()
+        await guard.aclose()
+        await guard.aclose()
+
+        with pytest.raises(RuntimeError, match="closed"):
+            await guard.balance(provider)
+
+    def test_repr(self) -> None:
+        """The guard's repr shows its settings."""
+        assert "settle='invalidate'" in repr(BalanceGuard())
+
+    async def test_balance_value(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """balance() returns a frozen Balance with the provider's unit."""
+        balance = await guard.balance(provider)
+
+        assert isinstance(balance, Balance)
+        assert "DZD" == balance.currency
+        assert 0 <= balance.age < 5
+        assert guard_module.Balance is Balance
