@@ -108,6 +108,10 @@ class BalanceGuard:
         session: An aiohttp session to fetch balances with, instead of the
             guard's own. The guard does not close it.
         namespace: Prefix of the guard's cache keys.
+        lease: With a ``RedisCache``, seconds a hold outlives a process that
+            died holding it (or could not reach Redis to release it). Holds
+            of running calls are renewed every ``lease / 3`` seconds, so a
+            call may run longer than this.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class BalanceGuard:
         hooks: Iterable[EventHook] = (),
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
+        lease: float = 60.0,
     ) -> None:
         self.ttl = _positive("ttl", ttl)
         _choice("settle", settle, ("invalidate", "debit"))
@@ -139,6 +144,7 @@ class BalanceGuard:
         self.recheck_after = _positive("recheck_after", recheck_after, zero_ok=True)
         self.auth_cooldown = _positive("auth_cooldown", auth_cooldown, zero_ok=True)
         self.namespace = _name("namespace", namespace)
+        self.lease = _positive("lease", lease)
         self._hooks = tuple(hooks)
         for hook in self._hooks:
             if not callable(hook):
@@ -146,13 +152,24 @@ class BalanceGuard:
         self._store: Store = self._make_store(
             SimpleMemoryCache(timeout=None) if cache is None else cache
         )
-        self._accounts: dict[object, Account] = {}
+        self._accounts: dict[tuple[str, str], Account] = {}
+        self._by_id: dict[int, tuple[Provider, Account]] = {}
         self._session = session
         self._own_session = session is None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def _make_store(self, cache: BaseCache) -> Store:
+        if type(cache).__module__.startswith("aiocache.backends.redis"):
+            try:
+                from ._redis import RedisStore
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "a RedisCache needs redis-py: pip install guard[redis]"
+                ) from exc
+            return RedisStore(
+                cache, ttl=self.ttl, lease=self.lease, fetch_timeout=self.fetch_timeout
+            )
         return LocalStore(cache, ttl=self.ttl)
 
     def __repr__(self) -> str:
@@ -235,7 +252,10 @@ class BalanceGuard:
                 policy is ``"closed"``.
         """
         account = self._account(provider)
-        result = await self._store.try_hold(account, amount)
+        try:
+            result = await self._store.try_hold(account, amount)
+        except BalanceUnavailable as exc:  # a shared store that is down
+            return self._unavailable(account, amount, exc)
         if isinstance(result, Hold):
             return result
         return await self._acquire_slow(account, amount, result)
@@ -260,18 +280,7 @@ class BalanceGuard:
                     provider=account.provider.name,
                 )
         except BalanceUnavailable as exc:
-            if self.on_unavailable == "closed" or isinstance(
-                exc, ProviderAuthError | ProviderResponseError
-            ):
-                raise
-            log.warning(
-                "%s: balance unavailable, proceeding unchecked "
-                "(on_unavailable='open'): %s",
-                account.provider.name,
-                exc.reason,
-            )
-            self._emit("failed_open", account, amount=amount, error=exc)
-            return None
+            return self._unavailable(account, amount, exc)
         if isinstance(result, Short):
             self._emit("refused", account, amount=amount, available=result.available)
             raise InsufficientBalance(
@@ -282,6 +291,21 @@ class BalanceGuard:
             )
         return result
 
+    def _unavailable(
+        self, account: Account, amount: Decimal, exc: BalanceUnavailable
+    ) -> None:
+        if self.on_unavailable == "closed" or isinstance(
+            exc, ProviderAuthError | ProviderResponseError
+        ):
+            raise exc
+        log.warning(
+            "%s: balance unavailable, proceeding unchecked "
+            "(on_unavailable='open'): %s",
+            account.provider.name,
+            exc.reason,
+        )
+        self._emit("failed_open", account, amount=amount, error=exc)
+
     async def settle(
         self, hold: Hold | None, *, ok: bool, settle: Settle | None = None
     ) -> None:
@@ -291,19 +315,12 @@ class BalanceGuard:
 
         Finishes even if the calling task is cancelled meanwhile.
         """
-        mode = self.settle_mode if settle is None else settle
         if hold is None:
             return
-        release = self._store.release(hold, debit=ok and mode == "debit")
-        task = asyncio.ensure_future(release)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # Cancelled again while settling: let the release finish on its
-            # own rather than leave a hold behind.
-            if not task.done():
-                task.add_done_callback(_consume)
-            raise
+        mode = self.settle_mode if settle is None else settle
+        # Stores release the hold before their first await, so a second
+        # cancellation arriving here can't leave it behind.
+        await self._store.release(hold, debit=ok and mode == "debit")
 
     # -- fetching -------------------------------------------------------------
 
@@ -329,7 +346,13 @@ class BalanceGuard:
 
     async def _fetch_and_put(self, account: Account) -> Entry | None:
         token = await self._store.begin_fetch(account)
-        amount = await self._fetch(account)
+        if isinstance(token, Entry):  # another process fetched it meanwhile
+            return token
+        try:
+            amount = await self._fetch(account)
+        except BaseException:
+            await self._store.abort_fetch(account, token)
+            raise
         entry = await self._store.put(account, amount, token)
         if entry is not None:
             self._emit("fetched", account, amount=amount)
@@ -401,15 +424,13 @@ class BalanceGuard:
     # -- helpers --------------------------------------------------------------
 
     def _account(self, provider: Provider) -> Account:
-        try:
-            return self._accounts[provider]
-        except KeyError:
-            pass
-        except TypeError:  # an unhashable provider of the user's own
-            return self._account_by_identity(provider)
-        account = self._account_by_identity(provider)
-        self._accounts[provider] = account
-        return account
+        # Keyed by id(), the provider kept alive beside it so that the id
+        # can't be reused: cheaper than hashing a frozen attrs object.
+        found = self._by_id.get(id(provider))
+        if found is None:
+            found = (provider, self._account_by_identity(provider))
+            self._by_id[id(provider)] = found
+        return found[1]
 
     def _account_by_identity(self, provider: Provider) -> Account:
         name, account_id = provider.name, provider.account_id

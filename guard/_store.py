@@ -126,7 +126,13 @@ class Store(Protocol):
         """Hold *amount* if the cached balance covers it; None on a miss."""
 
     async def begin_fetch(self, account: Account) -> object:
-        """Return a token that `put` checks to drop a fetch that raced."""
+        """
+        Return a token that `put` checks to drop a fetch that raced, or the
+        `Entry` another process fetched meanwhile (then nothing is fetched).
+        """
+
+    async def abort_fetch(self, account: Account, token: object) -> None:
+        """Give up the fetch *token* began (it failed)."""
 
     async def put(
         self, account: Account, amount: Decimal, token: object
@@ -134,7 +140,11 @@ class Store(Protocol):
         """Cache a fetched balance, unless invalidated since *token*."""
 
     async def release(self, hold: Hold, *, debit: bool) -> None:
-        """Drop *hold*; debit the cache on success or invalidate it."""
+        """
+        Drop *hold*; debit the cache on success or invalidate it.
+
+        Must not leave the hold behind if cancelled while it awaits.
+        """
 
     async def invalidate(self, account: Account) -> None:
         """Forget the cached balance; fetches in flight won't store theirs."""
@@ -220,6 +230,9 @@ class LocalStore:
     async def begin_fetch(self, account: Account) -> object:
         return account.generation
 
+    async def abort_fetch(self, account: Account, token: object) -> None:
+        pass
+
     async def put(
         self, account: Account, amount: Decimal, token: object
     ) -> Entry | None:
@@ -239,21 +252,25 @@ class LocalStore:
     async def release(self, hold: Hold, *, debit: bool) -> None:
         account = hold.account
         entry = hold.entry
+        current = account.entry
         # Debit only the entry the hold was made against: an entry fetched
         # while the call ran may or may not include this spend.
-        current = account.entry
-        if (
-            debit
-            and entry is not None
-            and current is not None
-            and (current.fetch_id == entry.fetch_id)
+        if debit and entry is not None and current is not None and (
+            current.fetch_id == entry.fetch_id
         ):
             if self._by_reference:
                 entry.amount -= hold.amount
                 account.held -= hold.amount
                 return
-            if await self._debit_serialized(hold):
-                return
+            try:
+                if await self._debit_serialized(hold):
+                    return
+            except BaseException:
+                # Cancelled or failed mid-write: forget the balance, free the hold.
+                account.generation += 1
+                account.entry = None
+                account.held -= hold.amount
+                raise
         account.held -= hold.amount
         await self.invalidate(account)
 
