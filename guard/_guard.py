@@ -42,9 +42,6 @@ R = TypeVar("R")
 Settle: TypeAlias = Literal["invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
-# Rounds of "fetch, then find it was invalidated meanwhile" before giving up.
-_MAX_FETCH_ROUNDS = 3
-
 
 def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -219,7 +216,7 @@ class BalanceGuard:
         account = self._account(provider)
         entry = None if fresh else await self._store.read(account)
         if entry is None:
-            entry = await self._refresh(account)
+            entry = await self._refresh(account, time.monotonic() + self.fetch_timeout)
         return self._balance_of(account, entry)
 
     async def invalidate(self, provider: Provider) -> None:
@@ -255,7 +252,8 @@ class BalanceGuard:
         try:
             result = await self._store.try_hold(account, amount)
         except BalanceUnavailable as exc:  # a shared store that is down
-            return self._unavailable(account, amount, exc)
+            self._unavailable(account, amount, exc)
+            return None
         if isinstance(result, Hold):
             return result
         return await self._acquire_slow(account, amount, result)
@@ -263,24 +261,25 @@ class BalanceGuard:
     async def _acquire_slow(
         self, account: Account, amount: Decimal, result: Hold | Short | None
     ) -> Hold | None:
+        # Under contention a fresh balance can be invalidated by another call
+        # before this one checks it: fetch again until the fetch timeout.
+        deadline = time.monotonic() + self.fetch_timeout
+        rechecked = False
         try:
-            if result is None:
-                await self._refresh(account)
+            while not isinstance(result, Hold):
+                if isinstance(result, Short):
+                    if rechecked or (
+                        result.entry.fetched_mono + self.recheck_after
+                        > time.monotonic()
+                    ):
+                        break
+                    # An old value may predate a refill: look once more.
+                    rechecked = True
+                await self._refresh(account, deadline)
                 result = await self._store.try_hold(account, amount)
-            if isinstance(result, Short) and (
-                result.entry.fetched_mono + self.recheck_after <= time.monotonic()
-            ):
-                # An old value may predate a refill: look once more.
-                await self._refresh(account)
-                result = await self._store.try_hold(account, amount)
-            if result is None:
-                # Invalidated again between our fetch and our check.
-                raise BalanceUnavailable(
-                    "balance was invalidated faster than it could be fetched",
-                    provider=account.provider.name,
-                )
         except BalanceUnavailable as exc:
-            return self._unavailable(account, amount, exc)
+            self._unavailable(account, amount, exc)
+            return None
         if isinstance(result, Short):
             self._emit("refused", account, amount=amount, available=result.available)
             raise InsufficientBalance(
@@ -299,8 +298,7 @@ class BalanceGuard:
         ):
             raise exc
         log.warning(
-            "%s: balance unavailable, proceeding unchecked "
-            "(on_unavailable='open'): %s",
+            "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
             account.provider.name,
             exc.reason,
         )
@@ -324,11 +322,17 @@ class BalanceGuard:
 
     # -- fetching -------------------------------------------------------------
 
-    async def _refresh(self, account: Account) -> Entry:
+    async def _refresh(self, account: Account, deadline: float) -> Entry:
         """
-        Fetch and cache *account*'s balance, one fetch at a time per account.
+        Fetch and cache *account*'s balance, one fetch at a time per account;
+        fetch again if it was invalidated meanwhile, until *deadline*.
         """
-        for _ in range(_MAX_FETCH_ROUNDS):
+        while True:
+            if time.monotonic() >= deadline:
+                raise BalanceUnavailable(
+                    "the balance was invalidated faster than it could be fetched",
+                    provider=account.provider.name,
+                )
             task = account.inflight
             if task is None:
                 task = asyncio.get_running_loop().create_task(
@@ -339,10 +343,6 @@ class BalanceGuard:
             entry = await asyncio.shield(task)
             if entry is not None:
                 return entry
-        raise BalanceUnavailable(
-            "balance was invalidated faster than it could be fetched",
-            provider=account.provider.name,
-        )
 
     async def _fetch_and_put(self, account: Account) -> Entry | None:
         token = await self._store.begin_fetch(account)

@@ -90,7 +90,7 @@ class TestCheck:
         provider = InMemoryProvider(10**6, delay=0.05)
         guarded = require_balance(provider, 1, guard=guard)(spend)
 
-        await asyncio.gather(*(guarded(provider, 1) for _ in range(1000)))
+        await asyncio.gather(*(guarded(provider, 1, pause=0.01) for _ in range(1000)))
 
         assert 1 == provider.fetches
 
@@ -254,6 +254,19 @@ class TestSettle:
 
 
 class TestRace:
+    async def test_invalidated_between_fetch_and_check(
+        self, guard: BalanceGuard
+    ) -> None:
+        """Calls that never yield still all run, each on a fresh balance."""
+        provider = InMemoryProvider(1000, delay=0.001)
+        guarded = require_balance(provider, 1, guard=guard)(spend)
+
+        results = await asyncio.gather(*(guarded(provider, 1) for _ in range(20)))
+
+        assert ["sent"] * 20 == results
+        assert Decimal(980) == provider.balance
+        assert 1 < provider.fetches <= 20
+
     async def test_fetch_racing_invalidation_is_not_stored(self) -> None:
         """A balance fetched before an invalidation is never cached after it."""
         provider = InMemoryProvider(1000, delay=0.05)
