@@ -1,0 +1,53 @@
+"""
+Type-checked by mypy in CI, never run: the public API as users write it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import assert_type
+
+from aiocache import SimpleMemoryCache
+
+from guard import (
+    Balance,
+    BalanceGuard,
+    GuardError,
+    InsufficientBalance,
+    require_balance,
+    set_default_guard,
+)
+from guard.providers import Clickatell, OneClickDZ
+
+oneclick = OneClickDZ("key", base_url="http://127.0.0.1:8080")
+clickatell = Clickatell("user", "password", "3000001")
+
+
+@require_balance(oneclick, amount=lambda phone, amount: amount)
+async def send_topup(phone: str, amount: Decimal) -> str:
+    return phone
+
+
+class Sender:
+    @require_balance(clickatell, 3)
+    async def send(self, to: str, text: str) -> int:
+        return len(text)
+
+
+async def use() -> None:
+    assert_type(await send_topup("0550000000", Decimal(100)), str)
+    assert_type(await Sender().send("213550000000", "hi"), int)
+    async with BalanceGuard(cache=SimpleMemoryCache(), ttl=30) as guard:
+        assert_type(await guard.balance(oneclick), Balance)
+        assert_type(await guard.balance(oneclick, fresh=True), Balance)
+        await guard.invalidate(oneclick)
+        with set_default_guard(guard):
+            async with require_balance(clickatell, "1.5") as balance:
+                assert_type(balance, Balance | None)
+    try:
+        await send_topup("0550000000", amount=Decimal("12.5"))
+    except InsufficientBalance as exc:
+        assert_type(exc.required, Decimal)
+        assert_type(exc.available, Decimal)
+    except GuardError:
+        pass
