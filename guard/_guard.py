@@ -377,20 +377,22 @@ class BalanceGuard:
                             self._emit("auth_cooldown", account, error=exc)
                         raise
                     except BalanceUnavailable as exc:
-                        attempt += 1
-                        delay = self._delay(attempt, exc.retry_after)
-                        if attempt > self.retries or loop.time() + delay >= deadline:
-                            self._emit("unavailable", account, error=exc)
-                            raise
-                        await asyncio.sleep(delay)
+                        error = exc
                     except (aiohttp.ClientError, OSError) as exc:
                         # A provider of the user's own that let one through.
-                        raise BalanceUnavailable(
+                        error = BalanceUnavailable(
                             f"{type(exc).__name__} while fetching the balance",
                             provider=provider.name,
-                        ) from exc
+                        )
+                        error.__cause__ = exc
                     else:
                         return _as_balance(amount, provider)
+                    attempt += 1
+                    delay = self._delay(attempt, error.retry_after)
+                    if attempt > self.retries or loop.time() + delay >= deadline:
+                        self._emit("unavailable", account, error=error)
+                        raise error
+                    await asyncio.sleep(delay)
         except TimeoutError:
             timed_out = BalanceUnavailable(
                 f"no balance within {self.fetch_timeout:g} s", provider=provider.name

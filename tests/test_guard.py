@@ -5,6 +5,7 @@ import inspect
 import logging
 from decimal import Decimal
 
+import aiohttp
 import pytest
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
@@ -579,3 +580,31 @@ class TestConfiguration:
         assert "DZD" == balance.currency
         assert 0 <= balance.age < 5
         assert guard_module.Balance is Balance
+
+
+class TestUserProviders:
+    async def test_stray_network_errors_are_transient(
+        self, guard: BalanceGuard
+    ) -> None:
+        """Stray aiohttp or OS errors from a provider are retried, then unavailable."""
+
+        class Leaky(InMemoryProvider):
+            async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
+                self.fetches += 1
+                if self.fetches == 1:
+                    raise ConnectionResetError("reset by peer")
+                if self.fetches == 2:
+                    raise aiohttp.ClientPayloadError("truncated")
+                return self.balance
+
+        provider = Leaky(7)
+        assert Decimal(7) == (await guard.balance(provider)).amount
+        assert 3 == provider.fetches
+
+        provider = Leaky(7)
+        async with BalanceGuard(retries=0) as strict:
+            with pytest.raises(
+                BalanceUnavailable, match="ConnectionResetError"
+            ) as info:
+                await strict.balance(provider)
+        assert isinstance(info.value.__cause__, ConnectionResetError)
