@@ -1,0 +1,32 @@
+"""
+Test helpers for code that uses guard: a local provider emulator.
+
+.. code-block:: python
+
+    from guard.testing import Emulator, Fault, Route
+
+    async with Emulator() as emu:
+        emu.add_oneclickdz("key", balance=1000)
+        provider = emu.oneclickdz("key")
+        emu.fail(Route.ONECLICKDZ_BALANCE, Fault.oneclickdz(503, "SERVICE_UNAVAILABLE"))
+"""
+
+from __future__ import annotations
+
+from ._emulator import (
+    ClickatellAccount,
+    Emulator,
+    Fault,
+    OneClickDZAccount,
+    RequestRecord,
+    Route,
+)
+
+__all__ = [
+    "ClickatellAccount",
+    "Emulator",
+    "Fault",
+    "OneClickDZAccount",
+    "RequestRecord",
+    "Route",
+]
