@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from guard import BalanceGuard
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

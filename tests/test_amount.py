@@ -6,7 +6,7 @@ import pytest
 
 from guard import require_balance
 from guard._amount import to_amount
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 
 class TestToAmount:

@@ -24,7 +24,7 @@ from guard import (
     require_balance,
     set_default_guard,
 )
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 
 async def spend(provider: InMemoryProvider, amount: int, *, pause: float = 0) -> str:

@@ -1,5 +1,6 @@
 """
-Test helpers for code that uses guard: a local provider emulator.
+Test helpers for code that uses guard: a local provider emulator and an
+in-memory provider.
 
 .. code-block:: python
 
@@ -21,11 +22,13 @@ from ._emulator import (
     RequestRecord,
     Route,
 )
+from ._memory import InMemoryProvider
 
 __all__ = [
     "ClickatellAccount",
     "Emulator",
     "Fault",
+    "InMemoryProvider",
     "OneClickDZAccount",
     "RequestRecord",
     "Route",
