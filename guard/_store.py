@@ -255,8 +255,11 @@ class LocalStore:
         current = account.entry
         # Debit only the entry the hold was made against: an entry fetched
         # while the call ran may or may not include this spend.
-        if debit and entry is not None and current is not None and (
-            current.fetch_id == entry.fetch_id
+        if (
+            debit
+            and entry is not None
+            and current is not None
+            and (current.fetch_id == entry.fetch_id)
         ):
             if self._by_reference:
                 entry.amount -= hold.amount

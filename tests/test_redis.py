@@ -1,0 +1,614 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from _redis_server import RedisServer, delete_namespace, machine_redis
+from aiocache import RedisCache
+
+from guard import (
+    BalanceGuard,
+    BalanceUnavailable,
+    ConfigurationError,
+    GuardEvent,
+    InsufficientBalance,
+    require_balance,
+)
+from guard._redis import RedisStore
+from guard.providers import OneClickDZ
+from guard.testing._emulator import Emulator, Fault, Plan
+from guard.testing._memory import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+pytestmark = pytest.mark.redis
+
+WORKER = Path(__file__).with_name("_redis_worker.py")
+KEY = "emulated-oneclickdz-key"
+# A dynamic plan down to 1 DZD, for top-ups of 1..300.
+PLANS = (Plan("TEST", "Test plan", "mobilis", min_amount=Decimal(1)),)
+
+
+@pytest.fixture(name="addr")
+def _addr() -> tuple[str, int]:
+    return machine_redis()
+
+
+@pytest.fixture(name="namespace")
+def _namespace(addr: tuple[str, int]) -> Iterator[str]:
+    namespace = f"guard-test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    delete_namespace(*addr, namespace)
+
+
+@pytest.fixture(name="server")
+def _server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="emu")
+async def _emu() -> AsyncIterator[Emulator]:
+    async with Emulator(plans=PLANS) as emu:
+        emu.add_oneclickdz(KEY, 10_000)
+        yield emu
+
+
+def make(addr: tuple[str, int], namespace: str, **options: Any) -> BalanceGuard:
+    host, port = addr
+    cache = RedisCache(
+        endpoint=host, port=port, pool_max_size=options.pop("pool", None)
+    )
+    return BalanceGuard(cache=cache, namespace=namespace, **options)
+
+
+@pytest.fixture(name="g1")
+async def _g1(addr: tuple[str, int], namespace: str) -> AsyncIterator[BalanceGuard]:
+    async with make(addr, namespace) as guard:
+        yield guard
+
+
+@pytest.fixture(name="g2")
+async def _g2(addr: tuple[str, int], namespace: str) -> AsyncIterator[BalanceGuard]:
+    # Another guard on the same namespace stands for another process: the two
+    # share nothing but Redis.
+    async with make(addr, namespace) as guard:
+        yield guard
+
+
+async def keys(addr: tuple[str, int], namespace: str) -> list[str]:
+    async with aioredis.Redis(host=addr[0], port=addr[1], decode_responses=True) as r:
+        return sorted([k async for k in r.scan_iter(match=f"*{namespace}*")])
+
+
+async def eventually(check: Any, what: str, *, limit: float = 30.0) -> None:
+    """
+    Wait until *check()* is true; fail after *limit* seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"never happened: {what}")
+        await asyncio.sleep(0.05)
+
+
+class TestHolds:
+    async def test_holds_are_shared(self, g1: BalanceGuard, g2: BalanceGuard) -> None:
+        """A hold made through one guard counts against the other's calls."""
+        provider = InMemoryProvider(100, account_id="shared")
+        hold = await g1.acquire(provider, Decimal(60))
+
+        with pytest.raises(InsufficientBalance) as info:
+            await g2.acquire(provider, Decimal(60))
+
+        assert Decimal(40) == info.value.available
+        assert Decimal(60) == g1.held(provider)
+        await g1.settle(hold, ok=True)
+        assert Decimal(0) == g1.held(provider)
+        assert await g2.acquire(provider, Decimal(60)) is not None
+
+    async def test_debit_is_exact(self, addr: tuple[str, int], namespace: str) -> None:
+        """settle='debit' takes exact decimal amounts off the shared balance."""
+        provider = InMemoryProvider(Decimal("100.25"))
+        async with make(addr, namespace, settle="debit") as guard:
+            for _ in range(3):
+                async with require_balance(provider, Decimal("0.1"), guard=guard):
+                    pass
+
+            balance = await guard.balance(provider)
+
+        assert Decimal("99.95") == balance.amount
+        assert "99.95" == str(balance.amount)
+        assert 1 == provider.fetches
+
+    async def test_rounding_never_lets_a_call_through(self, g1: BalanceGuard) -> None:
+        """Past four decimals a balance rounds down and a hold up."""
+        provider = InMemoryProvider(Decimal("1.00009"))
+
+        with pytest.raises(InsufficientBalance) as info:
+            await g1.acquire(provider, Decimal("1.00001"))
+
+        assert Decimal(1) == info.value.available
+        assert "1" == str(info.value.available)
+
+    async def test_invalidate_refetches(self, g1: BalanceGuard) -> None:
+        """settle='invalidate' makes the next call fetch the balance again."""
+        provider = InMemoryProvider(100)
+        async with require_balance(provider, 30, guard=g1):
+            provider.spend(30)
+        async with require_balance(provider, 30, guard=g1):
+            pass
+
+        assert Decimal(70) == (await g1.balance(provider)).amount
+        assert 3 == provider.fetches
+
+    async def test_release_is_idempotent(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """Settling one hold twice debits it once."""
+        provider = InMemoryProvider(100)
+        async with make(addr, namespace, settle="debit") as guard:
+            hold = await guard.acquire(provider, Decimal(10))
+            provider.spend(10)
+            await guard.settle(hold, ok=True)
+            await guard.settle(hold, ok=True)
+
+            assert Decimal(0) == guard.held(provider)
+            assert Decimal(90) == (await guard.balance(provider)).amount
+            hold = await guard.acquire(provider, Decimal(90))
+            assert hold is not None
+
+    async def test_debit_after_refetch_invalidates(
+        self, g1: BalanceGuard, g2: BalanceGuard
+    ) -> None:
+        """A hold made against an older balance invalidates rather than debits."""
+        provider = InMemoryProvider(100)
+        hold = await g1.acquire(provider, Decimal(10))
+        await g2.balance(provider, fresh=True)
+
+        await g1.settle(hold, ok=True, settle="debit")
+
+        assert [] == [k for k in await g1_keys(g1) if k.endswith(":b")]
+        assert Decimal(100) == (await g2.balance(provider)).amount
+        assert 3 == provider.fetches
+
+    async def test_keys_share_a_tag_and_hide_the_key(
+        self, addr: tuple[str, int], namespace: str, emu: Emulator
+    ) -> None:
+        """An account's keys share one hash tag and never contain the API key."""
+        async with make(addr, namespace) as guard:
+            await guard.acquire(emu.oneclickdz(KEY), Decimal(1))
+
+            found = await keys(addr, namespace)
+
+        assert {"b", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
+        assert 1 == len({k[: k.index("}") + 1] for k in found})
+        assert all(k.startswith(f"{{{namespace}:oneclickdz:") for k in found)
+        assert not any(KEY in k for k in found)
+
+
+async def g1_keys(guard: BalanceGuard) -> list[str]:
+    store = guard._store
+    assert isinstance(store, RedisStore)
+    return sorted([k async for k in store.client.scan_iter(match="*guard-test-*")])
+
+
+class TestLeases:
+    async def test_hold_of_a_vanished_guard_expires(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """A hold nobody renews lapses after its lease, and the balance is refetched."""
+        provider = InMemoryProvider(100)
+        async with make(addr, namespace, lease=0.2) as gone:
+            await gone.acquire(provider, Decimal(80))
+        async with make(addr, namespace) as guard:
+
+            async def fits() -> bool:
+                try:
+                    hold = await guard.acquire(provider, Decimal(80))
+                except InsufficientBalance:
+                    return False
+                await guard.settle(hold, ok=False)
+                return True
+
+            await eventually(fits, "the lapsed hold freed its amount")
+
+    async def test_running_call_renews_its_hold(
+        self, addr: tuple[str, int], namespace: str, g2: BalanceGuard
+    ) -> None:
+        """A call that outlives its lease keeps its hold."""
+        provider = InMemoryProvider(100)
+        async with make(addr, namespace, lease=0.15) as guard:
+            hold = await guard.acquire(provider, Decimal(80))
+            await asyncio.sleep(0.6)
+
+            with pytest.raises(InsufficientBalance):
+                await g2.acquire(provider, Decimal(80))
+            await guard.settle(hold, ok=False)
+
+        assert await g2.acquire(provider, Decimal(80)) is not None
+
+    async def test_renewal_reports_lost_holds(
+        self,
+        addr: tuple[str, int],
+        namespace: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A hold found expired at renewal is logged."""
+        provider = InMemoryProvider(100)
+        async with make(addr, namespace, lease=0.3) as guard:
+            await guard.acquire(provider, Decimal(10))
+            # Another process prunes it as if this one had stalled.
+            for key in await keys(addr, namespace):
+                if key.endswith(":h"):
+                    await guard._store.client.delete(key)  # type: ignore[attr-defined]
+
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                await asyncio.sleep(0.25)
+
+        assert "expired before being renewed" in caplog.text
+
+
+class TestSingleFlight:
+    async def test_one_fetch_for_two_guards(
+        self, g1: BalanceGuard, g2: BalanceGuard
+    ) -> None:
+        """Two guards missing at once make one fetch; the other waits for it."""
+        provider = InMemoryProvider(100, delay=0.3)
+
+        one, two = await asyncio.gather(g1.balance(provider), g2.balance(provider))
+
+        assert one == two
+        assert 1 == provider.fetches
+
+    async def test_fetch_before_invalidation_is_not_stored(
+        self, g1: BalanceGuard, g2: BalanceGuard
+    ) -> None:
+        """A fetch that began before another guard invalidated is fetched again."""
+        provider = InMemoryProvider(100, delay=0.3)
+        fetching = asyncio.create_task(g1.balance(provider))
+        await eventually(lambda: _true(provider.fetches == 1), "the fetch began")
+
+        provider.balance = Decimal(40)
+        await g2.invalidate(provider)
+
+        assert Decimal(40) == (await fetching).amount
+        assert 2 == provider.fetches
+        assert Decimal(40) == (await g2.balance(provider)).amount
+
+    async def test_waiter_takes_over_from_a_dead_fetcher(
+        self, g1: BalanceGuard
+    ) -> None:
+        """A lock left by a dead fetcher holds others back only until it lapses."""
+        provider = InMemoryProvider(100)
+        lock = await _lock_key(g1, provider)
+        await g1._store.client.set(lock, "dead", px=300)  # type: ignore[attr-defined]
+
+        assert Decimal(100) == (await g1.balance(provider)).amount
+        assert 1 == provider.fetches
+
+    async def test_waiting_is_bounded(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """A waiter gives up after the fetch timeout with BalanceUnavailable."""
+        provider = InMemoryProvider(100)
+        async with make(addr, namespace, fetch_timeout=0.2) as guard:
+            lock = await _lock_key(guard, provider)
+            await guard._store.client.set(lock, "alive", px=10_000)  # type: ignore[attr-defined]
+
+            with pytest.raises(BalanceUnavailable, match="another process"):
+                await guard.balance(provider)
+
+        assert 0 == provider.fetches
+
+    async def test_failed_fetch_frees_the_lock(
+        self, g1: BalanceGuard, g2: BalanceGuard
+    ) -> None:
+        """A fetch that fails gives up its lock at once."""
+        provider = InMemoryProvider(100)
+        provider.fail_next(times=3)
+
+        with pytest.raises(BalanceUnavailable):
+            await g1.balance(provider)
+
+        assert Decimal(100) == (await g2.balance(provider)).amount
+
+    async def test_thousand_calls_share_a_small_pool(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """1,000 concurrent calls through an 8-connection pool all get through."""
+        provider = InMemoryProvider(10**6)
+        async with make(addr, namespace, pool=8, settle="debit") as guard:
+
+            @require_balance(provider, 1, guard=guard)
+            async def call() -> None:
+                await asyncio.sleep(0)
+
+            await asyncio.gather(*(call() for _ in range(1000)))
+
+            assert Decimal(10**6 - 1000) == (await guard.balance(provider)).amount
+        assert 1 == provider.fetches
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _lock_key(guard: BalanceGuard, provider: InMemoryProvider) -> str:
+    store = guard._store
+    assert isinstance(store, RedisStore)
+    return store._key5(guard._account(provider))[4]
+
+
+class TestRedisDown:
+    async def test_down_fails_closed_then_recovers(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Redis down raises BalanceUnavailable; once back, calls work again."""
+        provider = InMemoryProvider(100, name="oneclickdz")
+        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=1)
+        async with guard:
+            hold = await guard.acquire(provider, Decimal(10))
+            server.stop()
+
+            with pytest.raises(BalanceUnavailable) as info:
+                await guard.acquire(provider, Decimal(10))
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                await guard.settle(hold, ok=True)
+            with pytest.raises(BalanceUnavailable):
+                await guard.invalidate(provider)
+
+            server.start()
+            async with require_balance(provider, 90, guard=guard):
+                pass
+
+        assert "oneclickdz" == info.value.provider
+        assert info.value.reason.startswith("cache unavailable: ")
+        assert "could not release a hold" in caplog.text
+
+    async def test_renewal_survives_an_outage(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Renewing while Redis is down logs a warning and keeps trying."""
+        provider = InMemoryProvider(100)
+        async with make(("127.0.0.1", server.port), "renew", lease=0.15) as guard:
+            hold = await guard.acquire(provider, Decimal(10))
+            server.stop()
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                await asyncio.sleep(0.2)
+            server.start()
+            await guard.settle(hold, ok=False)
+            # One more round finds nothing left to renew.
+            await asyncio.sleep(0.1)
+
+        assert "could not renew holds" in caplog.text
+        assert Decimal(0) == guard.held(provider)
+
+    async def test_down_fails_open_by_policy(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With on_unavailable='open' a call goes ahead while Redis is down."""
+        provider = InMemoryProvider(100)
+        events: list[GuardEvent] = []
+        async with make(
+            ("127.0.0.1", server.port),
+            "open",
+            on_unavailable="open",
+            hooks=[events.append],
+        ) as guard:
+            server.stop()
+            ran = []
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                async with require_balance(provider, 10, guard=guard):
+                    ran.append(True)
+
+        assert [True] == ran
+        assert ["failed_open"] == [e.kind for e in events]
+
+    async def test_restart_mid_run_stays_correct(
+        self, server: RedisServer, emu: Emulator
+    ) -> None:
+        """Top-ups fail closed while Redis is down and never overspend after."""
+        provider = emu.oneclickdz(KEY)
+        results: dict[str, int] = {"ok": 0, "refused": 0, "unavailable": 0}
+        async with (
+            make(("127.0.0.1", server.port), "restart", fetch_timeout=1) as guard,
+            aiohttp.ClientSession() as session,
+        ):
+
+            @require_balance(provider, lambda amount: amount, guard=guard)
+            async def topup(amount: int) -> None:
+                await send(session, emu, amount)
+
+            async def wave() -> None:
+                async def one() -> None:
+                    try:
+                        await topup(400)
+                        results["ok"] += 1
+                    except InsufficientBalance:
+                        results["refused"] += 1
+                    except BalanceUnavailable:
+                        results["unavailable"] += 1
+
+                await asyncio.gather(*(one() for _ in range(10)))
+
+            await wave()
+            server.stop()
+            await wave()
+            server.start()
+            await wave()
+            await wave()
+
+        assert {"ok": 25, "refused": 5, "unavailable": 10} == results
+        assert Decimal(0) == emu.balance(KEY)
+
+    async def test_close_leaks_no_connection(self, server: RedisServer) -> None:
+        """Closing the guard closes every connection it opened, without warnings."""
+        provider = InMemoryProvider(100)
+        async with make(("127.0.0.1", server.port), "close", pool=4) as guard:
+            await asyncio.gather(*(guard.balance(provider) for _ in range(10)))
+            assert 0 < server.connected_clients()
+
+        assert 0 == server.connected_clients()
+
+
+class TestSetup:
+    def test_needs_redis_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without redis-py a RedisCache names the extra to install."""
+        cache = RedisCache()
+        monkeypatch.delitem(sys.modules, "guard._redis")
+        monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+
+        with pytest.raises(ConfigurationError, match=r"pip install guard\[redis\]"):
+            BalanceGuard(cache=cache)
+
+    async def test_lease_must_be_positive(self) -> None:
+        """A lease of zero seconds is refused."""
+        with pytest.raises(ConfigurationError, match="lease"):
+            BalanceGuard(lease=0)
+
+    async def test_repr(self, g1: BalanceGuard) -> None:
+        """The store's repr shows its lease."""
+        assert "<RedisStore lease=60>" == repr(g1._store)
+
+
+# -- several processes ---------------------------------------------------------
+
+
+async def send(session: aiohttp.ClientSession, emu: Emulator, amount: int) -> None:
+    async with session.post(
+        f"{emu.url}/v3/mobile/send",
+        headers={"X-Access-Token": KEY},
+        json={"plan_code": "TEST", "MSSIDN": "0550000000", "amount": amount},
+    ) as response:
+        body = await response.json()
+    assert body["success"], body
+
+
+async def spawn(job: dict[str, Any]) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        json.dumps(job),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def outcome(process: asyncio.subprocess.Process) -> dict[str, Any]:
+    out, _ = await process.communicate()
+    assert 0 == process.returncode
+    result: dict[str, Any] = json.loads(out.decode().splitlines()[-1])
+    return result
+
+
+@pytest.fixture(name="job")
+def _job(addr: tuple[str, int], namespace: str, emu: Emulator) -> dict[str, Any]:
+    return {
+        "host": addr[0],
+        "port": addr[1],
+        "namespace": namespace,
+        "url": emu.url,
+        "key": KEY,
+    }
+
+
+class TestProcesses:
+    async def test_four_workers_never_overspend(
+        self, job: dict[str, Any], emu: Emulator
+    ) -> None:
+        """4 processes x 100 concurrent top-ups spend the balance, never more."""
+        workers = [
+            await spawn(
+                {**job, "job": "topups", "n": 100, "seed": i, "settle": "debit"}
+            )
+            for i in range(4)
+        ]
+
+        results = [await outcome(w) for w in workers]
+
+        sent = sum(Decimal(r["sent"]) for r in results)
+        assert [] == [code for r in results for code in r["emulator"]]
+        assert 10_000 >= sent >= 10_000 - 300
+        assert Decimal(10_000) - sent == emu.balance(KEY)
+        assert 400 == sum(r["ok"] + r["refused"] for r in results)
+
+    async def test_killed_holder_lapses(
+        self, job: dict[str, Any], addr: tuple[str, int], namespace: str
+    ) -> None:
+        """A worker killed while holding blocks its amount only until its lease ends."""
+        holder = await spawn({**job, "job": "hold", "amount": 9000, "lease": 1.0})
+        assert holder.stdout is not None
+        assert b"held\n" == await holder.stdout.readline()
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+        async with make(addr, namespace) as guard:
+            provider = OneClickDZ(KEY, base_url=job["url"])
+            with pytest.raises(InsufficientBalance):
+                await guard.acquire(provider, Decimal(2000))
+
+            async def fits() -> bool:
+                try:
+                    hold = await guard.acquire(provider, Decimal(2000))
+                except InsufficientBalance:
+                    return False
+                await guard.settle(hold, ok=False)
+                return True
+
+            await eventually(fits, "the killed worker's hold lapsed")
+
+    async def test_single_flight_across_processes(
+        self, job: dict[str, Any], emu: Emulator
+    ) -> None:
+        """Two processes missing at once make one balance request."""
+        emu.fail("oneclickdz.balance", Fault.slow(1.0))
+        workers = [await spawn({**job, "job": "balance"}) for _ in range(2)]
+        for worker in workers:
+            assert worker.stdout is not None
+            assert b"ready\n" == await worker.stdout.readline()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+
+        results = [await outcome(w) for w in workers]
+
+        assert [{"balance": "10000"}] * 2 == results
+        assert 1 == emu.count("oneclickdz.balance")
+
+    async def test_invalidation_beats_a_slow_fetch_across_processes(
+        self, job: dict[str, Any], emu: Emulator, g1: BalanceGuard
+    ) -> None:
+        """A worker's fetch that began before our invalidation is not stored."""
+        emu.fail("oneclickdz.balance", Fault.slow(1.0))
+        worker = await spawn({**job, "job": "balance"})
+        assert worker.stdout is not None
+        assert worker.stdin is not None
+        assert b"ready\n" == await worker.stdout.readline()
+        worker.stdin.write(b"go\n")
+        await worker.stdin.drain()
+        await eventually(
+            lambda: _true(emu.count("oneclickdz.balance") == 1), "the fetch began"
+        )
+
+        await g1.invalidate(OneClickDZ(KEY, base_url=job["url"]))
+
+        assert {"balance": "10000"} == await outcome(worker)
+        assert 2 == emu.count("oneclickdz.balance")
