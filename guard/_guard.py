@@ -334,7 +334,9 @@ class BalanceGuard:
                     provider=account.provider.name,
                 )
             task = account.inflight
-            if task is None:
+            # A finished task whose done-callback has not run yet: awaiting it
+            # again would spin without yielding until the deadline.
+            if task is None or task.done():
                 task = asyncio.get_running_loop().create_task(
                     self._fetch_and_put(account)
                 )
