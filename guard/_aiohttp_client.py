@@ -1,0 +1,439 @@
+"""
+The aiohttp client middleware: guard spend requests before they leave.
+
+Public through `guard.aiohttp`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import parse_qsl
+
+import attrs
+from aiohttp import payload as aiohttp_payload
+from multidict import MultiDict, MultiDictProxy
+from yarl import URL
+
+from guard._amount import to_amount
+from guard._require import get_default_guard
+from guard._sms import sms_parts
+from guard.providers import Clickatell, OneClickDZ
+from guard.typing import Provider
+
+if TYPE_CHECKING:
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
+
+    from guard._guard import BalanceGuard, Settle
+    from guard._store import Hold
+    from guard.typing import AmountLike
+
+__all__ = [
+    "ProviderMatcher",
+    "SpendAmount",
+    "SpendRequest",
+    "SpendRule",
+    "clickatell_rules",
+    "default_rules",
+    "guard_client_middleware",
+    "oneclickdz_rules",
+]
+
+log = logging.getLogger("guard")
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+@attrs.define(frozen=True)
+class SpendRequest:
+    """
+    An outgoing request a `SpendRule` matched, as its functions see it.
+
+    Attributes:
+        method: The HTTP method, upper case.
+        url: The full URL, query included.
+        headers: The request headers.
+        body: The body, or None when it is streamed and cannot be read
+            without consuming it.
+    """
+
+    method: str
+    url: URL
+    headers: Any = attrs.field(repr=False)
+    body: bytes | None = attrs.field(repr=False)
+
+    @classmethod
+    async def of(cls, request: ClientRequest) -> SpendRequest:
+        """
+        Read *request* without consuming its body.
+        """
+        body = request.body
+        raw: bytes | None
+        if isinstance(body, bytes):
+            raw = body
+        elif isinstance(body, aiohttp_payload.BytesPayload):
+            raw = await body.as_bytes()
+        else:
+            raw = None
+        return cls(request.method.upper(), request.url, request.headers, raw)
+
+    def json(self) -> Any:
+        """
+        Decode the body as JSON, numbers with a fraction as `Decimal`.
+
+        Raises:
+            ValueError: The body is not JSON or cannot be read.
+        """
+        if self.body is None:
+            raise ValueError("the request body is streamed: guard cannot read it")
+        return json.loads(self.body, parse_float=Decimal)
+
+    def form(self) -> MultiDictProxy[str]:
+        """
+        Decode a form-encoded body (empty for any other body).
+        """
+        fields: MultiDict[str] = MultiDict()
+        content_type = self.headers.get("Content-Type", "")
+        if self.body is not None and content_type.startswith(_FORM):
+            fields.extend(
+                parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            )
+        return MultiDictProxy(fields)
+
+    def params(self) -> MultiDictProxy[str]:
+        """
+        The query parameters, then the form fields: what a Clickatell-style
+        API reads whether it was called by GET or POST.
+        """
+        fields: MultiDict[str] = MultiDict(self.url.query)
+        fields.extend(self.form())
+        return MultiDictProxy(fields)
+
+
+ProviderMatcher: TypeAlias = Callable[
+    [SpendRequest, Sequence[Provider]], "Provider | None"
+]
+"""
+Picks, among the providers given to `guard_client_middleware`, the account a
+request spends; None when it is none of them.
+"""
+
+SpendAmount: TypeAlias = Callable[[SpendRequest], "AmountLike | Awaitable[AmountLike]"]
+"""
+Reads what a request spends, sync or async.
+"""
+
+
+def _methods(value: str | Iterable[str]) -> frozenset[str]:
+    names: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError("method must be an HTTP method or several")
+    return frozenset(str(n).upper() for n in names)
+
+
+def _check_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, str):
+        if not value.startswith("/"):
+            raise ValueError(f"path must start with '/', got {value!r}")
+    elif not isinstance(value, re.Pattern):
+        raise TypeError(
+            f"path must be a str or a compiled re, not {type(value).__name__}"
+        )
+
+
+def _check_callable(
+    instance: object, attribute: attrs.Attribute[Any], value: Any
+) -> None:
+    if not callable(value) and not (
+        attribute.name == "provider" and isinstance(value, Provider)
+    ):
+        raise TypeError(
+            f"{attribute.name} must be callable, not {type(value).__name__}"
+        )
+
+
+@attrs.define(frozen=True)
+class SpendRule:
+    """
+    An outgoing request that spends a provider balance, and how much.
+
+    Attributes:
+        method: The HTTP method, or several (``("GET", "POST")``).
+        path: A ``str`` the URL path ends with (``"/v3/mobile/send"``), or a
+            compiled regular expression searched in it.
+        provider: The `guard.typing.Provider` it spends, or a
+            `ProviderMatcher` choosing among the middleware's providers.
+        amount: A `SpendAmount` reading the cost from the request.
+        settle: ``"invalidate"`` or ``"debit"``; None: the guard's default.
+    """
+
+    method: frozenset[str] = attrs.field(converter=_methods)
+    path: str | re.Pattern[str] = attrs.field(validator=_check_path)
+    provider: Provider | ProviderMatcher = attrs.field(validator=_check_callable)
+    amount: SpendAmount = attrs.field(validator=_check_callable)
+    settle: Settle | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.in_((None, "invalidate", "debit")),
+    )
+
+    def matches(self, method: str, url: URL) -> bool:
+        """
+        Tell whether a request with *method* to *url* is one of these.
+        """
+        if method.upper() not in self.method:
+            return False
+        if isinstance(self.path, str):
+            return url.path.endswith(self.path)
+        return self.path.search(url.path) is not None
+
+    def account(
+        self, request: SpendRequest, providers: Sequence[Provider]
+    ) -> Provider | None:
+        """
+        Return the provider account *request* spends, if it is known.
+        """
+        if isinstance(self.provider, Provider):
+            return self.provider
+        return self.provider(request, providers)
+
+    async def required(self, request: SpendRequest) -> Decimal:
+        """
+        Return what *request* spends.
+
+        Raises:
+            ValueError, TypeError: It cannot be read as a non-negative finite
+                amount.
+        """
+        value = self.amount(request)
+        if inspect.isawaitable(value):
+            value = await value
+        return to_amount(value)
+
+
+def _under(url: URL, base_url: str) -> bool:
+    base = URL(base_url)
+    prefix = base.path.rstrip("/") + "/"
+    return (
+        url.scheme == base.scheme
+        and url.host == base.host
+        and url.port == base.port
+        and url.path.startswith(prefix)
+    )
+
+
+def _same(given: str | None, expected: str) -> bool:
+    # SECURITY: constant-time comparison of credentials.
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _oneclickdz_account(
+    request: SpendRequest, providers: Sequence[Provider]
+) -> Provider | None:
+    token = request.headers.get("X-Access-Token")
+    for provider in providers:
+        if (
+            isinstance(provider, OneClickDZ)
+            and _under(request.url, provider.base_url)
+            and _same(token, provider.api_key)
+        ):
+            return provider
+    return None
+
+
+def _oneclickdz_amount(request: SpendRequest) -> AmountLike:
+    try:
+        doc = request.json()
+    except ValueError:
+        raise ValueError(
+            "OneClickDZ send: the body is not JSON, so guard cannot read its amount"
+        ) from None
+    amount = doc.get("amount") if isinstance(doc, dict) else None
+    if amount is None:
+        raise ValueError(
+            "OneClickDZ send without an 'amount': guard cannot check it; "
+            "send the amount with fixed plans too"
+        )
+    if not isinstance(amount, int | Decimal | str) or isinstance(amount, bool):
+        raise TypeError(f"OneClickDZ send: 'amount' must be a number, not {amount!r}")
+    return amount
+
+
+def _clickatell_account(
+    request: SpendRequest, providers: Sequence[Provider]
+) -> Provider | None:
+    params = request.params()
+    user, api_id = params.get("user"), params.get("api_id")
+    here = [
+        p
+        for p in providers
+        if isinstance(p, Clickatell) and _under(request.url, p.base_url)
+    ]
+    if user is None and api_id is None and len(here) == 1:
+        # A session_id send names no account: the only one at this URL it is.
+        return here[0]
+    for provider in here:
+        assert isinstance(provider, Clickatell)
+        if user == provider.user and _same(api_id, provider.api_id):
+            return provider
+    return None
+
+
+def _clickatell_amount(credits_per_part: Decimal) -> SpendAmount:
+    def amount(request: SpendRequest) -> AmountLike:
+        params = request.params()
+        recipients = [n for n in params.get("to", "").split(",") if n.strip()]
+        text = params.get("text")
+        if not recipients or text is None:
+            return 0  # Refused by Clickatell without a charge.
+        return len(recipients) * sms_parts(text) * credits_per_part
+
+    return amount
+
+
+def oneclickdz_rules(*, settle: Settle | None = None) -> tuple[SpendRule, ...]:
+    """
+    The rule for OneClickDZ ``POST /v3/mobile/send``: the ``amount`` of the
+    JSON body, in DZD, on the `OneClickDZ` provider whose *base_url* and
+    ``X-Access-Token`` the request uses.
+
+    A send without ``amount`` (a fixed plan) is refused with `ValueError`:
+    guard cannot know its price.
+    """
+    return (
+        SpendRule(
+            "POST",
+            "/v3/mobile/send",
+            _oneclickdz_account,
+            _oneclickdz_amount,
+            settle=settle,
+        ),
+    )
+
+
+def clickatell_rules(
+    *, credits_per_part: AmountLike = 1, settle: Settle | None = None
+) -> tuple[SpendRule, ...]:
+    """
+    The rule for Clickatell legacy ``sendmsg`` (GET query or POST form):
+    recipients x SMS parts of ``text`` x *credits_per_part*, on the
+    `Clickatell` provider whose *base_url*, ``user`` and ``api_id`` the
+    request uses.
+
+    Parts are counted as carriers do: GSM-7 (160, or 153 per part) or UCS-2
+    (70, or 67 per part). A ``unicode=1`` hex text is counted as sent, which
+    overestimates it.
+    """
+    per_part = to_amount(credits_per_part, name="credits_per_part")
+    return (
+        SpendRule(
+            ("GET", "POST"),
+            "/http/sendmsg",
+            _clickatell_account,
+            _clickatell_amount(per_part),
+            settle=settle,
+        ),
+    )
+
+
+def default_rules(
+    *, credits_per_part: AmountLike = 1, settle: Settle | None = None
+) -> tuple[SpendRule, ...]:
+    """
+    `oneclickdz_rules` and `clickatell_rules` together.
+    """
+    return oneclickdz_rules(settle=settle) + clickatell_rules(
+        credits_per_part=credits_per_part, settle=settle
+    )
+
+
+def guard_client_middleware(
+    guard: BalanceGuard | None = None,
+    *,
+    providers: Iterable[Provider] = (),
+    rules: Iterable[SpendRule] | None = None,
+) -> ClientMiddlewareType:
+    """
+    Build an aiohttp client middleware that guards spend requests.
+
+    ::
+
+        async with aiohttp.ClientSession(
+            middlewares=(guard_client_middleware(providers=[oneclick]),)
+        ) as session:
+            await session.post(f"{base}/v3/mobile/send", json=..., headers=...)
+
+    A request a rule matches is checked and its amount held before it is
+    sent; `InsufficientBalance` (or `BalanceUnavailable`) is raised from the
+    session call and the request never leaves. After the response the hold
+    is released and the cached balance invalidated, or debited when the rule
+    or guard settles by ``"debit"`` and the status is 2xx (a Clickatell
+    ``ERR:`` answer comes with 200: it is debited too, which errs on the safe
+    side until the next fetch). Balance reads go through the guard's own
+    session, never through this one.
+
+    A spend to an account not among *providers* is sent unguarded, with a
+    warning.
+
+    Args:
+        guard: The guard; default `guard.get_default_guard()`, looked up per
+            request.
+        providers: The accounts to guard, such as ``[oneclick, clickatell]``.
+        rules: What spends, and how much; default `default_rules()`. Add
+            `SpendRule` values for other endpoints.
+
+    Raises:
+        TypeError: A provider or rule of the wrong type.
+    """
+    known = tuple(providers)
+    for provider in known:
+        if not isinstance(provider, Provider):
+            raise TypeError(
+                f"providers must implement guard.typing.Provider, not "
+                f"{type(provider).__name__}"
+            )
+    spend_rules = default_rules() if rules is None else tuple(rules)
+    for rule in spend_rules:
+        if not isinstance(rule, SpendRule):
+            raise TypeError(
+                f"rules must be SpendRule values, not {type(rule).__name__}"
+            )
+
+    async def guard_spend(
+        request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        rule = next(
+            (r for r in spend_rules if r.matches(request.method, request.url)), None
+        )
+        if rule is None:
+            return await handler(request)
+        spend = await SpendRequest.of(request)
+        provider = rule.account(spend, known)
+        if provider is None:
+            # SECURITY: the path only; a GET query may carry a password.
+            log.warning(
+                "%s %s spends an account the guard middleware was not given; "
+                "sent unguarded",
+                request.method,
+                request.url.path,
+            )
+            return await handler(request)
+        required = await rule.required(spend)
+        active = guard or get_default_guard()
+        hold: Hold | None = await active.acquire(provider, required)
+        response: ClientResponse | None = None
+        try:
+            response = await handler(request)
+        finally:
+            ok = response is not None and 200 <= response.status < 300
+            await active.settle(hold, ok=ok, settle=rule.settle)
+        return response
+
+    return guard_spend

@@ -1,0 +1,417 @@
+"""
+guard for aiohttp: server middleware, route rules, and client middleware.
+
+Server side::
+
+    from guard.aiohttp import guard_route, setup_guard
+
+    app = web.Application()
+    app.router.add_post("/topup/{phone}", topup, name="topup")
+    setup_guard(
+        app,
+        routes={"topup": guard_route(oneclick, amount=topup_amount)},
+    )
+
+`InsufficientBalance` raised while handling a request becomes ``402`` and
+`BalanceUnavailable` ``503`` with ``Retry-After``, both as RFC 9457
+``application/problem+json``. Client side, see `guard_client_middleware`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import attrs
+from aiohttp import web
+
+from guard._aiohttp_client import (
+    SpendRequest,
+    SpendRule,
+    clickatell_rules,
+    default_rules,
+    guard_client_middleware,
+    oneclickdz_rules,
+)
+from guard._amount import to_amount
+from guard._guard import BalanceGuard, Settle
+from guard._require import get_default_guard
+from guard.errors import (
+    BalanceUnavailable,
+    GuardError,
+    InsufficientBalance,
+    ProviderAuthError,
+)
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
+
+    from guard._store import Hold
+    from guard.typing import AmountLike, Provider
+
+__all__ = [
+    "BALANCE_UNAVAILABLE_TYPE",
+    "GUARD_KEY",
+    "INSUFFICIENT_BALANCE_TYPE",
+    "PROBLEM_CONTENT_TYPE",
+    "ProblemHandler",
+    "RequestAmount",
+    "RouteRule",
+    "SpendRequest",
+    "SpendRule",
+    "clickatell_rules",
+    "default_rules",
+    "guard_client_middleware",
+    "guard_middleware",
+    "guard_route",
+    "oneclickdz_rules",
+    "problem_response",
+    "setup_guard",
+]
+
+log = logging.getLogger("guard")
+
+GUARD_KEY: Final = web.AppKey("guard", BalanceGuard)
+"""
+Where `setup_guard` keeps the app's `BalanceGuard`; the middleware looks it
+up here (through sub-applications too) when it was given no *guard*.
+"""
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+
+INSUFFICIENT_BALANCE_TYPE: Final = "urn:guard:problem:insufficient-balance"
+"""
+The RFC 9457 ``type`` of a ``402`` answer.
+"""
+
+BALANCE_UNAVAILABLE_TYPE: Final = "urn:guard:problem:balance-unavailable"
+"""
+The RFC 9457 ``type`` of a ``503`` answer.
+"""
+
+RequestAmount: TypeAlias = (
+    "AmountLike | Callable[[web.Request], AmountLike | Awaitable[AmountLike]]"
+)
+"""
+What `guard_route` takes as *amount*: an amount, or a sync or async callable
+that reads it from the request (match info, query, JSON body).
+"""
+
+ProblemHandler: TypeAlias = Callable[
+    [web.Request, GuardError],
+    "Awaitable[web.StreamResponse | None] | web.StreamResponse | None",
+]
+"""
+A callable that turns a guard error into a response of your own; returning
+None keeps the default one (see `problem_response`).
+"""
+
+_DETAIL_UNAVAILABLE = (
+    "The provider balance could not be checked right now; try again later."
+)
+
+
+def _static_amount(value: RequestAmount) -> RequestAmount:
+    return value if callable(value) else to_amount(value)
+
+
+@attrs.define(frozen=True)
+class RouteRule:
+    """
+    Guard one named route: what to check before its handler runs.
+
+    Build it with `guard_route`.
+
+    Attributes:
+        provider: The account the route spends.
+        amount: A fixed `Decimal`, or a callable reading it from the request.
+        settle: ``"invalidate"`` or ``"debit"``; None: the guard's default.
+    """
+
+    provider: Provider
+    amount: RequestAmount = attrs.field(converter=_static_amount)
+    settle: Settle | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.in_((None, "invalidate", "debit")),
+    )
+
+    async def required(self, request: web.Request) -> Decimal:
+        """
+        Return the amount *request* needs.
+
+        Raises:
+            aiohttp.web.HTTPBadRequest: The amount read is not a non-negative
+                finite number (the client sent a bad one).
+        """
+        amount = self.amount
+        if isinstance(amount, Decimal):
+            return amount
+        value = amount(request) if callable(amount) else amount
+        if inspect.isawaitable(value):
+            value = await value
+        try:
+            return to_amount(value)
+        except (TypeError, ValueError) as exc:
+            raise _bad_amount(str(exc)) from None
+
+
+def guard_route(
+    provider: Provider, amount: RequestAmount, *, settle: Settle | None = None
+) -> RouteRule:
+    """
+    Build the rule that guards one route, for `guard_middleware`'s *routes*.
+
+    Args:
+        provider: The account the route spends.
+        amount: An amount, or a sync or async callable taking the
+            `aiohttp.web.Request` and returning one. It may read
+            ``request.match_info``, ``request.query`` or ``await
+            request.json()``: aiohttp keeps the body, so the handler can read
+            it again.
+        settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
+
+    Raises:
+        TypeError, ValueError: A fixed *amount* that is not a non-negative
+            finite number.
+    """
+    return RouteRule(provider, amount, settle=settle)
+
+
+def _bad_amount(reason: str) -> web.HTTPBadRequest:
+    body = {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": f"invalid amount: {reason}",
+    }
+    return web.HTTPBadRequest(text=json.dumps(body), content_type=PROBLEM_CONTENT_TYPE)
+
+
+def _retry_after(exc: BalanceUnavailable, default: float) -> str:
+    seconds = exc.retry_after
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        seconds = default
+    return str(max(0, math.ceil(seconds)))
+
+
+def problem_response(
+    exc: GuardError,
+    *,
+    status: int | None = None,
+    retry_after: float = 5.0,
+) -> web.Response:
+    """
+    Build the default RFC 9457 answer for *exc*.
+
+    `InsufficientBalance` answers ``402`` with ``provider``, ``required``,
+    ``available`` and ``currency`` (amounts as decimal strings, never
+    floats). `BalanceUnavailable` answers ``503`` with ``provider`` and a
+    ``Retry-After`` header: the provider's hint if it gave one, else
+    *retry_after*. The detail never says why the balance was unavailable:
+    the reason is for your logs, not for your clients (it may name refused
+    credentials).
+
+    Args:
+        exc: The error to answer for.
+        status: Another status to answer with.
+        retry_after: Seconds to advertise when the provider gave no hint.
+    """
+    headers: dict[str, str] = {}
+    body: dict[str, object]
+    if isinstance(exc, InsufficientBalance):
+        status = 402 if status is None else status
+        body = {
+            "type": INSUFFICIENT_BALANCE_TYPE,
+            "title": "Insufficient balance",
+            "status": status,
+            "detail": str(exc),
+            "provider": exc.provider,
+            "required": str(exc.required),
+            "available": str(exc.available),
+            "currency": exc.currency,
+        }
+    elif isinstance(exc, BalanceUnavailable):
+        status = 503 if status is None else status
+        headers["Retry-After"] = _retry_after(exc, retry_after)
+        body = {
+            "type": BALANCE_UNAVAILABLE_TYPE,
+            "title": "Balance unavailable",
+            "status": status,
+            "detail": _DETAIL_UNAVAILABLE,
+            "provider": exc.provider,
+        }
+    else:
+        status = 500 if status is None else status
+        body = {"type": "about:blank", "title": "Internal Server Error"}
+        body["status"] = status
+    response = web.json_response(body, status=status, headers=headers)
+    response.content_type = PROBLEM_CONTENT_TYPE
+    return response
+
+
+def _response_ok(
+    response: web.StreamResponse | None, exc: BaseException | None
+) -> bool:
+    if isinstance(exc, web.HTTPException):
+        return exc.status < 400
+    if exc is not None or response is None:
+        return False
+    return response.status < 400
+
+
+def guard_middleware(
+    *,
+    guard: BalanceGuard | None = None,
+    routes: Mapping[str, RouteRule] | None = None,
+    problem: ProblemHandler | None = None,
+    retry_after: float = 5.0,
+) -> Middleware:
+    """
+    Build the middleware that guards routes and answers guard errors.
+
+    Args:
+        guard: The guard to use. Default: the app's (``app[GUARD_KEY]``, see
+            `setup_guard`), else `guard.get_default_guard()`; looked up per
+            request.
+        routes: Rules by route name (``add_post(..., name="topup")``): the
+            amount is checked and held before the handler runs and settled
+            after it. A handler that ends with a status below 400 counts as a
+            success for ``settle="debit"``.
+        problem: Turns a guard error into a response of your own (another
+            status, another body shape); return None to keep the default.
+        retry_after: Seconds advertised in ``Retry-After`` when the provider
+            gave no hint.
+
+    Returns:
+        A new-style aiohttp middleware.
+    """
+    rules: dict[str, RouteRule] = dict(routes or {})
+    for name, rule in rules.items():
+        if not isinstance(rule, RouteRule):
+            raise TypeError(
+                f"routes[{name!r}] must be a RouteRule (see guard_route), "
+                f"not {type(rule).__name__}"
+            )
+    if guard is not None and not isinstance(guard, BalanceGuard):
+        raise TypeError(f"guard must be a BalanceGuard, not {type(guard).__name__}")
+    # Checked at run time too: callers may not be type-checked.
+    number: object = retry_after
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not (math.isfinite(number) and number >= 0)
+    ):
+        raise ValueError(f"retry_after must be seconds >= 0, got {retry_after!r}")
+
+    async def answer(request: web.Request, exc: GuardError) -> web.StreamResponse:
+        if isinstance(exc, BalanceUnavailable):
+            # SECURITY: str(exc) never holds a credential; the client gets a
+            # generic detail all the same.
+            level = (
+                logging.ERROR if isinstance(exc, ProviderAuthError) else logging.WARNING
+            )
+            log.log(level, "%s %s: %s", request.method, request.path, exc)
+        if problem is not None:
+            custom = problem(request, exc)
+            if inspect.isawaitable(custom):
+                custom = await custom
+            if custom is not None:
+                return custom
+        return problem_response(exc, retry_after=retry_after)
+
+    async def guarded(
+        request: web.Request, handler: Handler, rule: RouteRule
+    ) -> web.StreamResponse:
+        active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
+        required = await rule.required(request)
+        hold: Hold | None = await active.acquire(rule.provider, required)
+        response: web.StreamResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await active.settle(
+                hold, ok=_response_ok(response, error), settle=rule.settle
+            )
+        return response
+
+    # Kept in this one place: aiohttp 4 drops the decorator.
+    @web.middleware
+    async def guard_balance(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        rule = None
+        if rules:
+            route = request.match_info.route
+            name = getattr(route, "name", None)
+            rule = rules.get(name) if name else None
+        try:
+            if rule is None:
+                return await handler(request)
+            return await guarded(request, handler, rule)
+        except (InsufficientBalance, BalanceUnavailable) as exc:
+            return await answer(request, exc)
+
+    return guard_balance
+
+
+def setup_guard(
+    app: web.Application,
+    guard: BalanceGuard | Callable[[], BalanceGuard] | None = None,
+    *,
+    routes: Mapping[str, RouteRule] | None = None,
+    problem: ProblemHandler | None = None,
+    retry_after: float = 5.0,
+) -> None:
+    """
+    Give *app* a guard and the guard middleware.
+
+    The guard is stored under `GUARD_KEY` when the app starts and closed
+    when it cleans up (``app.cleanup_ctx``); the middleware is appended to
+    ``app.middlewares``. Call it before the app starts.
+
+    Args:
+        app: The application.
+        guard: The guard, which the app then owns and closes; or a callable
+            returning one, called at startup (in the app's loop); None: a
+            `BalanceGuard` with default options.
+        routes: As for `guard_middleware`.
+        problem: As for `guard_middleware`.
+        retry_after: As for `guard_middleware`.
+    """
+    if guard is not None and not (isinstance(guard, BalanceGuard) or callable(guard)):
+        raise TypeError(
+            "guard must be a BalanceGuard, a callable returning one, or None, "
+            f"not {type(guard).__name__}"
+        )
+    middleware = guard_middleware(
+        routes=routes, problem=problem, retry_after=retry_after
+    )
+
+    async def guard_context(app: web.Application) -> AsyncIterator[None]:
+        if isinstance(guard, BalanceGuard):
+            made = guard
+        elif guard is None:
+            made = BalanceGuard()
+        else:
+            made = guard()
+            if not isinstance(made, BalanceGuard):
+                raise TypeError(
+                    f"the guard factory returned {type(made).__name__}, "
+                    "not a BalanceGuard"
+                )
+        app[GUARD_KEY] = made
+        async with made:
+            yield
+
+    app.cleanup_ctx.append(guard_context)
+    app.middlewares.append(middleware)

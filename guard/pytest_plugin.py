@@ -1,0 +1,352 @@
+"""
+pytest fixtures for code that uses guard, loaded through the ``pytest11``
+entry point as soon as guard is installed.
+
+- ``guard_emulator``: a running `guard.testing.Emulator` on loopback, with
+  a `OneClickDZ` (10000 DZD) and a `Clickatell` (100 credits) account and
+  providers pointed at it (`GuardEmulator`).
+- ``memory_provider``: an `InMemoryProvider` holding 1000 DZD.
+- ``low_funds``: ``low_funds("oneclickdz", 50)`` sets a provider's balance;
+  the marker ``@pytest.mark.guard_low_funds(provider="oneclickdz",
+  balance=50)`` does it before the test starts.
+- ``default_guard`` (autouse): every test gets a fresh default guard,
+  closed after it, so no cached balance or hold leaks between tests.
+
+The async fixtures need pytest-asyncio (which pytest-aiohttp installs); they
+work in ``asyncio_mode = auto`` and in strict mode. A synchronous test gets
+an emulator served from guard's private event loop thread, so that the
+synchronous ``require_balance`` API can reach it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import pytest
+
+from guard import _sync
+from guard._amount import to_amount
+from guard._guard import BalanceGuard
+from guard._require import set_default_guard
+from guard.providers import Clickatell, OneClickDZ
+from guard.testing._memory import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from decimal import Decimal
+
+    from guard.testing._emulator import Emulator, Fault, RequestRecord, Route
+    from guard.typing import AmountLike, Provider
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - pytest-asyncio is a test dependency
+    _ASYNC_FIXTURES = False
+else:
+    _ASYNC_FIXTURES = True
+
+__all__ = ["GuardEmulator", "LowFunds"]
+
+MARKER: Final = "guard_low_funds"
+
+_PROVIDERS_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """
+    Register the ``guard_low_funds`` marker.
+    """
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(provider, balance): run the test with *balance* on the "
+        "guard fixture's provider named *provider* ('oneclickdz', "
+        "'clickatell' from guard_emulator, 'memory' from memory_provider)",
+    )
+
+
+@attrs.define(frozen=True)
+class GuardEmulator:
+    """
+    What the ``guard_emulator`` fixture gives: a running emulator and a
+    provider for each of its accounts.
+
+    Attributes:
+        emulator: The `guard.testing.Emulator`; everything it offers (faults,
+            the request log, the clock) is there.
+        oneclickdz: A `OneClickDZ` pointed at it, 10000 DZD to start with.
+        clickatell: A `Clickatell` pointed at it, 100 credits to start with.
+    """
+
+    emulator: Emulator
+    oneclickdz: OneClickDZ
+    clickatell: Clickatell
+
+    @property
+    def url(self) -> str:
+        """
+        The emulator's base URL.
+        """
+        return self.emulator.url
+
+    def set_balance(self, provider: Provider | str, balance: AmountLike) -> None:
+        """
+        Set the balance of an account: a provider object or ``"oneclickdz"``
+        / ``"clickatell"``.
+        """
+        if isinstance(provider, str):
+            provider = self._named(provider)
+        self.emulator.set_balance(provider, balance)
+
+    def balance(self, provider: Provider | str) -> Decimal:
+        """
+        The emulated balance of an account.
+        """
+        if isinstance(provider, str):
+            provider = self._named(provider)
+        return self.emulator.balance(provider)
+
+    def fail(self, route: Route | str, fault: Fault, *, times: int | None = 1) -> None:
+        """
+        Answer the next *times* requests to *route* with *fault*; see
+        `guard.testing.Emulator.fail`.
+        """
+        self.emulator.fail(route, fault, times=times)
+
+    def count(self, route: Route | str | None = None) -> int:
+        """
+        How many requests reached *route* (all when None).
+        """
+        return self.emulator.count(route)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """
+        The request log, secrets masked.
+        """
+        return self.emulator.requests
+
+    def _named(self, name: str) -> Provider:
+        if name == self.oneclickdz.name:
+            return self.oneclickdz
+        if name == self.clickatell.name:
+            return self.clickatell
+        raise ValueError(f"the emulator has no provider named {name!r}")
+
+
+class LowFunds:
+    """
+    What the ``low_funds`` fixture gives: ``low_funds(provider, balance)``
+    sets the balance of one of the test's guard fixtures' providers.
+
+    Set it before the first guarded call: a balance the guard already cached
+    stays until the guard fetches again (``await guard.invalidate(p)``).
+    """
+
+    def __init__(self, node: pytest.Item) -> None:
+        self._node = node
+
+    def __call__(self, provider: Provider | str, balance: AmountLike) -> None:
+        """
+        Give *provider* (an object or a name: ``"oneclickdz"``,
+        ``"clickatell"``, ``"memory"``) *balance*.
+
+        Raises:
+            LookupError: No fixture of this test provides it.
+        """
+        amount = to_amount(balance, name="balance")
+        _set_balance(self._node, provider, amount)
+
+
+def _known(node: pytest.Item) -> dict[str, Any]:
+    return node.stash.setdefault(_PROVIDERS_KEY, {})
+
+
+def _set_balance(node: pytest.Item, provider: Provider | str, amount: Decimal) -> None:
+    known = _known(node)
+    if isinstance(provider, InMemoryProvider):
+        provider.balance = amount
+        return
+    emulated = known.get("emulator")
+    if isinstance(provider, OneClickDZ | Clickatell):
+        if emulated is None:
+            raise LookupError(
+                f"low_funds({provider.name!r}) needs the guard_emulator fixture"
+            )
+        emulated.set_balance(provider, amount)
+        return
+    if provider in ("oneclickdz", "clickatell"):
+        if emulated is None:
+            raise LookupError(
+                f"low_funds({provider!r}) needs the guard_emulator fixture"
+            )
+        emulated.set_balance(provider, amount)
+        return
+    if provider == "memory":
+        memory = known.get("memory")
+        if memory is None:
+            raise LookupError("low_funds('memory') needs the memory_provider fixture")
+        memory.balance = amount
+        return
+    raise LookupError(f"no guard fixture provides {provider!r}")
+
+
+def _marked(node: pytest.Item, names: tuple[str, ...]) -> None:
+    """
+    Apply the node's ``guard_low_funds`` markers that name one of *names*.
+    """
+    for marker in node.iter_markers(MARKER):
+        name, balance = _marker_args(marker)
+        if name in names:
+            _set_balance(node, name, to_amount(balance, name="balance"))
+
+
+def _marker_args(marker: pytest.Mark) -> tuple[str, Any]:
+    args = dict(zip(("provider", "balance"), marker.args, strict=False))
+    args.update(marker.kwargs)
+    if set(args) != {"provider", "balance"}:
+        raise pytest.UsageError(
+            f"@pytest.mark.{MARKER} takes provider= and balance=, got {sorted(args)}"
+        )
+    return str(args["provider"]), args["balance"]
+
+
+_NEEDS: Final = {
+    "oneclickdz": "guard_emulator",
+    "clickatell": "guard_emulator",
+    "memory": "memory_provider",
+}
+
+
+def _check_markers(request: pytest.FixtureRequest) -> None:
+    for marker in request.node.iter_markers(MARKER):
+        name, balance = _marker_args(marker)
+        fixture = _NEEDS.get(name)
+        if fixture is None:
+            raise pytest.UsageError(
+                f"@pytest.mark.{MARKER}: unknown provider {name!r}; "
+                f"one of {', '.join(map(repr, _NEEDS))}"
+            )
+        to_amount(balance, name="balance")
+        if fixture not in request.fixturenames:
+            pytest.fail(
+                f"@pytest.mark.{MARKER}(provider={name!r}) needs the {fixture} "
+                "fixture in this test",
+                pytrace=False,
+            )
+
+
+def _is_sync_test(request: pytest.FixtureRequest) -> bool:
+    function = getattr(request.node, "function", None)
+    return function is not None and not inspect.iscoroutinefunction(function)
+
+
+def _make_emulator() -> Emulator:
+    from guard.testing._emulator import Emulator
+
+    return Emulator.with_demo_accounts()
+
+
+def _handle(emu: Emulator) -> GuardEmulator:
+    from guard.testing._emulator import (
+        DEMO_CLICKATELL_API_ID,
+        DEMO_CLICKATELL_PASSWORD,
+        DEMO_CLICKATELL_USER,
+        DEMO_ONECLICKDZ_KEY,
+    )
+
+    return GuardEmulator(
+        emu,
+        emu.oneclickdz(DEMO_ONECLICKDZ_KEY),
+        emu.clickatell(
+            DEMO_CLICKATELL_USER, DEMO_CLICKATELL_PASSWORD, DEMO_CLICKATELL_API_ID
+        ),
+    )
+
+
+def _registered(request: pytest.FixtureRequest, emu: Emulator) -> GuardEmulator:
+    handle = _handle(emu)
+    _known(request.node)["emulator"] = handle
+    _marked(request.node, ("oneclickdz", "clickatell"))
+    return handle
+
+
+@pytest.fixture(name="memory_provider")
+def _memory_provider(request: pytest.FixtureRequest) -> InMemoryProvider:
+    """
+    An `InMemoryProvider` named ``"memory"`` holding 1000 DZD.
+    """
+    provider = InMemoryProvider(1000, name="memory", currency="DZD")
+    _known(request.node)["memory"] = provider
+    _marked(request.node, ("memory",))
+    return provider
+
+
+@pytest.fixture(name="low_funds")
+def _low_funds(request: pytest.FixtureRequest) -> LowFunds:
+    """
+    ``low_funds(provider, balance)``: set a guard fixture provider's balance.
+    """
+    return LowFunds(request.node)
+
+
+if _ASYNC_FIXTURES:
+
+    @pytest_asyncio.fixture(name="guard_emulator")
+    async def _guard_emulator(
+        request: pytest.FixtureRequest,
+    ) -> AsyncIterator[GuardEmulator]:
+        """
+        A running emulator on loopback with one account per provider.
+        """
+        emu = _make_emulator()
+        # A synchronous test doesn't run this loop: serve from guard's own.
+        elsewhere = _is_sync_test(request)
+        await (_sync.on_portal(emu.start) if elsewhere else emu.start())
+        try:
+            yield _registered(request, emu)
+        finally:
+            await (_sync.on_portal(emu.close) if elsewhere else emu.close())
+
+    @pytest_asyncio.fixture(name="default_guard", autouse=True)
+    async def _default_guard(
+        request: pytest.FixtureRequest,
+    ) -> AsyncIterator[BalanceGuard]:
+        """
+        A fresh default guard for each test, closed after it.
+        """
+        _check_markers(request)
+        guard = BalanceGuard()
+        try:
+            with set_default_guard(guard):
+                yield guard
+        finally:
+            await _sync.aclose_guard(guard)
+
+else:  # pragma: no cover - exercised only without pytest-asyncio
+
+    @pytest.fixture(name="guard_emulator")
+    def _guard_emulator(request: pytest.FixtureRequest) -> Iterator[GuardEmulator]:
+        """
+        A running emulator on loopback, served from guard's own loop thread.
+        """
+        emu = _make_emulator()
+        _sync.run(emu.start)
+        try:
+            yield _registered(request, emu)
+        finally:
+            _sync.run(emu.close)
+
+    @pytest.fixture(name="default_guard", autouse=True)
+    def _default_guard(request: pytest.FixtureRequest) -> Iterator[BalanceGuard]:
+        """
+        A fresh default guard for each test, closed after it.
+        """
+        _check_markers(request)
+        guard = BalanceGuard()
+        try:
+            with set_default_guard(guard):
+                yield guard
+        finally:
+            _sync.close_guard(guard)

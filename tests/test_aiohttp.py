@@ -1,0 +1,381 @@
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard.aiohttp import (
+    GUARD_KEY,
+    INSUFFICIENT_BALANCE_TYPE,
+    PROBLEM_CONTENT_TYPE,
+    guard_middleware,
+    guard_route,
+    problem_response,
+    setup_guard,
+)
+from guard.errors import BalanceUnavailable, GuardError
+from guard.testing._emulator import Fault, Route
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from aiohttp.test_utils import TestClient
+
+    from guard.pytest_plugin import GuardEmulator
+    from guard.typing import Provider
+
+    Client = TestClient[web.Request, web.Application]
+    MakeClient = Callable[[web.Application], Awaitable[Client]]
+
+SEEN = web.AppKey("seen", list)
+
+
+async def body_amount(request: web.Request) -> Any:
+    return (await request.json())["amount"]
+
+
+def make_app(provider: Provider, **options: Any) -> web.Application:
+    """A reseller app: POST /topup spends, GET /health does not."""
+    app = web.Application()
+    app[SEEN] = []
+
+    async def topup(request: web.Request) -> web.Response:
+        # Read the body again: the rule read it first.
+        body = await request.json()
+        request.app[SEEN].append(body)
+        return web.json_response({"sent": str(body["amount"])})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_post("/topup", topup, name="topup")
+    app.router.add_get("/health", health, name="health")
+    options.setdefault("routes", {"topup": guard_route(provider, body_amount)})
+    setup_guard(app, lambda: BalanceGuard(retries=0), **options)
+    return app
+
+
+@pytest.fixture(name="oneclick")
+def _oneclick(guard_emulator: GuardEmulator) -> Provider:
+    return guard_emulator.oneclickdz
+
+
+class TestRoutes:
+    async def test_accepted(
+        self, aiohttp_client: MakeClient, oneclick: Provider
+    ) -> None:
+        """A covered amount reaches the handler, which can read the body again."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post("/topup", json={"amount": 500})
+
+        assert 200 == response.status
+        assert {"sent": "500"} == await response.json()
+        assert [{"amount": 500}] == client.app[SEEN]
+
+    async def test_refused_402(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """An amount the balance cannot cover is answered 402 problem+json."""
+        guard_emulator.set_balance(oneclick, "120.50")
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post("/topup", json={"amount": 500})
+
+        assert 402 == response.status
+        assert PROBLEM_CONTENT_TYPE == response.content_type
+        assert {
+            "type": INSUFFICIENT_BALANCE_TYPE,
+            "title": "Insufficient balance",
+            "status": 402,
+            "detail": "oneclickdz: insufficient balance: 500 DZD required, "
+            "120.50 DZD available",
+            "provider": "oneclickdz",
+            "required": "500",
+            "available": "120.50",
+            "currency": "DZD",
+        } == json.loads(await response.text())
+        assert [] == client.app[SEEN]
+
+    async def test_unguarded_route(
+        self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
+    ) -> None:
+        """A route without a rule runs without a balance check."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.get("/health")
+
+        assert 200 == response.status
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    async def test_settled_after_each_call(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """Each guarded call invalidates the cached balance and releases its hold."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        for _ in range(2):
+            assert 200 == (await client.post("/topup", json={"amount": 1})).status
+
+        assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        assert Decimal(0) == client.app[GUARD_KEY].held(oneclick)
+
+    @pytest.mark.parametrize(
+        ("path", "expected"),
+        [("/topup/250?fee=5", 200), ("/topup/9990?fee=11", 402)],
+    )
+    async def test_amount_from_match_info_and_query(
+        self, aiohttp_client: MakeClient, oneclick: Provider, path: str, expected: int
+    ) -> None:
+        """A sync amount function may read match info and query."""
+
+        def amount(request: web.Request) -> Decimal:
+            return Decimal(request.match_info["amount"]) + Decimal(request.query["fee"])
+
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/topup/{amount}", handler, name="topup")
+        setup_guard(app, routes={"topup": guard_route(oneclick, amount)})
+        client = await aiohttp_client(app)
+
+        assert expected == (await client.post(path)).status
+
+    @pytest.mark.parametrize("amount", ["-5", "lots", True])
+    async def test_bad_amount_400(
+        self, aiohttp_client: MakeClient, oneclick: Provider, amount: object
+    ) -> None:
+        """An amount the client got wrong is answered 400 problem+json."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post("/topup", json={"amount": amount})
+
+        assert 400 == response.status
+        assert PROBLEM_CONTENT_TYPE == response.content_type
+        assert [] == client.app[SEEN]
+
+    async def test_fixed_amount(
+        self, aiohttp_client: MakeClient, oneclick: Provider
+    ) -> None:
+        """A rule may carry a fixed amount."""
+        app = make_app(oneclick, routes={"topup": guard_route(oneclick, "10001")})
+        client = await aiohttp_client(app)
+
+        assert 402 == (await client.post("/topup", json={"amount": 1})).status
+
+
+class TestUnavailable:
+    async def test_503_with_provider_retry_after(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """A provider that cannot answer gives 503 with its Retry-After."""
+        guard_emulator.fail(
+            Route.ONECLICKDZ_BALANCE,
+            Fault.oneclickdz(429, "RATE_LIMIT_EXCEEDED", retry_after=7),
+        )
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post("/topup", json={"amount": 1})
+
+        assert 503 == response.status
+        assert "7" == response.headers["Retry-After"]
+        body = await response.json(content_type=PROBLEM_CONTENT_TYPE)
+        assert 503 == body["status"]
+        assert "oneclickdz" == body["provider"]
+
+    async def test_503_default_retry_after(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """Without a hint from the provider, Retry-After is the configured one."""
+        guard_emulator.fail(Route.ONECLICKDZ_BALANCE, Fault.html(502))
+        client = await aiohttp_client(make_app(oneclick, retry_after=11))
+
+        response = await client.post("/topup", json={"amount": 1})
+
+        assert 503 == response.status
+        assert "11" == response.headers["Retry-After"]
+
+    async def test_auth_error_leaks_no_secret(
+        self, aiohttp_client: MakeClient, guard_emulator: GuardEmulator
+    ) -> None:
+        """Refused credentials give 503 without the key or the reason."""
+        wrong = guard_emulator.emulator.oneclickdz("not-the-key-s3cr3t")
+        client = await aiohttp_client(make_app(wrong))
+
+        response = await client.post("/topup", json={"amount": 1})
+
+        text = await response.text()
+        assert 503 == response.status
+        assert "s3cr3t" not in text
+        assert "s3cr3t" not in str(response.headers)
+        assert "INVALID_ACCESS_TOKEN" not in text
+
+
+class TestHandlers:
+    async def test_require_balance_on_a_handler(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """A handler decorated with require_balance is answered 402 when short."""
+
+        @require_balance(oneclick, 20000)
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text="sent")
+
+        app = web.Application(middlewares=[guard_middleware()])
+        app.router.add_post("/send", handler)
+        client = await aiohttp_client(app)
+
+        response = await client.post("/send")
+
+        assert 402 == response.status
+        assert "20000" == (await response.json(content_type=None))["required"]
+
+    async def test_error_raised_deep_in_a_handler(
+        self, aiohttp_client: MakeClient
+    ) -> None:
+        """InsufficientBalance raised anywhere in a handler becomes 402."""
+
+        async def handler(request: web.Request) -> web.Response:
+            raise InsufficientBalance(
+                provider="x",
+                required=Decimal("1.10"),
+                available=Decimal("0.30"),
+                currency="credits",
+            )
+
+        app = web.Application(middlewares=[guard_middleware()])
+        app.router.add_get("/", handler)
+        client = await aiohttp_client(app)
+
+        body = await (await client.get("/")).json(content_type=None)
+
+        assert ("1.10", "0.30") == (body["required"], body["available"])
+
+    async def test_problem_override(self, aiohttp_client: MakeClient) -> None:
+        """A problem callable replaces the answer; returning None keeps it."""
+
+        def problem(request: web.Request, exc: GuardError) -> web.Response | None:
+            if isinstance(exc, InsufficientBalance):
+                return web.json_response({"error": "topup_refused"}, status=409)
+            return None
+
+        async def short(request: web.Request) -> web.Response:
+            raise InsufficientBalance(
+                provider="x", required=Decimal(2), available=Decimal(1), currency="DZD"
+            )
+
+        async def down(request: web.Request) -> web.Response:
+            raise BalanceUnavailable("down", provider="x", retry_after=2.5)
+
+        app = web.Application(middlewares=[guard_middleware(problem=problem)])
+        app.router.add_get("/short", short)
+        app.router.add_get("/down", down)
+        client = await aiohttp_client(app)
+
+        refused = await client.get("/short")
+        unavailable = await client.get("/down")
+
+        assert (409, {"error": "topup_refused"}) == (
+            refused.status,
+            await refused.json(),
+        )
+        assert (503, "3") == (unavailable.status, unavailable.headers["Retry-After"])
+
+    def test_problem_response_status(self) -> None:
+        """problem_response takes another status."""
+        exc = InsufficientBalance(
+            provider="x", required=Decimal(2), available=Decimal(1), currency="DZD"
+        )
+
+        response = problem_response(exc, status=409)
+
+        assert 409 == response.status
+        assert response.text is not None
+        assert 409 == json.loads(response.text)["status"]
+
+
+class TestSetup:
+    async def test_guard_opened_and_closed(
+        self, aiohttp_client: MakeClient, oneclick: Provider
+    ) -> None:
+        """setup_guard stores the guard under GUARD_KEY and closes it on cleanup."""
+        closed: list[bool] = []
+
+        class Recording(BalanceGuard):
+            async def aclose(self) -> None:
+                closed.append(True)
+                await super().aclose()
+
+        guard = Recording()
+        app = web.Application()
+        setup_guard(app, guard)
+        client = await aiohttp_client(app)
+
+        assert guard is client.app[GUARD_KEY]
+        await client.close()
+        assert [True] == closed
+
+    def test_rejects_bad_arguments(self, oneclick: Provider) -> None:
+        """Wrong types fail at setup, not per request."""
+        with pytest.raises(TypeError, match="RouteRule"):
+            guard_middleware(routes={"topup": oneclick})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="retry_after"):
+            guard_middleware(retry_after=-1)
+        with pytest.raises(TypeError, match="guard"):
+            setup_guard(web.Application(), "guard")  # type: ignore[arg-type]
+
+    async def test_handler_spends_on_the_emulator(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Any,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """A guarded handler that really sends debits the emulated account."""
+
+        async def topup(request: web.Request) -> web.Response:
+            body = await request.json()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{guard_emulator.url}/v3/mobile/send",
+                    json={
+                        "plan_code": "PREPAID_DJEZZY",
+                        "MSSIDN": "0770000000",
+                        "amount": body["amount"],
+                    },
+                    headers={"X-Access-Token": oneclick.api_key},
+                ) as sent,
+            ):
+                return web.json_response(await sent.json(), status=sent.status)
+
+        app = web.Application()
+        app.router.add_post("/topup", topup, name="topup")
+        setup_guard(app, routes={"topup": guard_route(oneclick, body_amount)})
+        client = await aiohttp_client(app)
+
+        accepted = await client.post("/topup", json={"amount": 300})
+        refused = await client.post("/topup", json={"amount": 9800})
+
+        assert (200, 402) == (accepted.status, refused.status)
+        assert Decimal(9700) == guard_emulator.balance(oneclick)

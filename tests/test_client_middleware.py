@@ -1,0 +1,307 @@
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+
+from guard import BalanceGuard, InsufficientBalance
+from guard.aiohttp import (
+    SpendRequest,
+    SpendRule,
+    clickatell_rules,
+    default_rules,
+    guard_client_middleware,
+    oneclickdz_rules,
+)
+from guard.testing._emulator import Fault, Route
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType
+
+    from guard.pytest_plugin import GuardEmulator
+
+GSM_161 = "x" * 161  # two GSM-7 parts
+ARABIC_71 = "م" * 71  # two UCS-2 parts
+
+
+@pytest.fixture(name="guard")
+async def _guard() -> AsyncIterator[BalanceGuard]:
+    async with BalanceGuard(retries=0) as guard:
+        yield guard
+
+
+def send_body(amount: object = 300) -> dict[str, object]:
+    return {"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000", "amount": amount}
+
+
+def session_for(*middlewares: Any) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(middlewares=middlewares)
+
+
+class TestOneClickDZ:
+    async def test_accepted_and_settled(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A covered send goes out, and the cached balance is invalidated after it."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            for _ in range(2):
+                async with session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body(300),
+                    headers={"X-Access-Token": oneclick.api_key},
+                ) as response:
+                    assert 200 == response.status
+
+        assert Decimal(9400) == guard_emulator.balance(oneclick)
+        assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        assert Decimal(0) == guard.held(oneclick)
+
+    async def test_refused_never_sent(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A send the balance cannot cover raises and never reaches the provider."""
+        oneclick = guard_emulator.oneclickdz
+        guard_emulator.set_balance(oneclick, 100)
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance) as info:
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body("500"),
+                    headers={"X-Access-Token": oneclick.api_key},
+                )
+
+        assert (Decimal(500), Decimal(100)) == (
+            info.value.required,
+            info.value.available,
+        )
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_missing_amount_not_sent(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A send without an amount cannot be checked, so it is not sent."""
+        oneclick = guard_emulator.oneclickdz
+        body = {"plan_code": "DJEZZY_HADAYA_1000", "MSSIDN": "0770000000"}
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="amount"):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=body,
+                    headers={"X-Access-Token": oneclick.api_key},
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_unknown_account_sent_with_warning(
+        self,
+        guard: BalanceGuard,
+        guard_emulator: GuardEmulator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A send for an account not given to the middleware goes out unguarded."""
+        oneclick = guard_emulator.oneclickdz
+        other = guard_emulator.emulator.add_oneclickdz("other-s3cr3t", 5000)
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            response = await session.post(
+                f"{oneclick.base_url}/v3/mobile/send",
+                json=send_body(300),
+                headers={"X-Access-Token": other.api_key},
+            )
+            response.release()
+
+        assert 200 == response.status
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        assert "sent unguarded" in caplog.text
+        assert "s3cr3t" not in caplog.text
+
+    async def test_debit_skips_the_next_fetch(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """With settle="debit" a 200 debits the cache; a failure invalidates it."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(
+            guard, providers=[oneclick], rules=oneclickdz_rules(settle="debit")
+        )
+        headers = {"X-Access-Token": oneclick.api_key}
+        url = f"{oneclick.base_url}/v3/mobile/send"
+        async with session_for(middleware) as session:
+            for _ in range(2):
+                (
+                    await session.post(url, json=send_body(100), headers=headers)
+                ).release()
+            assert 1 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+            assert Decimal(9800) == (await guard.balance(oneclick)).amount
+
+            guard_emulator.fail(Route.ONECLICKDZ_SEND, Fault.oneclickdz(500, "X"))
+            (await session.post(url, json=send_body(100), headers=headers)).release()
+            (await session.post(url, json=send_body(100), headers=headers)).release()
+
+        assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+
+class TestClickatell:
+    @pytest.mark.parametrize(
+        ("text", "recipients", "credits"),
+        [
+            ("hello", "213550000001", 1),
+            (GSM_161, "213550000001", 2),
+            (GSM_161, "213550000001,213550000002", 4),
+            (ARABIC_71, "213550000001", 2),
+        ],
+    )
+    async def test_credits_per_message(
+        self,
+        guard: BalanceGuard,
+        guard_emulator: GuardEmulator,
+        text: str,
+        recipients: str,
+        credits: int,
+    ) -> None:
+        """A send needs recipients x parts credits; one credit less is refused."""
+        clickatell = guard_emulator.clickatell
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        form = {
+            "user": clickatell.user,
+            "password": clickatell.password,
+            "api_id": clickatell.api_id,
+            "to": recipients,
+            "text": text,
+        }
+        url = f"{clickatell.base_url}/http/sendmsg"
+        async with session_for(middleware) as session:
+            guard_emulator.set_balance(clickatell, credits - 1)
+            with pytest.raises(InsufficientBalance):
+                await session.post(url, data=form)
+            assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+            guard_emulator.set_balance(clickatell, credits)
+            await guard.invalidate(clickatell)
+            async with session.post(url, data=form) as response:
+                assert (await response.text()).startswith("ID:")
+
+        assert Decimal(0) == guard_emulator.balance(clickatell)
+
+    async def test_get_query(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A GET sendmsg is read from its query."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, 1)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        params = {
+            "user": clickatell.user,
+            "password": clickatell.password,
+            "api_id": clickatell.api_id,
+            "to": "213550000001",
+            "text": GSM_161,
+        }
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance):
+                await session.get(f"{clickatell.base_url}/http/sendmsg", params=params)
+
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+    async def test_credits_per_part(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """Credits per part scale the amount."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, "1.5")
+        rules = default_rules(credits_per_part="0.8")
+        middleware = guard_client_middleware(guard, providers=[clickatell], rules=rules)
+        form = {
+            "user": clickatell.user,
+            "password": clickatell.password,
+            "api_id": clickatell.api_id,
+            "to": "213550000001",
+            "text": GSM_161,
+        }
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance) as info:
+                await session.post(f"{clickatell.base_url}/http/sendmsg", data=form)
+
+        assert Decimal("1.6") == info.value.required
+
+
+class TestRules:
+    async def test_no_recursion(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """The guard's balance reads do not pass through the user's session."""
+        oneclick = guard_emulator.oneclickdz
+        seen: list[str] = []
+
+        async def record(
+            request: ClientRequest, handler: ClientHandlerType
+        ) -> ClientResponse:
+            seen.append(request.url.path)
+            return await handler(request)
+
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(record, middleware, record) as session:
+            (
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body(300),
+                    headers={"X-Access-Token": oneclick.api_key},
+                )
+            ).release()
+
+        assert ["/v3/mobile/send", "/v3/mobile/send"] == seen
+        assert 1 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    async def test_custom_rule(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A SpendRule of the user's own guards another endpoint."""
+        oneclick = guard_emulator.oneclickdz
+        guard_emulator.set_balance(oneclick, 999)
+
+        async def plan_price(request: SpendRequest) -> Decimal:
+            return {"DJEZZY_HADAYA_1000": Decimal(1000)}[request.json()["plan_code"]]
+
+        rule = SpendRule("post", re.compile(r"/mobile/send$"), oneclick, plan_price)
+        middleware = guard_client_middleware(guard, rules=[rule])
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json={"plan_code": "DJEZZY_HADAYA_1000", "MSSIDN": "0770000000"},
+                    headers={"X-Access-Token": oneclick.api_key},
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_other_requests_untouched(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """Requests no rule matches pass through without a balance check."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            (await session.get(f"{oneclick.base_url}/v3/ping")).release()
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    def test_validation(self) -> None:
+        """Bad rules and providers fail when the middleware is built."""
+        with pytest.raises(ValueError, match="path"):
+            SpendRule("POST", "no-slash", lambda r, p: None, lambda r: 1)
+        with pytest.raises(TypeError, match="amount"):
+            SpendRule("POST", "/x", lambda r, p: None, 5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="providers"):
+            guard_client_middleware(providers=["oneclick"])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="rules"):
+            guard_client_middleware(rules=[object()])  # type: ignore[list-item]
+        assert 1 == len(clickatell_rules())
