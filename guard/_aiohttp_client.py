@@ -427,7 +427,7 @@ def guard_client_middleware(
             return await handler(request)
         required = await rule.required(spend)
         active = guard or get_default_guard()
-        hold: Hold | None = await active.acquire(provider, required)
+        hold: Hold = await active.acquire(provider, required)
         response: ClientResponse | None = None
         try:
             response = await handler(request)

@@ -4,11 +4,14 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 import logging
+import math
 import random
 import time
+import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
 
 import aiohttp
 from aiocache import SimpleMemoryCache
@@ -46,8 +49,9 @@ Policy: TypeAlias = Literal["closed", "open"]
 def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not zero_ok) or value != value:
-        raise ConfigurationError(f"{name} must be positive, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        kind = "a finite non-negative" if zero_ok else "a finite positive"
+        raise ConfigurationError(f"{name} must be {kind} number, got {value!r}")
     return float(value)
 
 
@@ -143,18 +147,21 @@ class BalanceGuard:
         self.namespace = _name("namespace", namespace)
         self.lease = _positive("lease", lease)
         self._hooks = tuple(hooks)
-        for hook in self._hooks:
-            if not callable(hook):
-                raise ConfigurationError(f"hooks must be callables, got {hook!r}")
+        for hook in cast("tuple[object, ...]", self._hooks):
+            if not callable(hook) or inspect.iscoroutinefunction(hook):
+                raise ConfigurationError(
+                    f"hooks must be plain (not async) callables, got {hook!r}"
+                )
         self._store: Store = self._make_store(
             SimpleMemoryCache(timeout=None) if cache is None else cache
         )
         self._accounts: dict[tuple[str, str], Account] = {}
-        self._by_id: dict[int, tuple[Provider, Account]] = {}
+        self._by_id: dict[int, tuple[weakref.ref[Provider], Account]] = {}
         self._session = session
         self._own_session = session is None
         self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self.closed = False
+        """Whether `aclose` was called."""
 
     def _make_store(self, cache: BaseCache) -> Store:
         if type(cache).__module__.startswith("aiocache.backends.redis"):
@@ -191,12 +198,19 @@ class BalanceGuard:
         """
         Close the guard's HTTP session and its cache. Idempotent.
         """
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        for account in self._accounts.values():
-            if account.inflight is not None:
-                account.inflight.cancel()
+        self.closed = True
+        fetches = [
+            account.inflight
+            for account in self._accounts.values()
+            if account.inflight is not None
+            and account.inflight.get_loop() is asyncio.get_running_loop()
+        ]
+        for task in fetches:
+            task.cancel()
+        # Let the fetches finish cancelling before their session goes away.
+        await asyncio.gather(*fetches, return_exceptions=True)
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
@@ -234,13 +248,13 @@ class BalanceGuard:
 
     # -- the guarded call -------------------------------------------------
 
-    async def acquire(self, provider: Provider, amount: Decimal) -> Hold | None:
+    async def acquire(self, provider: Provider, amount: Decimal) -> Hold:
         """
         Check and hold *amount* on *provider*'s account.
 
-        Returns the hold to give to `settle`, or None when the call goes ahead
-        unchecked under ``on_unavailable="open"``. Most code uses
-        `require_balance` instead.
+        Returns the hold to give to `settle`; when the call goes ahead
+        unchecked under ``on_unavailable="open"``, a hold of nothing. Most
+        code uses `require_balance` instead.
 
         Raises:
             InsufficientBalance: The balance less the holds does not cover
@@ -252,34 +266,39 @@ class BalanceGuard:
         try:
             result = await self._store.try_hold(account, amount)
         except BalanceUnavailable as exc:  # a shared store that is down
-            self._unavailable(account, amount, exc)
-            return None
+            return self._unavailable(account, amount, exc)
         if isinstance(result, Hold):
             return result
         return await self._acquire_slow(account, amount, result)
 
     async def _acquire_slow(
         self, account: Account, amount: Decimal, result: Hold | Short | None
-    ) -> Hold | None:
+    ) -> Hold:
         # Under contention a fresh balance can be invalidated by another call
         # before this one checks it: fetch again until the fetch timeout.
         deadline = time.monotonic() + self.fetch_timeout
-        rechecked = False
         try:
-            while not isinstance(result, Hold):
-                if isinstance(result, Short):
-                    if rechecked or (
-                        result.entry.fetched_mono + self.recheck_after
-                        > time.monotonic()
-                    ):
-                        break
-                    # An old value may predate a refill: look once more.
-                    rechecked = True
+            while result is None:
                 await self._refresh(account, deadline)
                 result = await self._store.try_hold(account, amount)
+            if isinstance(result, Short) and (
+                result.entry.fetched_mono + self.recheck_after <= time.monotonic()
+            ):
+                # An old value may predate a refill: look once more. If that
+                # fails, the value at hand still says the call is short.
+                short = result
+                try:
+                    await self._refresh(account, deadline)
+                    result = await self._store.try_hold(account, amount)
+                except BalanceUnavailable as exc:
+                    if isinstance(exc, ProviderAuthError | ProviderResponseError):
+                        raise
+                    result = short
+                while result is None:
+                    await self._refresh(account, deadline)
+                    result = await self._store.try_hold(account, amount)
         except BalanceUnavailable as exc:
-            self._unavailable(account, amount, exc)
-            return None
+            return self._unavailable(account, amount, exc)
         if isinstance(result, Short):
             self._emit("refused", account, amount=amount, available=result.available)
             raise InsufficientBalance(
@@ -292,7 +311,7 @@ class BalanceGuard:
 
     def _unavailable(
         self, account: Account, amount: Decimal, exc: BalanceUnavailable
-    ) -> None:
+    ) -> Hold:
         if self.on_unavailable == "closed" or isinstance(
             exc, ProviderAuthError | ProviderResponseError
         ):
@@ -303,9 +322,10 @@ class BalanceGuard:
             exc.reason,
         )
         self._emit("failed_open", account, amount=amount, error=exc)
+        return Hold(account, Decimal(0), None, checked=False)
 
     async def settle(
-        self, hold: Hold | None, *, ok: bool, settle: Settle | None = None
+        self, hold: Hold, *, ok: bool, settle: Settle | None = None
     ) -> None:
         """
         Release *hold* and settle the cached balance: debit it (``"debit"``
@@ -313,12 +333,22 @@ class BalanceGuard:
 
         Finishes even if the calling task is cancelled meanwhile.
         """
-        if hold is None:
+        debit = ok and hold.checked and (settle or self.settle_mode) == "debit"
+        if debit:
+            await self._store.release(hold, debit=True)
             return
-        mode = self.settle_mode if settle is None else settle
-        # Stores release the hold before their first await, so a second
-        # cancellation arriving here can't leave it behind.
-        await self._store.release(hold, debit=ok and mode == "debit")
+        try:
+            # Calls woken by the same fetch as this one check before it
+            # invalidates that balance, rather than each fetching anew.
+            await asyncio.sleep(0)
+        finally:
+            # Stores release the hold before their first await: a second
+            # cancellation can't leave it behind.
+            if hold.checked:
+                await self._store.release(hold, debit=False)
+            else:
+                with contextlib.suppress(BalanceUnavailable):
+                    await self._store.release(hold, debit=False)
 
     # -- fetching -------------------------------------------------------------
 
@@ -333,16 +363,25 @@ class BalanceGuard:
                     "the balance was invalidated faster than it could be fetched",
                     provider=account.provider.name,
                 )
+            loop = asyncio.get_running_loop()
             task = account.inflight
-            # A finished task whose done-callback has not run yet: awaiting it
-            # again would spin without yielding until the deadline.
-            if task is None or task.done():
-                task = asyncio.get_running_loop().create_task(
-                    self._fetch_and_put(account)
-                )
+            # A finished task whose done-callback has not run yet would be
+            # awaited again without yielding; one of another (dead) event loop
+            # would never finish here.
+            if task is None or task.done() or task.get_loop() is not loop:
+                task = loop.create_task(self._fetch_and_put(account))
                 account.inflight = task
                 task.add_done_callback(functools.partial(_done, account))
-            entry = await asyncio.shield(task)
+            try:
+                entry = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # The fetch was cancelled, not this call: the guard closed.
+                raise BalanceUnavailable(
+                    "the guard was closed", provider=account.provider.name
+                ) from None
             if entry is not None:
                 return entry
 
@@ -410,7 +449,7 @@ class BalanceGuard:
         return float(random.uniform(base / 2, base))
 
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
+        if self.closed:
             raise RuntimeError("this BalanceGuard is closed")
         loop = asyncio.get_running_loop()
         session = self._session
@@ -428,18 +467,30 @@ class BalanceGuard:
     # -- helpers --------------------------------------------------------------
 
     def _account(self, provider: Provider) -> Account:
-        # Keyed by id(), the provider kept alive beside it so that the id
-        # can't be reused: cheaper than hashing a frozen attrs object.
+        # Keyed by id(): cheaper than hashing a frozen attrs provider. The
+        # weak reference tells a reused id from the original object.
         found = self._by_id.get(id(provider))
-        if found is None:
-            found = (provider, self._account_by_identity(provider))
-            self._by_id[id(provider)] = found
-        return found[1]
+        if found is not None and found[0]() is provider:
+            return found[1]
+        account = self._account_by_identity(provider)
+        key = id(provider)
+        try:
+            ref = weakref.ref(provider, functools.partial(_forget, self._by_id, key))
+        except TypeError:  # a provider of the user's own without __weakref__
+            return account
+        self._by_id[key] = (ref, account)
+        return account
 
     def _account_by_identity(self, provider: Provider) -> Account:
         name, account_id = provider.name, provider.account_id
         identity = (name, account_id)
         account = self._accounts.get(identity)
+        if account is not None and account.provider != provider:
+            # Same account, other settings (a rotated password, a new
+            # timeout): use the newest, and let it try its credentials.
+            account.provider = provider
+            account.auth_until = 0.0
+            account.auth_error = None
         if account is None:
             # Hash again: a user's account_id is trusted to be non-secret, but
             # the key should not depend on that.
@@ -481,6 +532,10 @@ class BalanceGuard:
                 hook(event)
             except Exception:
                 log.exception("guard hook %r failed on %s", hook, kind)
+
+
+def _forget(ids: dict[int, Any], key: int, _: object) -> None:
+    ids.pop(key, None)
 
 
 def _done(account: Account, task: asyncio.Task[Entry | None]) -> None:

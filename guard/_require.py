@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from . import _sync
 from ._amount import to_amount
 from ._guard import BalanceGuard, Settle
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -114,12 +115,16 @@ class RequireBalance:
         if guard is not None and not isinstance(guard, BalanceGuard):
             raise TypeError(f"guard must be a BalanceGuard, not {type(guard).__name__}")
         if settle not in (None, "invalidate", "debit"):
-            raise ValueError(f"settle must be 'invalidate' or 'debit', got {settle!r}")
+            raise ConfigurationError(
+                f"settle must be 'invalidate' or 'debit', got {settle!r}"
+            )
         self._provider = provider
         self._guard = guard
         self._settle: Settle | None = settle
-        self._holds: dict[asyncio.Task[Any] | None, list[Hold | None]] = {}
-        self._sync_holds: dict[int, list[tuple[BalanceGuard, Hold | None]]] = {}
+        self._holds: dict[
+            asyncio.Task[Any] | None, list[tuple[BalanceGuard, Hold]]
+        ] = {}
+        self._sync_holds: dict[int, list[tuple[BalanceGuard, Hold]]] = {}
         if callable(amount):
             self._compute: Callable[..., Any] | None = amount
             self._amount: Decimal | None = None
@@ -160,7 +165,7 @@ class RequireBalance:
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            guard = self._guard or _default or get_default_guard()
+            guard = self._guard or get_default_guard()
             if static is None:
                 required = await self._required(args, kwargs)
             else:
@@ -181,7 +186,7 @@ class RequireBalance:
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            guard = self._guard or _default or get_default_guard()
+            guard = self._guard or get_default_guard()
             required = static
             if required is None:
                 required = self._required_sync(args, kwargs)
@@ -224,7 +229,7 @@ class RequireBalance:
         # Per thread, so one RequireBalance can be entered by many threads.
         stack = self._sync_holds.setdefault(threading.get_ident(), [])
         stack.append((guard, hold))
-        if hold is None or hold.entry is None:
+        if hold.entry is None:
             return None
         return guard._balance_of(hold.account, hold.entry)
 
@@ -249,8 +254,8 @@ class RequireBalance:
             )
         guard = self._guard or get_default_guard()
         hold = await guard.acquire(self._provider, self._amount)
-        self._holds.setdefault(asyncio.current_task(), []).append(hold)
-        if hold is None or hold.entry is None:
+        self._holds.setdefault(asyncio.current_task(), []).append((guard, hold))
+        if hold.entry is None:
             return None
         return guard._balance_of(hold.account, hold.entry)
 
@@ -261,11 +266,15 @@ class RequireBalance:
         tb: TracebackType | None,
     ) -> None:
         task = asyncio.current_task()
+        if task not in self._holds:
+            # Exited from another task than the one that entered (an
+            # AsyncExitStack, fixtures): one hold of this object is as good
+            # as another, since they hold the same amount.
+            task = next(iter(self._holds))
         stack = self._holds[task]
-        hold = stack.pop()
+        guard, hold = stack.pop()
         if not stack:
             del self._holds[task]
-        guard = self._guard or get_default_guard()
         await guard.settle(hold, ok=exc_type is None, settle=self._settle)
 
 
@@ -293,7 +302,7 @@ async def _awaited(value: Awaitable[T]) -> T:
 
 
 async def _settle(
-    guard: BalanceGuard, hold: Hold | None, ok: bool, settle: Settle | None
+    guard: BalanceGuard, hold: Hold, ok: bool, settle: Settle | None
 ) -> None:
     await guard.settle(hold, ok=ok, settle=settle)
 

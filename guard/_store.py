@@ -9,22 +9,29 @@ everything else (fetching, retries, policy) the same way for every store.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import datetime as dt
 import itertools
+import logging
 import os
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from aiocache.serializers import NullSerializer
 
+from .errors import BalanceUnavailable
+
 if TYPE_CHECKING:
+    import asyncio
+
     from aiocache.base import BaseCache
 
     from .typing import Provider
 
 __all__ = ["Account", "Entry", "Hold", "LocalStore", "Short", "Store"]
+
+log = logging.getLogger("guard")
 
 
 class Entry:
@@ -51,8 +58,10 @@ class Account:
     """
     Per-account state of one guard in this process.
 
-    *generation* grows with each invalidation: a fetch that started under an
-    older generation must not be stored, and an entry from one is stale.
+    *generation* grows with each explicit invalidation: a fetch that started
+    under an older generation is not stored. *settled* sums the amounts of
+    every call settled so far: a fetch that started before some of them is
+    stored less those amounts, since it may not include their spending.
     """
 
     __slots__ = (
@@ -63,8 +72,8 @@ class Account:
         "held",
         "inflight",
         "key",
-        "lock",
         "provider",
+        "settled",
     )
 
     def __init__(self, provider: Provider, key: str) -> None:
@@ -72,11 +81,11 @@ class Account:
         self.key = key
         self.generation = 0
         self.held = Decimal(0)
+        self.settled = Decimal(0)
         self.entry: Entry | None = None
         self.inflight: asyncio.Task[Entry | None] | None = None
         self.auth_until = 0.0
         self.auth_error: BaseException | None = None
-        self.lock: asyncio.Lock | None = None
 
 
 class Hold:
@@ -84,10 +93,12 @@ class Hold:
     An amount set aside for one running call, against one cached entry.
 
     *token* identifies the hold in a shared store; local stores leave it
-    empty.
+    empty. An unchecked hold (``checked=False``) stands for a call let through
+    under ``on_unavailable="open"``: it holds nothing, but settling it still
+    invalidates the balance.
     """
 
-    __slots__ = ("account", "amount", "entry", "token")
+    __slots__ = ("account", "amount", "checked", "entry", "token")
 
     def __init__(
         self,
@@ -95,11 +106,14 @@ class Hold:
         amount: Decimal,
         entry: Entry | None,
         token: str = "",
+        *,
+        checked: bool = True,
     ) -> None:
         self.account = account
         self.amount = amount
         self.entry = entry
         self.token = token
+        self.checked = checked
 
 
 class Short:
@@ -157,11 +171,13 @@ class LocalStore:
     """
     Balances in an aiocache cache, holds in this process.
 
-    With a `SimpleMemoryCache` (or any cache with the `NullSerializer`)
-    entries are kept by reference and debited in place: a warm guarded call
-    costs one cache read. Other backends get plain dicts, tagged with this
-    store's origin so that an entry another process wrote is never read as
-    ours (holds are per process; only the Redis store shares them).
+    The entry this store last cached for an account is authoritative: the
+    cache tells whether it is still there (it may have expired or been
+    cleared), never what it holds. With a `SimpleMemoryCache` (or any cache
+    with the `NullSerializer`) the entry itself is stored and a warm guarded
+    call costs one cache read. Other backends store a copy tagged with this
+    store's origin, so that an entry another process wrote is never read as
+    ours: holds are per process, only the Redis store shares them.
     """
 
     def __init__(self, cache: BaseCache, *, ttl: float) -> None:
@@ -172,36 +188,22 @@ class LocalStore:
         self._ids = itertools.count()
 
     async def _get(self, account: Account) -> Entry | None:
-        # timeout=None: aiocache's per-call wait_for costs more than the read.
-        raw = await self.cache.get(account.key, timeout=None)
-        if raw is None:
-            return None
-        if self._by_reference:
-            entry: Entry = raw
-        else:
-            entry_or_none = self._decode(raw)
-            if entry_or_none is None:
-                return None
-            entry = entry_or_none
         current = account.entry
-        if current is None or entry.fetch_id != current.fetch_id:
+        if current is None:
             return None
-        if time.monotonic() - entry.fetched_mono > self.ttl:
-            return None
-        return entry
-
-    def _decode(self, raw: Any) -> Entry | None:
         try:
-            if raw["origin"] != self._origin:
+            # timeout=None: aiocache's per-call wait_for costs more than a read.
+            raw = await self.cache.get(account.key, timeout=None)
+        except Exception as exc:
+            raise _unavailable(account, exc) from exc
+        if self._by_reference:
+            if raw is not current:
                 return None
-            return Entry(
-                Decimal(raw["amount"]),
-                raw["fetch_id"],
-                dt.datetime.fromisoformat(raw["fetched_at"]),
-                float(raw["mono"]),
-            )
-        except (KeyError, TypeError, ValueError, ArithmeticError):
+        elif not isinstance(raw, dict) or raw.get("fetch_id") != current.fetch_id:
             return None
+        if time.monotonic() - current.fetched_mono > self.ttl:
+            return None
+        return current
 
     def _encode(self, entry: Entry) -> dict[str, str | float]:
         return {
@@ -209,7 +211,6 @@ class LocalStore:
             "amount": str(entry.amount),
             "fetch_id": entry.fetch_id,
             "fetched_at": entry.fetched_at.isoformat(),
-            "mono": entry.fetched_mono,
         }
 
     async def read(self, account: Account) -> Entry | None:
@@ -228,7 +229,7 @@ class LocalStore:
         return Hold(account, amount, entry)
 
     async def begin_fetch(self, account: Account) -> object:
-        return account.generation
+        return (account.generation, account.settled)
 
     async def abort_fetch(self, account: Account, token: object) -> None:
         pass
@@ -236,73 +237,71 @@ class LocalStore:
     async def put(
         self, account: Account, amount: Decimal, token: object
     ) -> Entry | None:
-        if token != account.generation:
+        generation, settled = cast("tuple[int, Decimal]", token)
+        if generation != account.generation:
             return None
+        # Calls settled while this fetch ran may have spent after the
+        # provider answered: count them as spent (errs low, never high).
         entry = Entry(
-            amount,
+            amount - (account.settled - settled),
             f"{self._origin}-{next(self._ids)}",
             dt.datetime.now(dt.UTC),
             time.monotonic(),
         )
         account.entry = entry
-        value = entry if self._by_reference else self._encode(entry)
-        await self.cache.set(account.key, value, ttl=self.ttl, timeout=None)
+        await self._write(account, entry, self.ttl)
         return entry
+
+    async def _write(self, account: Account, entry: Entry, ttl: float) -> None:
+        value = entry if self._by_reference else self._encode(entry)
+        try:
+            await self.cache.set(account.key, value, ttl=ttl, timeout=None)
+        except Exception as exc:
+            if account.entry is entry:
+                account.entry = None
+            raise _unavailable(account, exc) from exc
 
     async def release(self, hold: Hold, *, debit: bool) -> None:
         account = hold.account
         entry = hold.entry
-        current = account.entry
+        # All of the bookkeeping happens before the first await, so a
+        # cancellation can't leave the hold behind.
+        account.held -= hold.amount
+        account.settled += hold.amount
         # Debit only the entry the hold was made against: an entry fetched
         # while the call ran may or may not include this spend.
-        if (
-            debit
-            and entry is not None
-            and current is not None
-            and (current.fetch_id == entry.fetch_id)
-        ):
-            if self._by_reference:
-                entry.amount -= hold.amount
-                account.held -= hold.amount
-                return
-            try:
-                if await self._debit_serialized(hold):
-                    return
-            except BaseException:
-                # Cancelled or failed mid-write: forget the balance, free the hold.
-                account.generation += 1
-                account.entry = None
-                account.held -= hold.amount
-                raise
-        account.held -= hold.amount
-        await self.invalidate(account)
-
-    async def _debit_serialized(self, hold: Hold) -> bool:
-        account = hold.account
-        if account.lock is None:
-            account.lock = asyncio.Lock()
-        async with account.lock:
-            entry = await self._get(account)
-            if entry is None or hold.entry is None:
-                return False
-            if entry.fetch_id != hold.entry.fetch_id:
-                return False
+        if debit and entry is not None and entry is account.entry:
             entry.amount -= hold.amount
+            if self._by_reference:
+                return
             remaining = self.ttl - (time.monotonic() - entry.fetched_mono)
-            if remaining <= 0:
-                return False
-            account.entry = entry
-            await self.cache.set(
-                account.key, self._encode(entry), ttl=remaining, timeout=None
+            if remaining > 0:
+                with contextlib.suppress(BalanceUnavailable):
+                    await self._write(account, entry, remaining)
+                return
+        account.entry = None
+        await self._delete(account)
+
+    async def _delete(self, account: Account) -> None:
+        try:
+            await self.cache.delete(account.key, timeout=None)
+        except Exception as exc:  # the local entry is gone already
+            log.warning(
+                "%s: could not delete a cached balance: %s",
+                account.provider.name,
+                type(exc).__name__,
             )
-            # Release only once the lower balance is visible to other tasks.
-            account.held -= hold.amount
-            return True
 
     async def invalidate(self, account: Account) -> None:
         account.generation += 1
         account.entry = None
-        await self.cache.delete(account.key, timeout=None)
+        await self._delete(account)
 
     async def close(self) -> None:
         await self.cache.close()
+
+
+def _unavailable(account: Account, exc: BaseException) -> BalanceUnavailable:
+    return BalanceUnavailable(
+        f"cache unavailable: {type(exc).__name__}", provider=account.provider.name
+    )

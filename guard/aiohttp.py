@@ -330,7 +330,7 @@ def guard_middleware(
     ) -> web.StreamResponse:
         active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
         required = await rule.required(request)
-        hold: Hold | None = await active.acquire(rule.provider, required)
+        hold: Hold = await active.acquire(rule.provider, required)
         response: web.StreamResponse | None = None
         error: BaseException | None = None
         try:

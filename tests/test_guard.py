@@ -258,15 +258,14 @@ class TestRace:
     async def test_invalidated_between_fetch_and_check(
         self, guard: BalanceGuard
     ) -> None:
-        """Calls that never yield still all run, each on a fresh balance."""
-        provider = InMemoryProvider(1000, delay=0.001)
+        """Calls that never yield all check against the fetch they waited for."""
+        provider = InMemoryProvider(10**6, delay=0.001)
         guarded = require_balance(provider, 1, guard=guard)(spend)
 
-        results = await asyncio.gather(*(guarded(provider, 1) for _ in range(20)))
+        results = await asyncio.gather(*(guarded(provider, 1) for _ in range(1000)))
 
-        assert ["sent"] * 20 == results
-        assert Decimal(980) == provider.balance
-        assert 1 < provider.fetches <= 20
+        assert ["sent"] * 1000 == results
+        assert 1 == provider.fetches
 
     async def test_fetch_racing_invalidation_is_not_stored(self) -> None:
         """A balance fetched before an invalidation is never cached after it."""
@@ -540,14 +539,22 @@ class TestConfiguration:
     @pytest.mark.parametrize(
         ("options", "words"),
         [
-            ({"ttl": 0}, "ttl must be positive"),
+            ({"ttl": 0}, "ttl must be a finite positive number"),
             ({"ttl": "30"}, "ttl must be a number"),
             ({"settle": "refund"}, "settle must be one of"),
             ({"on_unavailable": "maybe"}, "on_unavailable must be one of"),
             ({"retries": -1}, "retries must be a non-negative int"),
-            ({"fetch_timeout": float("nan")}, "fetch_timeout must be positive"),
+            (
+                {"fetch_timeout": float("nan")},
+                "fetch_timeout must be a finite positive",
+            ),
+            (
+                {"fetch_timeout": float("inf")},
+                "fetch_timeout must be a finite positive",
+            ),
+            ({"recheck_after": -1}, "recheck_after must be a finite non-negative"),
             ({"namespace": ""}, "namespace must be a non-empty string"),
-            ({"hooks": [42]}, "hooks must be callables"),
+            ({"hooks": [42]}, "hooks must be plain"),
         ],
     )
     def test_bad_options(self, options: dict[str, object], words: str) -> None:

@@ -73,7 +73,7 @@ async def test_first(default_guard, memory_provider):
 
 def test_second(default_guard, memory_provider):
     assert default_guard is not seen[0]
-    assert seen[0]._closed
+    assert seen[0].closed
     assert 0 == memory_provider.fetches
     with require_balance(memory_provider, 1):
         pass
@@ -81,7 +81,7 @@ def test_second(default_guard, memory_provider):
 
 
 def test_third(default_guard):
-    assert seen[1]._closed
+    assert seen[1].closed
 """
 
 
