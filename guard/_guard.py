@@ -263,24 +263,25 @@ class BalanceGuard:
                 policy is ``"closed"``.
         """
         account = self._account(provider)
+        seen = account.fetches
         try:
             result = await self._store.try_hold(account, amount)
         except BalanceUnavailable as exc:  # a shared store that is down
             return self._unavailable(account, amount, exc)
         if isinstance(result, Hold):
             return result
-        return await self._acquire_slow(account, amount, result)
+        return await self._acquire_slow(account, amount, result, seen)
 
     async def _acquire_slow(
-        self, account: Account, amount: Decimal, result: Hold | Short | None
+        self,
+        account: Account,
+        amount: Decimal,
+        result: Hold | Short | None,
+        seen: int,
     ) -> Hold:
-        # Under contention a fresh balance can be invalidated by another call
-        # before this one checks it: fetch again until the fetch timeout.
         deadline = time.monotonic() + self.fetch_timeout
         try:
-            while result is None:
-                await self._refresh(account, deadline)
-                result = await self._store.try_hold(account, amount)
+            result = await self._until_cached(account, amount, result, seen, deadline)
             if isinstance(result, Short) and (
                 result.entry.fetched_mono + self.recheck_after <= time.monotonic()
             ):
@@ -294,9 +295,9 @@ class BalanceGuard:
                     if isinstance(exc, ProviderAuthError | ProviderResponseError):
                         raise
                     result = short
-                while result is None:
-                    await self._refresh(account, deadline)
-                    result = await self._store.try_hold(account, amount)
+                result = await self._until_cached(
+                    account, amount, result, account.fetches, deadline
+                )
         except BalanceUnavailable as exc:
             return self._unavailable(account, amount, exc)
         if isinstance(result, Short):
@@ -307,6 +308,29 @@ class BalanceGuard:
                 available=result.available,
                 currency=account.provider.currency,
             )
+        return result
+
+    async def _until_cached(
+        self,
+        account: Account,
+        amount: Decimal,
+        result: Hold | Short | None,
+        seen: int,
+        deadline: float,
+    ) -> Hold | Short:
+        """
+        Fetch on a miss, then check again, until there is a balance to check.
+
+        A miss is stale if a fetch finished after the check began (its answer
+        was on its way while the balance was stored): check again instead of
+        fetching. A balance can also be invalidated by another call between
+        a fetch and this check: fetch again, until *deadline*.
+        """
+        while result is None:
+            if account.fetches == seen:
+                await self._refresh(account, deadline)
+            seen = account.fetches
+            result = await self._store.try_hold(account, amount)
         return result
 
     def _unavailable(
@@ -388,6 +412,7 @@ class BalanceGuard:
     async def _fetch_and_put(self, account: Account) -> Entry | None:
         token = await self._store.begin_fetch(account)
         if isinstance(token, Entry):  # another process fetched it meanwhile
+            account.fetches += 1
             return token
         try:
             amount = await self._fetch(account)
@@ -396,6 +421,7 @@ class BalanceGuard:
             raise
         entry = await self._store.put(account, amount, token)
         if entry is not None:
+            account.fetches += 1
             self._emit("fetched", account, amount=amount)
         return entry
 

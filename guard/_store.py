@@ -58,7 +58,8 @@ class Account:
     """
     Per-account state of one guard in this process.
 
-    *generation* grows with each explicit invalidation: a fetch that started
+    *fetches* counts the balances fetched and stored. *generation* grows
+    with each explicit invalidation: a fetch that started
     under an older generation is not stored. *settled* sums the amounts of
     every call settled so far: a fetch that started before some of them is
     stored less those amounts, since it may not include their spending.
@@ -68,6 +69,7 @@ class Account:
         "auth_error",
         "auth_until",
         "entry",
+        "fetches",
         "generation",
         "held",
         "inflight",
@@ -80,6 +82,7 @@ class Account:
         self.provider = provider
         self.key = key
         self.generation = 0
+        self.fetches = 0
         self.held = Decimal(0)
         self.settled = Decimal(0)
         self.entry: Entry | None = None
