@@ -482,6 +482,8 @@ class BalanceGuard:
         if session is None or (
             self._own_session and (session.closed or self._session_loop is not loop)
         ):
+            if session is not None and self._session_loop is not None:
+                _abandon(session, self._session_loop)
             session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.fetch_timeout),
                 raise_for_status=False,
@@ -558,6 +560,24 @@ class BalanceGuard:
                 hook(event)
             except Exception:
                 log.exception("guard hook %r failed on %s", hook, kind)
+
+
+def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    # A session left by an event loop that has ended (asyncio.run called
+    # again): its connections died with the loop; mark it closed so that it
+    # doesn't warn. One on a loop still running elsewhere closes there.
+    if session.closed:
+        return
+    if loop.is_closed():
+        connector = session.connector
+        session.detach()
+        # With its loop closed, closing a connector only marks it closed;
+        # the public close() is a coroutine that no loop can run any more.
+        close = getattr(connector, "_close", None)
+        if close is not None:
+            close()
+    else:
+        asyncio.run_coroutine_threadsafe(session.close(), loop)
 
 
 def _forget(ids: dict[int, Any], key: int, _: object) -> None:
