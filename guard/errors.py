@@ -37,6 +37,16 @@ class GuardError(Exception):
     Root of every error guard raises.
     """
 
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # Keyword-only constructors defeat Exception's default pickling.
+        fields = self._fields()
+        if fields is None:
+            return super().__reduce__()
+        return (_rebuild, (type(self), fields))
+
+    def _fields(self) -> dict[str, Any] | None:
+        return None
+
 
 class ConfigurationError(GuardError, ValueError):
     """
@@ -85,9 +95,6 @@ class InsufficientBalance(GuardError):
             f"currency={self.currency!r})"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._fields()))
-
     def _fields(self) -> dict[str, Any]:
         return {
             "provider": self.provider,
@@ -133,9 +140,6 @@ class BalanceUnavailable(GuardError):
             f"{type(self).__name__}({self.reason!r}, provider={self.provider!r}, "
             f"status={self.status!r}, retry_after={self.retry_after!r})"
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._fields()))
 
     def _fields(self) -> dict[str, Any]:
         return {
@@ -210,7 +214,6 @@ class ProviderResponseError(BalanceUnavailable):
 
 
 def _rebuild(cls: type[GuardError], fields: dict[str, Any]) -> GuardError:
-    # Keyword-only constructors defeat Exception's default pickling.
     if "reason" in fields:
         reason = fields.pop("reason")
         return cls(reason, **fields)
