@@ -148,7 +148,7 @@ class BalanceGuard:
         self.lease = _positive("lease", lease)
         self._hooks = tuple(hooks)
         for hook in cast("tuple[object, ...]", self._hooks):
-            if not callable(hook) or inspect.iscoroutinefunction(hook):
+            if not callable(hook) or _is_async(hook):
                 raise ConfigurationError(
                     f"hooks must be plain (not async) callables, got {hook!r}"
                 )
@@ -371,8 +371,10 @@ class BalanceGuard:
             if hold.checked:
                 await self._store.release(hold, debit=False)
             else:
+                # What an unchecked call spent is unknown, so a fetch that
+                # ran meanwhile can't be corrected: drop it.
                 with contextlib.suppress(BalanceUnavailable):
-                    await self._store.release(hold, debit=False)
+                    await self._store.invalidate(hold.account)
 
     # -- fetching -------------------------------------------------------------
 
@@ -560,6 +562,13 @@ class BalanceGuard:
                 hook(event)
             except Exception:
                 log.exception("guard hook %r failed on %s", hook, kind)
+
+
+def _is_async(fn: object) -> bool:
+    # An object with an ``async def __call__`` is async too.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
 
 
 def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:

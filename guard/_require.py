@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _sync
 from ._amount import to_amount
-from ._guard import BalanceGuard, Settle
+from ._guard import BalanceGuard, Settle, _is_async
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,9 +43,9 @@ def get_default_guard() -> BalanceGuard:
     """
     global _default
     guard = _default
-    if guard is None:
+    if guard is None or guard.closed:
         with _default_lock:
-            if _default is None:
+            if _default is None or _default.closed:
                 _default = BalanceGuard()
             guard = _default
     return guard
@@ -287,13 +287,6 @@ def _is_provider(obj: object) -> bool:
         and hasattr(obj, "currency")
         and hasattr(obj, "account_id")
         and callable(getattr(obj, "fetch_balance", None))
-    )
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    # An object with an ``async def __call__`` is async too.
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
     )
 
 

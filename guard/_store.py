@@ -199,6 +199,8 @@ class LocalStore:
             raw = await self.cache.get(account.key, timeout=None)
         except Exception as exc:
             raise _unavailable(account, exc) from exc
+        if account.entry is not current:
+            return None  # settled or refetched while the cache answered
         if self._by_reference:
             if raw is not current:
                 return None

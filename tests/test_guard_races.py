@@ -1,0 +1,718 @@
+"""
+Regression tests for the engine races and edge cases found in review.
+
+Each test replays one reviewer's reproduction deterministically: providers
+and caches that stop at a gate stand in for a network answer that is on its
+way while other calls run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import http.server
+import logging
+import threading
+import warnings
+import weakref
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiocache import SimpleMemoryCache
+from aiocache.serializers import PickleSerializer
+
+from guard import (
+    BalanceGuard,
+    BalanceUnavailable,
+    ConfigurationError,
+    GuardError,
+    GuardEvent,
+    InsufficientBalance,
+    ProviderAuthError,
+    get_default_guard,
+    require_balance,
+    set_default_guard,
+)
+from guard.testing import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+    from guard._store import Hold
+
+
+class Network(InMemoryProvider):
+    """
+    A provider whose server reads the balance when asked; while `gate` is
+    set, the answer arrives only once the gate opens (a slow network).
+    """
+
+    def __init__(self, balance: int, **kwargs: Any) -> None:
+        super().__init__(balance, **kwargs)
+        self.gate: asyncio.Event | None = None
+        self.asked = asyncio.Event()
+        self.cancelled = False
+
+    def slow_down(self) -> asyncio.Event:
+        """Hold the next answers until the returned gate is set."""
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+        return self.gate
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        self.fetches += 1
+        if self._failures:
+            raise self._failures.pop(0)
+        seen = self.balance
+        if self.gate is not None:
+            self.asked.set()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        return seen
+
+
+class During(InMemoryProvider):
+    """
+    A provider that runs *during* between reading the balance and answering.
+    """
+
+    def __init__(self, balance: int, during: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(balance)
+        self.during = during
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        self.fetches += 1
+        seen = self.balance
+        await self.during()
+        return seen
+
+
+class GatedCache(SimpleMemoryCache):  # type: ignore[misc]
+    """
+    A cache whose next GET is answered from the value at the time of the
+    request, but only reaches the caller once the gate opens.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(timeout=None, **kwargs)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    def slow_down_next_get(self) -> asyncio.Event:
+        """Hold the next GET's answer until the returned gate is set."""
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+        return self.gate
+
+    async def _get(
+        self, key: str, encoding: str = "utf-8", _conn: object = None
+    ) -> object:
+        value = self._cache.get(key)
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return value
+
+
+class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
+    """
+    A cache that refuses every command while `down` is true.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(timeout=None, **kwargs)
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError("cache down")
+
+    async def _get(
+        self, key: str, encoding: str = "utf-8", _conn: object = None
+    ) -> object:
+        self._check()
+        return await super()._get(key, encoding=encoding, _conn=_conn)
+
+    async def _set(self, key: str, value: object, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return await super()._set(key, value, *args, **kwargs)
+
+    async def _delete(self, key: str, _conn: object = None) -> Any:
+        self._check()
+        return await super()._delete(key, _conn=_conn)
+
+
+@pytest.fixture(name="network")
+def _network() -> Network:
+    return Network(100)
+
+
+@pytest.fixture(name="debit_guard")
+async def _debit_guard() -> AsyncIterator[BalanceGuard]:
+    async with BalanceGuard(settle="debit") as guard:
+        yield guard
+
+
+class TestFetchOverlappingSettle:
+    @pytest.mark.parametrize("mode", ["debit", "invalidate"])
+    async def test_recheck_fetch_counts_calls_settled_meanwhile(
+        self, network: Network, mode: str
+    ) -> None:
+        """A recheck fetch answered before a call spent is stored less that call."""
+        async with BalanceGuard(settle=mode, recheck_after=0) as guard:  # type: ignore[arg-type]
+            await guard.balance(network)
+            async with require_balance(network, 60, guard=guard):
+                gate = network.slow_down()
+                # Short against 100 - 60 held: refetches, and reads 100.
+                second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+                await network.asked.wait()
+                network.spend(60)
+            gate.set()
+
+            with pytest.raises(InsufficientBalance) as info:
+                await second
+
+        assert Decimal(40) == info.value.available
+        assert Decimal(40) == network.balance
+
+    async def test_ttl_refetch_counts_calls_settled_meanwhile(
+        self, network: Network
+    ) -> None:
+        """A TTL refetch answered before a long call spent is stored less it."""
+        async with BalanceGuard(settle="debit", ttl=0.02) as guard:
+            await guard.balance(network)
+            async with require_balance(network, 60, guard=guard):
+                await asyncio.sleep(0.03)  # the cached balance expires
+                gate = network.slow_down()
+                second = asyncio.create_task(guard.acquire(network, Decimal(60)))
+                await network.asked.wait()
+                network.spend(60)
+            gate.set()
+
+            with pytest.raises(InsufficientBalance) as info:
+                await second
+
+        assert Decimal(40) == info.value.available
+
+    async def test_fresh_read_counts_calls_settled_meanwhile(
+        self, network: Network, debit_guard: BalanceGuard
+    ) -> None:
+        """A balance(fresh=True) answered before a call spent is stored less it."""
+        await debit_guard.balance(network)
+        async with require_balance(network, 60, guard=debit_guard):
+            gate = network.slow_down()
+            monitor = asyncio.create_task(debit_guard.balance(network, fresh=True))
+            await network.asked.wait()
+            network.spend(60)
+        gate.set()
+        seen = await monitor
+
+        assert Decimal(40) == seen.amount
+        with pytest.raises(InsufficientBalance):
+            await debit_guard.acquire(network, Decimal(60))
+        assert 2 == network.fetches
+
+    async def test_settles_during_each_fetch_store_it_once(self) -> None:
+        """A call settling during a fetch doesn't drop it: one fetch serves."""
+        holds: list[Hold] = []
+
+        async def settle_one() -> None:
+            if holds:
+                provider.spend(1)
+                await guard.settle(holds.pop(), ok=True)
+
+        provider = During(100, settle_one)
+        async with BalanceGuard() as guard:
+            await guard.balance(provider)
+            holds.extend([await guard.acquire(provider, Decimal(1)) for _ in range(50)])
+            provider.spend(1)
+            await guard.settle(holds.pop(), ok=True)  # the balance is dropped
+
+            await guard.acquire(provider, Decimal(1))
+            cached = await guard.balance(provider)
+
+        assert 2 == provider.fetches
+        assert provider.balance == cached.amount
+
+    async def test_settles_during_each_fetch_dont_fail_open(self) -> None:
+        """Under on_unavailable="open" settles during fetches don't skip the check."""
+        holds: list[Hold] = []
+
+        async def settle_one() -> None:
+            if holds:
+                await guard.settle(holds.pop(), ok=True)
+
+        provider = During(100, settle_one)
+        async with BalanceGuard(on_unavailable="open", fetch_timeout=0.05) as guard:
+            await guard.balance(provider)
+            holds.extend(
+                [await guard.acquire(provider, Decimal(0)) for _ in range(10_000)]
+            )
+            await guard.settle(holds.pop(), ok=True)
+
+            async with require_balance(provider, 1, guard=guard) as balance:
+                assert balance is not None
+
+        assert 2 == provider.fetches
+
+
+class TestStoreReads:
+    async def test_serialized_get_answered_before_a_debit(
+        self, network: Network
+    ) -> None:
+        """A cache GET answered before a debit but resumed after it sees the debit."""
+        cache = GatedCache(serializer=PickleSerializer())
+        async with BalanceGuard(cache=cache, settle="debit") as guard:
+            await guard.balance(network)
+            first = await guard.acquire(network, Decimal(60))
+            gate = cache.slow_down_next_get()
+            second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+            await cache.reading.wait()
+            network.spend(60)
+            await guard.settle(first, ok=True)
+            gate.set()
+
+            with pytest.raises(InsufficientBalance) as info:
+                await second
+
+        assert Decimal(40) == info.value.available
+
+    async def test_serialized_get_answered_before_an_invalidation(
+        self, network: Network
+    ) -> None:
+        """A cache GET answered before a settle invalidated the balance is a miss."""
+        cache = GatedCache(serializer=PickleSerializer())
+        async with BalanceGuard(cache=cache, settle="invalidate") as guard:
+            await guard.balance(network)
+            first = await guard.acquire(network, Decimal(60))
+            gate = cache.slow_down_next_get()
+            second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+            await cache.reading.wait()
+            network.spend(60)
+            await guard.settle(first, ok=True)
+            gate.set()
+
+            with pytest.raises(InsufficientBalance) as info:
+                await second
+
+        assert Decimal(40) == info.value.available
+
+    async def test_miss_older_than_a_finished_fetch_checks_again(self) -> None:
+        """A miss that a fetch finishing meanwhile made stale checks, not fetches."""
+        provider = InMemoryProvider(100)
+        cache = GatedCache()
+        async with BalanceGuard(cache=cache, ttl=0.02) as guard:
+            await guard.balance(provider)
+            await asyncio.sleep(0.03)  # the cached balance expires
+            gate = cache.slow_down_next_get()
+            late = asyncio.create_task(guard.acquire(provider, Decimal(1)))
+            await cache.reading.wait()
+            await guard.acquire(provider, Decimal(1))  # fetches the balance again
+            gate.set()
+            await late
+
+            assert Decimal(2) == guard.held(provider)
+        assert 2 == provider.fetches
+
+
+class TestUncheckedCalls:
+    async def test_unchecked_call_invalidates_on_settle(self) -> None:
+        """A call let through unchecked drops a balance cached while it ran."""
+        provider = InMemoryProvider(100)
+        provider.fail_next()
+        async with BalanceGuard(on_unavailable="open", retries=0) as guard:
+            async with require_balance(provider, 60, guard=guard) as balance:
+                assert balance is None
+                await guard.balance(provider)  # cached: 100
+                provider.spend(60)
+
+            with pytest.raises(InsufficientBalance) as info:
+                await guard.acquire(provider, Decimal(50))
+
+        assert Decimal(40) == info.value.available
+
+    async def test_unchecked_call_counts_against_fetch_in_flight(
+        self, network: Network
+    ) -> None:
+        """A fetch answered before an unchecked call spent is stored less it."""
+        network.fail_next()
+        async with BalanceGuard(on_unavailable="open", retries=0) as guard:
+            async with require_balance(network, 60, guard=guard) as balance:
+                assert balance is None
+                gate = network.slow_down()
+                second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+                await network.asked.wait()
+                network.spend(60)
+            gate.set()
+
+            with pytest.raises(InsufficientBalance):
+                await second
+
+    @pytest.mark.parametrize("policy", ["closed", "open"])
+    async def test_failed_recheck_refuses_known_shortage(self, policy: str) -> None:
+        """A short balance whose recheck fails refuses: the shortage is known."""
+        provider = InMemoryProvider(100)
+        async with BalanceGuard(
+            on_unavailable=policy,  # type: ignore[arg-type]
+            recheck_after=0,
+            retries=0,
+        ) as guard:
+            await guard.balance(provider)
+            provider.fail_next(BalanceUnavailable("503", provider="memory"))
+
+            with pytest.raises(InsufficientBalance) as info:
+                await guard.acquire(provider, Decimal(150))
+
+        assert Decimal(100) == info.value.available
+        assert Decimal(0) == guard.held(provider)
+
+
+class TestClosing:
+    async def test_aclose_fails_waiters_as_unavailable(self, network: Network) -> None:
+        """A call waiting on a fetch when the guard closes gets BalanceUnavailable."""
+        guard = BalanceGuard()
+        network.slow_down()
+        waiter = asyncio.create_task(guard.acquire(network, Decimal(1)))
+        await network.asked.wait()
+
+        await guard.aclose()
+
+        assert network.cancelled
+        with pytest.raises(BalanceUnavailable, match="the guard was closed"):
+            await waiter
+
+    async def test_aclose_fails_waiters_under_open_policy_too(
+        self, network: Network
+    ) -> None:
+        """Closing never surfaces as a bare CancelledError in an uncancelled task."""
+        guard = BalanceGuard(on_unavailable="open")
+        network.slow_down()
+
+        async def call() -> str:
+            async with require_balance(network, 1, guard=guard):
+                return "sent"
+
+        caller = asyncio.create_task(call())
+        await network.asked.wait()
+        await guard.aclose()
+
+        with contextlib.suppress(GuardError):
+            await caller
+        assert not caller.cancelled()
+
+    async def test_closed_default_is_replaced(self) -> None:
+        """get_default_guard() replaces a default that was closed."""
+        with set_default_guard(None):
+            first = get_default_guard()
+            await first.aclose()
+            second = get_default_guard()
+            try:
+                assert second is not first
+                assert not second.closed
+            finally:
+                await second.aclose()
+
+
+class TestEventLoops:
+    def test_fetch_of_another_loop_is_replaced(self) -> None:
+        """A fetch left pending on another event loop doesn't wedge the account."""
+        provider = Network(100)
+        first = asyncio.new_event_loop()
+        session = first.run_until_complete(_new_session())
+        guard = BalanceGuard(session=session)
+        stranded = provider.slow_down()
+
+        async def give_up() -> None:
+            call = asyncio.create_task(guard.acquire(provider, Decimal(1)))
+            await provider.asked.wait()
+            call.cancel()  # the shielded fetch stays pending on this loop
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+
+        async def use() -> Decimal:
+            async with guard:
+                hold = await guard.acquire(provider, Decimal(1))
+                await guard.settle(hold, ok=True)
+            return hold.amount
+
+        try:
+            first.run_until_complete(give_up())
+            provider.gate = None
+
+            assert Decimal(1) == asyncio.run(use())
+        finally:
+            # Let the stranded fetch end on its own loop, then close that.
+            stranded.set()
+            first.run_until_complete(_drain(first))
+            first.run_until_complete(session.close())
+            first.close()
+        assert 2 == provider.fetches
+
+    def test_session_of_an_ended_loop_does_not_leak(self) -> None:
+        """A guard used by two asyncio.run() calls leaves no unclosed session."""
+        guard = BalanceGuard()
+        provider = InMemoryProvider(5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(guard.balance(provider))
+            asyncio.run(_balance_and_close(guard, provider))
+            gc.collect()
+            leaked = [str(w.message) for w in caught]
+
+        assert [] == leaked
+        assert 2 == provider.fetches
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="an abandoned session's pooled keep-alive sockets are left for "
+        "the garbage collector, which warns",
+    )
+    def test_connections_of_an_ended_loop_do_not_leak(self, server: str) -> None:
+        """Keep-alive connections of an ended loop are closed, not left to warn."""
+        guard = BalanceGuard()
+        provider = HttpProvider(server)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(guard.balance(provider))
+            asyncio.run(_balance_and_close(guard, provider))
+            gc.collect()
+            leaked = [str(w.message) for w in caught]
+
+        assert [] == leaked
+
+
+class TestRequireBalance:
+    async def test_exit_in_another_task(self, guard: BalanceGuard) -> None:
+        """An async with entered in one task and exited in another releases its hold."""
+        provider = InMemoryProvider(100)
+        requirement = require_balance(provider, 10, guard=guard)
+        stack = contextlib.AsyncExitStack()
+        await asyncio.create_task(stack.enter_async_context(requirement))
+        assert Decimal(10) == guard.held(provider)
+
+        await asyncio.create_task(stack.aclose())
+
+        assert Decimal(0) == guard.held(provider)
+
+    async def test_exit_settles_through_the_guard_that_held(self) -> None:
+        """A default guard replaced during a call doesn't settle that call."""
+        provider = InMemoryProvider(100)
+        async with (
+            BalanceGuard(settle="debit") as held_by,
+            BalanceGuard(settle="invalidate") as other,
+        ):
+            with set_default_guard(held_by):
+                await held_by.balance(provider)
+                async with require_balance(provider, 10):
+                    provider.spend(10)
+                    set_default_guard(other)
+            balance = await held_by.balance(provider)
+
+        assert Decimal(0) == held_by.held(provider)
+        assert Decimal(90) == balance.amount
+        assert 1 == provider.fetches
+
+    def test_bad_settle_is_a_configuration_error(self) -> None:
+        """require_balance(settle=...) with a bad mode raises ConfigurationError."""
+        with pytest.raises(ConfigurationError, match="settle must be"):
+            require_balance(InMemoryProvider(), 1, settle="bogus")  # type: ignore[arg-type]
+
+
+class TestCacheErrors:
+    @pytest.mark.parametrize(
+        ("serializer", "mode"),
+        [(None, "invalidate"), (PickleSerializer(), "debit")],
+    )
+    async def test_settle_survives_an_outage(
+        self,
+        caplog: pytest.LogCaptureFixture,
+        serializer: PickleSerializer | None,
+        mode: str,
+    ) -> None:
+        """A cache that fails while a call runs doesn't replace the call's result."""
+        provider = InMemoryProvider(100)
+        cache = FlakyCache(serializer=serializer)
+        async with BalanceGuard(cache=cache, settle=mode) as guard:  # type: ignore[arg-type]
+
+            @require_balance(provider, 10, guard=guard)
+            async def send() -> str:
+                provider.spend(10)
+                cache.down = True
+                return "message-id-42"
+
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                assert "message-id-42" == await send()
+            assert Decimal(0) == guard.held(provider)
+            cache.down = False
+
+            with pytest.raises(InsufficientBalance) as info:
+                await guard.acquire(provider, Decimal(91))
+
+        assert Decimal(90) == info.value.available
+
+    async def test_read_outage_is_unavailable(self) -> None:
+        """A cache that fails on read raises BalanceUnavailable, not its own error."""
+        provider = InMemoryProvider(100)
+        cache = FlakyCache()
+        async with BalanceGuard(cache=cache) as guard:
+            await guard.balance(provider)
+            cache.down = True
+
+            with pytest.raises(BalanceUnavailable, match="cache unavailable"):
+                await guard.acquire(provider, Decimal(1))
+            cache.down = False
+
+    async def test_read_outage_fails_open(self) -> None:
+        """Under on_unavailable="open" a cache outage lets the call through."""
+        events: list[GuardEvent] = []
+        provider = InMemoryProvider(100)
+        cache = FlakyCache()
+        async with BalanceGuard(
+            cache=cache, on_unavailable="open", hooks=[events.append]
+        ) as guard:
+            await guard.balance(provider)
+            cache.down = True
+            async with require_balance(provider, 1, guard=guard) as balance:
+                assert balance is None
+            cache.down = False
+
+        assert ["fetched", "failed_open"] == [e.kind for e in events]
+
+
+class TestProviders:
+    async def test_newest_provider_object_is_used(self, guard: BalanceGuard) -> None:
+        """A new provider object for the same account (rotated secret) is used."""
+        old = InMemoryProvider(5, account_id="acct")
+        new = InMemoryProvider(7, account_id="acct")
+
+        assert Decimal(5) == (await guard.balance(old)).amount
+        assert Decimal(7) == (await guard.balance(new, fresh=True)).amount
+        assert 1 == new.fetches
+
+    async def test_new_provider_object_clears_auth_cooldown(
+        self, guard: BalanceGuard
+    ) -> None:
+        """Corrected credentials are tried at once despite the old ones' cooldown."""
+        old = InMemoryProvider(5, account_id="acct")
+        old.fail_next(ProviderAuthError("bad password", provider="memory"))
+        new = InMemoryProvider(7, account_id="acct")
+
+        with pytest.raises(ProviderAuthError):
+            await guard.balance(old)
+
+        assert Decimal(7) == (await guard.balance(new)).amount
+
+    async def test_provider_objects_are_not_kept(self, guard: BalanceGuard) -> None:
+        """Provider objects built per request are freed, not kept by the guard."""
+        refs = []
+        for _ in range(100):
+            provider = InMemoryProvider(100, account_id="same-account")
+            async with require_balance(provider, 1, guard=guard):
+                pass
+            refs.append(weakref.ref(provider))
+        del provider
+        gc.collect()
+
+        # The account keeps the newest provider object only.
+        assert [] == [ref for ref in refs[:-1] if ref() is not None]
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"ttl": float("inf")},
+            {"fetch_timeout": float("inf")},
+            {"lease": float("inf")},
+            {"recheck_after": float("-inf")},
+        ],
+    )
+    def test_infinite_seconds_are_refused(self, options: dict[str, float]) -> None:
+        """An infinite number of seconds is a ConfigurationError."""
+        with pytest.raises(ConfigurationError, match="finite"):
+            BalanceGuard(**options)  # type: ignore[arg-type]
+
+    def test_async_hook_is_refused(self) -> None:
+        """An async def hook, which would never be awaited, is refused."""
+
+        async def hook(event: GuardEvent) -> None:
+            pass
+
+        with pytest.raises(ConfigurationError, match="not async"):
+            BalanceGuard(hooks=[hook])  # type: ignore[list-item]
+
+    def test_async_callable_hook_is_refused(self) -> None:
+        """An object with an async __call__ (never awaited) is refused too."""
+
+        class Hook:
+            async def __call__(self, event: GuardEvent) -> None:
+                pass
+
+        with pytest.raises(ConfigurationError, match="not async"):
+            BalanceGuard(hooks=[Hook()])  # type: ignore[list-item]
+
+
+class HttpProvider:
+    """
+    A provider that reads its balance over loopback HTTP.
+    """
+
+    name = "http"
+    currency = "DZD"
+    account_id = "http-1"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        async with session.get(self.url) as response:
+            return Decimal(await response.text())
+
+
+class _Balance(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the connection stays pooled
+
+    def do_GET(self) -> None:
+        body = b"100"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(name="server")
+def _server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Balance)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/balance"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def _new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()
+
+
+async def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    others = asyncio.all_tasks(loop) - {asyncio.current_task()}
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+async def _balance_and_close(guard: BalanceGuard, provider: Any) -> None:
+    await guard.balance(provider, fresh=True)
+    await guard.aclose()
