@@ -16,8 +16,12 @@ secret::
 
 Amounts are integers of 1/10,000 of the currency unit: a balance is rounded
 down and a hold up, so rounding never lets a call through. Every change is a
-Lua script, so it is atomic, and every script is idempotent when redis-py
-retries it after a lost connection.
+Lua script, so it is atomic, and every script is idempotent when it is sent
+again after a lost connection.
+
+A warm guarded call is two scripts, so their round trips are most of its
+cost: they are sent on the pool's connections directly, packed once per
+account, rather than through redis-py's general command path.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import itertools
 import logging
 import os
 import secrets
+import sys
 import time
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any
@@ -35,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._store import Account, Entry, Hold, Short
 from .errors import BalanceUnavailable
@@ -51,15 +60,50 @@ log = logging.getLogger("guard")
 
 _SCALE = 4  # amounts are kept in units of 10**-4
 
-# Shared by the scripts below. KEYS: 1 balance, 2 generation, 3 holds, 4 sum,
-# 5 lock. A hold whose lease ended belongs to a call that died or could not
-# settle: what it spent is unknown, so pruning it also invalidates the balance.
-_PRELUDE = """
+
+class _Ids:
+    """
+    Ids of holds, fetches and lock tokens: unique between processes and hosts
+    without asking the OS for randomness on every call.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = f"{os.getpid()}-{secrets.token_hex(4)}-"
+        self.count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.count)}"
+
+
+_new_id = _Ids()
+if sys.platform != "win32":
+    # A worker forked from a process that already made ids would repeat them.
+    os.register_at_fork(after_in_child=_new_id.reset)
+
+
+class _Script:
+    """
+    A Lua script and its SHA1, by which it is called.
+    """
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+# The prune, shared by the scripts that check or renew holds. KEYS: 1 balance,
+# 2 generation, 3 holds, 4 sum, 5 lock. A hold whose lease ended belongs to a
+# call that died or could not settle: what it spent is unknown, so pruning it
+# also invalidates the balance. Releases need not prune: a hold is only
+# counted against a balance by _HOLD, which prunes first.
+_PRUNE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function unhold(units)
-  if redis.call('DECRBY', KEYS[4], units) <= 0 then redis.call('DEL', KEYS[4]) end
-end
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 if #gone > 0 then
   local sum = 0
@@ -67,40 +111,46 @@ if #gone > 0 then
     sum = sum + tonumber(string.match(gone[i], ':(%d+)$'))
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  unhold(sum)
+  if redis.call('DECRBY', KEYS[4], sum) < 0 then redis.call('DEL', KEYS[4]) end
   redis.call('INCR', KEYS[2])
   redis.call('DEL', KEYS[1])
 end
 """
 
-# ARGV: units, hold member, lease ms, lock token, lock ms.
-# Returns {0, generation, got_lock} on a miss, else {1 short | 2 held,
-# balance units, fetch id, fetched at ms, age ms, available units}.
-_HOLD = (
-    _PRELUDE
+# ARGV: units, id (the hold is "<id>:<units>", the lock's token is the id),
+# lease ms, lock ms. Returns {0, generation, got_lock} on a miss, else
+# {1 short | 2 held, balance units, fetch id, fetched at ms, age ms,
+# available units}.
+_HOLD = _Script(
+    _PRUNE
     + """
 local b = redis.call('HMGET', KEYS[1], 'u', 'f', 't')
 if not b[1] then
-  local got = redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[5])
+  -- A resent script finds the lock its first run took.
+  local got = redis.call('SET', KEYS[5], ARGV[2], 'NX', 'PX', ARGV[4])
+    or redis.call('GET', KEYS[5]) == ARGV[2]
   return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), got and 1 or 0}
 end
 local avail = tonumber(b[1]) - tonumber(redis.call('GET', KEYS[4]) or '0')
 local need = tonumber(ARGV[1])
 if avail < need then return {1, b[1], b[2], b[3], now - tonumber(b[3]), avail} end
-if redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2]) == 1 then
+if redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2] .. ':' .. ARGV[1])
+    == 1 then
   redis.call('INCRBY', KEYS[4], need)
 end
 return {2, b[1], b[2], b[3], now - tonumber(b[3]), avail}
 """
 )
 
-# ARGV: hold member, units, debit (1/0), fetch id held against.
-# Returns 1 when debited, 0 when invalidated.
-_RELEASE = (
-    _PRELUDE
-    + """
+# ARGV: hold, its units, debit (1/0), fetch id held against. Returns 1 when
+# debited, 0 when invalidated. A hold already gone (its lease ended and it
+# was pruned) is not debited: the prune invalidated the balance.
+_RELEASE = _Script(
+    """
 local removed = redis.call('ZREM', KEYS[3], ARGV[1])
-if removed == 1 then unhold(ARGV[2]) end
+if removed == 1 and redis.call('DECRBY', KEYS[4], ARGV[2]) < 0 then
+  redis.call('DEL', KEYS[4])
+end
 redis.call('INCR', KEYS[2])
 if removed == 1 and ARGV[3] == '1'
     and redis.call('HGET', KEYS[1], 'f') == ARGV[4] then
@@ -112,9 +162,9 @@ return 0
 """
 )
 
-# ARGV: lease ms, members... Returns how many holds had already expired.
-_RENEW = (
-    _PRELUDE
+# ARGV: lease ms, holds... Returns how many holds had already expired.
+_RENEW = _Script(
+    _PRUNE
     + """
 local lost = 0
 for i = 2, #ARGV do
@@ -130,7 +180,8 @@ return lost
 # ARGV: generation at the fetch's start, units, fetch id, ttl ms, lock token.
 # Returns {1 stored | 2 someone else's | 0 nothing, units, fetch id,
 # fetched at ms, age ms}.
-_PUT = """
+_PUT = _Script(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
@@ -144,43 +195,62 @@ local b = redis.call('HMGET', KEYS[1], 'u', 'f', 't')
 if b[1] then return {2, b[1], b[2], b[3], now - tonumber(b[3])} end
 return {0}
 """
+)
 
 # ARGV: lock token, lock ms, fetch id seen when the wait began ('*' on the
 # first call). Returns {1, generation} when the lock is ours, {2, units,
 # fetch id, fetched at ms, age ms} when a balance newer than the one seen is
 # there, {0, fetch id or ''} while another process fetches.
-_BEGIN = """
+_BEGIN = _Script(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b = redis.call('HMGET', KEYS[1], 'u', 'f', 't')
 if b[1] and ARGV[3] ~= '*' and b[2] ~= ARGV[3] then
   return {2, b[1], b[2], b[3], now - tonumber(b[3])}
 end
-if redis.call('SET', KEYS[5], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[5], ARGV[1], 'NX', 'PX', ARGV[2])
+    or redis.call('GET', KEYS[5]) == ARGV[1] then
   return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
 end
 return {0, b[2] or ''}
 """
+)
 
 # ARGV: lock token. Returns 1 if the lock was ours.
-_UNLOCK = """
+_UNLOCK = _Script(
+    """
 if redis.call('GET', KEYS[5]) == ARGV[1] then return redis.call('DEL', KEYS[5]) end
 return 0
 """
+)
 
 # Returns {units, fetch id, fetched at ms, age ms} or {}.
-_READ = """
+_READ = _Script(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b = redis.call('HMGET', KEYS[1], 'u', 'f', 't')
 if not b[1] then return {} end
 return {b[1], b[2], b[3], now - tonumber(b[3])}
 """
+)
 
-_INVALIDATE = """
+_INVALIDATE = _Script(
+    """
 redis.call('INCR', KEYS[2])
 return redis.call('DEL', KEYS[1])
 """
+)
+
+
+def _bulk(value: str | int) -> bytes:
+    data = str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack(args: Sequence[str | int]) -> bytes:
+    return b"".join((b"*%d\r\n" % len(args), *map(_bulk, args)))
 
 
 def _units(amount: Decimal, rounding: str) -> int:
@@ -215,6 +285,8 @@ class RedisStore:
         cache: The user's ``aiocache.RedisCache``: its connection settings
             (host, port, db, credentials, TLS, pool size, timeout) are used
             for a client of the store's own with a blocking, bounded pool.
+            Its timeout (at most *fetch_timeout*) bounds each Redis call as a
+            whole: the wait for a connection, the reply and the one retry.
         ttl: Seconds a fetched balance is trusted.
         lease: Seconds a hold lives unless renewed. Holds of running calls are
             renewed every third of it; those of a dead process expire.
@@ -239,28 +311,36 @@ class RedisStore:
         source: Any = cache.client.connection_pool
         settings = source.connection_kwargs
         timeout = float(getattr(cache, "timeout", None) or 5.0)
+        # Bounds each Redis call as a whole: waiting for a connection, sending,
+        # the reply, and the one retry.
         self.timeout = min(timeout, fetch_timeout)
         pool_size = getattr(cache, "pool_max_size", None) or 64
         self.pool = aioredis.BlockingConnectionPool(
             max_connections=pool_size,
             # Past the pool's size, calls queue for a connection instead of
-            # failing; the wait is bounded like a fetch.
-            timeout=fetch_timeout,
+            # failing.
+            timeout=self.timeout,
             connection_class=source.connection_class,
             **{k: settings[k] for k in _COPIED if k in settings},
             decode_responses=True,
-            socket_timeout=self.timeout,
+            # No socket_timeout (redis-py's default is 5 s): with one, it sends
+            # every command in a task of its own (asyncio.wait_for), a third
+            # of a GET's cost. _run bounds each call as a whole instead.
+            socket_timeout=None,
             socket_connect_timeout=self.timeout,
-            # One retry on a fresh connection gets past a restarted server;
-            # the scripts are idempotent, so a retried one does no harm.
             retry=Retry(NoBackoff(), 1),
         )
         self.client = aioredis.Redis(connection_pool=self.pool)
+        # Connections taken from the pool and kept for the scripts: checking
+        # one out of redis-py's pool and back costs a fifth of a GET. At most
+        # pool_size of them are in use; more calls wait for one.
+        self._free: list[Any] = []
+        self._slots = asyncio.Semaphore(pool_size)
         prefix = getattr(cache, "namespace", None) or ""
         self._prefix = f"{prefix}:" if prefix else ""
-        self._origin = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._shas: dict[str, str] = {}
         self._keys: dict[str, tuple[str, str, str, str, str]] = {}
+        # "EVALSHA <sha> 5 <keys>" packed, by script and account.
+        self._packed: dict[tuple[_Script, str], bytes] = {}
         # Locks taken by a missed try_hold, for the fetch that follows it.
         self._tickets: dict[str, tuple[_Ticket, float]] = {}
         # Holds of this process's running calls, renewed in the background.
@@ -268,7 +348,6 @@ class RedisStore:
         self._renewer: asyncio.Task[None] | None = None
         # Fetch locks this store holds, given back when it closes.
         self._locks: dict[str, Account] = {}
-        self._seq = 0
 
     def __repr__(self) -> str:
         return f"<RedisStore lease={self.lease:g}>"
@@ -284,31 +363,54 @@ class RedisStore:
         return keys
 
     async def _run(
-        self, script: str, account: Account, args: Sequence[str | int]
+        self, script: _Script, account: Account, args: Sequence[str | int]
     ) -> Any:
-        sha = self._shas.get(script)
+        packed = self._packed.get((script, account.key))
+        if packed is None:
+            head = ("EVALSHA", script.sha, 5, *self._key5(account))
+            packed = b"".join([_bulk(arg) for arg in head])
+            self._packed[script, account.key] = packed
+        command = b"".join((b"*%d\r\n" % (8 + len(args)), packed, *map(_bulk, args)))
         try:
-            if sha is not None:
+            async with asyncio.timeout(self.timeout):
                 try:
-                    return await self._evalsha(sha, account, args)
+                    return await self._call(command)
                 except NoScriptError:
-                    pass  # the server restarted or was flushed: load again
-            sha = self._shas[script] = await self.client.script_load(script)
-            return await self._evalsha(sha, account, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise BalanceUnavailable(
-                f"cache unavailable: {type(exc).__name__}: {exc}",
-                provider=account.provider.name,
-            ) from None
+                    # The server restarted or was flushed: load it again.
+                    await self._call(_pack(("SCRIPT", "LOAD", script.source)))
+                    return await self._call(command)
+        except TimeoutError:  # asyncio.timeout's, or a socket's
+            reason = f"no answer within {self.timeout:g} s"
+        except (RedisError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        raise BalanceUnavailable(
+            f"cache unavailable: {reason}", provider=account.provider.name
+        ) from None
 
-    async def _evalsha(
-        self, sha: str, account: Account, args: Sequence[str | int]
-    ) -> Any:
-        return await self.client.evalsha(sha, 5, *self._key5(account), *args)
+    async def _call(self, command: bytes) -> Any:
+        """
+        Send one packed command on a pooled connection and return its reply.
 
-    def _token(self) -> str:
-        self._seq += 1
-        return f"{self._origin}-{self._seq}"
+        A lost connection is replaced and the command sent once more, as
+        redis-py does: the scripts are idempotent.
+        """
+        async with self._slots:
+            if self._free:
+                conn = self._free.pop()
+            else:
+                pool: Any = self.pool  # get_connection is untyped
+                conn = await pool.get_connection()
+            try:
+                try:
+                    await conn.send_packed_command(command)
+                    return await conn.read_response()
+                except (RedisConnectionError, RedisTimeoutError):
+                    # Sending or reading disconnected it (as any failure or
+                    # cancellation does): the next send connects again.
+                    await conn.send_packed_command(command)
+                    return await conn.read_response()
+            finally:
+                self._free.append(conn)
 
     def _entry(
         self,
@@ -338,10 +440,9 @@ class RedisStore:
 
     async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
         units = _units(amount, ROUND_CEILING)
-        member = f"{secrets.token_hex(8)}:{units}"
-        token = self._token()
+        token = _new_id()
         reply = await self._run(
-            _HOLD, account, (units, member, self.lease_ms, token, self.lock_ms)
+            _HOLD, account, (units, token, self.lease_ms, self.lock_ms)
         )
         if reply[0] == 0:
             account.entry = None
@@ -356,6 +457,7 @@ class RedisStore:
         if reply[0] == 1:
             return Short(entry, _amount(reply[5]))
         account.held += amount
+        member = f"{token}:{units}"
         live = self._live.get(account.key)
         if live is None:
             live = self._live[account.key] = (account, {})
@@ -374,7 +476,7 @@ class RedisStore:
         deadline = loop.time() + self.lock_ms / 1000 + 0.5
         delay = 0.005
         while True:
-            token = self._token()
+            token = _new_id()
             reply = await self._run(_BEGIN, account, (token, self.lock_ms, seen))
             if reply[0] == 1:
                 self._locks[token] = account
@@ -407,7 +509,7 @@ class RedisStore:
         assert isinstance(token, _Ticket)
         self._locks.pop(token.token, None)
         units = _units(amount, ROUND_FLOOR)
-        fetch_id = self._token()
+        fetch_id = _new_id()
         reply = await self._run(
             _PUT,
             account,
@@ -455,7 +557,10 @@ class RedisStore:
             with contextlib.suppress(BalanceUnavailable):
                 await self._run(_UNLOCK, account, (token,))
         self._locks.clear()
+        while self._free:
+            await self.pool.release(self._free.pop())
         await self.client.aclose()
+        # Disconnects every connection, those of calls still running too.
         await self.pool.aclose()
         # aiocache 0.12's RedisCache.close() calls redis-py's deprecated
         # close(): close its client the current way instead.

@@ -205,7 +205,9 @@ class TestHolds:
 async def g1_keys(guard: BalanceGuard) -> list[str]:
     store = guard._store
     assert isinstance(store, RedisStore)
-    return sorted([k async for k in store.client.scan_iter(match="*guard-test-*")])
+    # Only this guard's namespace: other runs may share the machine's Redis.
+    match = f"*{guard.namespace}:*"
+    return sorted([k async for k in store.client.scan_iter(match=match)])
 
 
 class TestLeases:
@@ -380,6 +382,27 @@ class TestRedisDown:
         assert "oneclickdz" == info.value.provider
         assert info.value.reason.startswith("cache unavailable: ")
         assert "could not release a hold" in caplog.text
+
+    async def test_stalled_server_is_bounded(self, server: RedisServer) -> None:
+        """A Redis that stops answering gives BalanceUnavailable after the timeout."""
+        provider = InMemoryProvider(100)
+        async with make(
+            ("127.0.0.1", server.port), "stall", fetch_timeout=0.5
+        ) as guard:
+            hold = await guard.acquire(provider, Decimal(10))
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(BalanceUnavailable) as info:
+                    await guard.acquire(provider, Decimal(10))
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            await guard.settle(hold, ok=False)
+            # The unanswered hold may have been made after all: 90 still fit.
+            async with require_balance(provider, 90, guard=guard):
+                pass
+
+        assert "cache unavailable: no answer within 0.5 s" == info.value.reason
 
     async def test_renewal_survives_an_outage(
         self, server: RedisServer, caplog: pytest.LogCaptureFixture
