@@ -283,10 +283,12 @@ class BalanceGuard:
         try:
             result = await self._until_cached(account, amount, result, seen, deadline)
             if isinstance(result, Short) and (
-                result.entry.fetched_mono + self.recheck_after <= time.monotonic()
+                not result.entry.exact
+                or result.entry.fetched_mono + self.recheck_after <= time.monotonic()
             ):
-                # An old value may predate a refill: look once more. If that
-                # fails, the value at hand still says the call is short.
+                # An old value may predate a refill, a corrected one may count
+                # a spend twice: look once more. If that fails, the value at
+                # hand still says the call is short.
                 short = result
                 try:
                     await self._refresh(account, deadline)

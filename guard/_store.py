@@ -37,9 +37,13 @@ log = logging.getLogger("guard")
 class Entry:
     """
     A cached balance. *fetch_id* tells one fetch's entry from the next.
+
+    *exact* is false when the amount was lowered for calls that settled while
+    it was fetched: it may count their spending twice, so a call it refuses
+    deserves one more look.
     """
 
-    __slots__ = ("amount", "fetch_id", "fetched_at", "fetched_mono")
+    __slots__ = ("amount", "exact", "fetch_id", "fetched_at", "fetched_mono")
 
     def __init__(
         self,
@@ -47,11 +51,14 @@ class Entry:
         fetch_id: str,
         fetched_at: dt.datetime,
         fetched_mono: float,
+        *,
+        exact: bool = True,
     ) -> None:
         self.amount = amount
         self.fetch_id = fetch_id
         self.fetched_at = fetched_at
         self.fetched_mono = fetched_mono
+        self.exact = exact
 
 
 class Account:
@@ -247,11 +254,13 @@ class LocalStore:
             return None
         # Calls settled while this fetch ran may have spent after the
         # provider answered: count them as spent (errs low, never high).
+        spent_meanwhile = account.settled - settled
         entry = Entry(
-            amount - (account.settled - settled),
+            amount - spent_meanwhile,
             f"{self._origin}-{next(self._ids)}",
             dt.datetime.now(dt.UTC),
             time.monotonic(),
+            exact=not spent_meanwhile,
         )
         account.entry = entry
         await self._write(account, entry, self.ttl)

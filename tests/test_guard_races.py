@@ -182,6 +182,27 @@ class TestFetchOverlappingSettle:
         assert Decimal(40) == info.value.available
         assert Decimal(40) == network.balance
 
+    async def test_corrected_balance_is_read_again_before_refusing(
+        self, network: Network
+    ) -> None:
+        """A balance lowered for a spend it already showed is re-read, not trusted."""
+        async with BalanceGuard(recheck_after=60) as guard:
+            await guard.balance(network)
+            async with require_balance(network, 60, guard=guard):
+                network.spend(60)
+                gate = network.slow_down()
+                fresh = asyncio.create_task(guard.balance(network, fresh=True))
+                await network.asked.wait()  # it reads 40: the spend included
+            gate.set()
+            corrected = await fresh  # 40 less the 60 settled meanwhile
+
+            async with require_balance(network, 30, guard=guard) as seen:
+                assert seen is not None
+
+        assert Decimal(-20) == corrected.amount
+        assert Decimal(40) == seen.amount
+        assert 3 == network.fetches
+
     async def test_ttl_refetch_counts_calls_settled_meanwhile(
         self, network: Network
     ) -> None:
@@ -215,9 +236,11 @@ class TestFetchOverlappingSettle:
         seen = await monitor
 
         assert Decimal(40) == seen.amount
-        with pytest.raises(InsufficientBalance):
+        with pytest.raises(InsufficientBalance) as info:
             await debit_guard.acquire(network, Decimal(60))
-        assert 2 == network.fetches
+        # The corrected balance is read once more before the refusal.
+        assert Decimal(40) == info.value.available
+        assert 3 == network.fetches
 
     async def test_settles_during_each_fetch_store_it_once(self) -> None:
         """A call settling during a fetch doesn't drop it: one fetch serves."""
