@@ -8,6 +8,7 @@ import inspect
 import logging
 import math
 import random
+import threading
 import time
 import weakref
 from decimal import Decimal
@@ -18,7 +19,7 @@ from aiocache import SimpleMemoryCache
 
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
-from ._store import Account, Entry, Hold, LocalStore, Short, Store
+from ._store import Account, Entry, Hold, LocalStore, Short, Store, UncheckedHold
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -28,7 +29,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Coroutine, Iterable
     from types import TracebackType
 
     from aiocache.base import BaseCache
@@ -162,6 +163,15 @@ class BalanceGuard:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         """Whether `aclose` was called."""
+        # The event loop whose thread alone touches this guard's state;
+        # calls from another running loop are forwarded to it.
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._home_lock = threading.Lock()
+        # Set once a call came from another loop: until then every settle
+        # runs at home, and needn't ask which loop runs it.
+        self._forwarding = False
+        self._handoffs: dict[_Token, Hold] = {}
+        self._abandoned: weakref.WeakSet[_Token] = weakref.WeakSet()
 
     def _make_store(self, cache: BaseCache) -> Store:
         if type(cache).__module__.startswith("aiocache.backends.redis"):
@@ -198,6 +208,9 @@ class BalanceGuard:
         """
         Close the guard's HTTP session and its cache. Idempotent.
         """
+        if not self._at_home():
+            await self._elsewhere(self.aclose())
+            return
         if self.closed:
             return
         self.closed = True
@@ -227,6 +240,8 @@ class BalanceGuard:
             BalanceUnavailable: It could not be learned (whatever the
                 *on_unavailable* policy: there is no call to let through).
         """
+        if not self._at_home():
+            return await self._elsewhere(self.balance(provider, fresh=fresh))
         account = self._account(provider)
         entry = None if fresh else await self._store.read(account)
         if entry is None:
@@ -237,6 +252,9 @@ class BalanceGuard:
         """
         Forget *provider*'s cached balance; the next call fetches it.
         """
+        if not self._at_home():
+            await self._elsewhere(self.invalidate(provider))
+            return
         await self._store.invalidate(self._account(provider))
 
     def held(self, provider: Provider) -> Decimal:
@@ -262,6 +280,8 @@ class BalanceGuard:
             BalanceUnavailable: The balance could not be learned and the
                 policy is ``"closed"``.
         """
+        if self._home is not asyncio.get_running_loop() and not self._at_home():
+            return await self._acquire_elsewhere(provider, amount)
         account = self._account(provider)
         seen = account.fetches
         try:
@@ -348,7 +368,7 @@ class BalanceGuard:
             exc.reason,
         )
         self._emit("failed_open", account, amount=amount, error=exc)
-        return Hold(account, Decimal(0), None, checked=False)
+        return UncheckedHold(account)
 
     async def settle(
         self, hold: Hold, *, ok: bool, settle: Settle | None = None
@@ -359,6 +379,12 @@ class BalanceGuard:
 
         Finishes even if the calling task is cancelled meanwhile.
         """
+        if self._forwarding and not self._at_home():
+            # Shielded: the settle finishes there even if this caller leaves.
+            await asyncio.shield(
+                self._elsewhere(self.settle(hold, ok=ok, settle=settle))
+            )
+            return
         debit = ok and hold.checked and (settle or self.settle_mode) == "debit"
         if debit:
             await self._store.release(hold, debit=True)
@@ -377,6 +403,61 @@ class BalanceGuard:
                 # ran meanwhile can't be corrected: drop it.
                 with contextlib.suppress(BalanceUnavailable):
                     await self._store.invalidate(hold.account)
+
+    # -- event loops ----------------------------------------------------------
+
+    def _at_home(self) -> bool:
+        """
+        Whether the running loop is this guard's home, adopting it when the
+        guard has no home loop that still runs (first use, asyncio.run
+        again).
+        """
+        loop = asyncio.get_running_loop()
+        if self._home is loop:
+            return True
+        with self._home_lock:
+            home = self._home
+            if home is None or home.is_closed() or not home.is_running():
+                self._home = home = loop
+        return home is loop
+
+    async def _elsewhere(self, coro: Coroutine[Any, Any, R]) -> R:
+        """
+        Run *coro* on the home loop and wait for it from this one.
+        """
+        assert self._home is not None
+        self._forwarding = True
+        future = asyncio.run_coroutine_threadsafe(coro, self._home)
+        return await asyncio.wrap_future(future)
+
+    async def _acquire_elsewhere(self, provider: Provider, amount: Decimal) -> Hold:
+        # The hold is handed over through a token, so that one made after
+        # this caller was cancelled is found and settled on the home loop.
+        assert self._home is not None
+        home = self._home
+        token = _Token()
+        try:
+            await self._elsewhere(self._acquire_for(token, provider, amount))
+        except asyncio.CancelledError:
+            asyncio.run_coroutine_threadsafe(self._drop_handoff(token), home)
+            raise
+        return self._handoffs.pop(token)
+
+    async def _acquire_for(
+        self, token: _Token, provider: Provider, amount: Decimal
+    ) -> None:
+        hold = await self.acquire(provider, amount)
+        if token in self._abandoned:
+            await self.settle(hold, ok=False)
+        else:
+            self._handoffs[token] = hold
+
+    async def _drop_handoff(self, token: _Token) -> None:
+        hold = self._handoffs.pop(token, None)
+        if hold is None:
+            self._abandoned.add(token)  # its acquire may still be running
+        else:
+            await self.settle(hold, ok=False)
 
     # -- fetching -------------------------------------------------------------
 
@@ -564,6 +645,14 @@ class BalanceGuard:
                 hook(event)
             except Exception:
                 log.exception("guard hook %r failed on %s", hook, kind)
+
+
+class _Token:
+    """
+    Identifies a hold handed over between event loops.
+    """
+
+    __slots__ = ("__weakref__",)
 
 
 def _is_async(fn: object) -> bool:

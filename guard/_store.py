@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 from aiocache.serializers import NullSerializer
 
@@ -29,7 +29,15 @@ if TYPE_CHECKING:
 
     from .typing import Provider
 
-__all__ = ["Account", "Entry", "Hold", "LocalStore", "Short", "Store"]
+__all__ = [
+    "Account",
+    "Entry",
+    "Hold",
+    "LocalStore",
+    "Short",
+    "Store",
+    "UncheckedHold",
+]
 
 log = logging.getLogger("guard")
 
@@ -103,12 +111,13 @@ class Hold:
     An amount set aside for one running call, against one cached entry.
 
     *token* identifies the hold in a shared store; local stores leave it
-    empty. An unchecked hold (``checked=False``) stands for a call let through
-    under ``on_unavailable="open"``: it holds nothing, but settling it still
-    invalidates the balance.
+    empty.
     """
 
-    __slots__ = ("account", "amount", "checked", "entry", "token")
+    __slots__ = ("account", "amount", "entry", "token")
+
+    checked: ClassVar[bool] = True
+    """False for an `UncheckedHold`."""
 
     def __init__(
         self,
@@ -116,14 +125,25 @@ class Hold:
         amount: Decimal,
         entry: Entry | None,
         token: str = "",
-        *,
-        checked: bool = True,
     ) -> None:
         self.account = account
         self.amount = amount
         self.entry = entry
         self.token = token
-        self.checked = checked
+
+
+class UncheckedHold(Hold):
+    """
+    Stands for a call let through under ``on_unavailable="open"``: it holds
+    nothing, but settling it still invalidates the balance.
+    """
+
+    __slots__ = ()
+
+    checked: ClassVar[bool] = False
+
+    def __init__(self, account: Account) -> None:
+        super().__init__(account, Decimal(0), None)
 
 
 class Short:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import threading
 from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import pytest
@@ -615,3 +618,83 @@ class TestUserProviders:
             ) as info:
                 await strict.balance(provider)
         assert isinstance(info.value.__cause__, ConnectionResetError)
+
+
+class LoopRecorder(InMemoryProvider):
+    """Records the event loop each fetch runs on."""
+
+    def __init__(self, balance: int, **options: Any) -> None:
+        super().__init__(balance, **options)
+        self.loops: list[asyncio.AbstractEventLoop] = []
+
+    async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
+        self.loops.append(asyncio.get_running_loop())
+        return await super().fetch_balance(session)  # type: ignore[arg-type]
+
+
+class TestEventLoops:
+    async def test_calls_from_another_loop_run_at_home(
+        self, guard: BalanceGuard
+    ) -> None:
+        """A call from another thread's loop runs on the guard's loop, holds shared."""
+        provider = LoopRecorder(100, delay=0.01)
+        await guard.balance(provider)
+        home_session = guard._session
+        await guard.invalidate(provider)
+        inside = threading.Event()
+        leave = threading.Event()
+
+        async def elsewhere() -> None:
+            async with require_balance(provider, 60, guard=guard):
+                inside.set()
+                await asyncio.to_thread(leave.wait)
+
+        thread = threading.Thread(target=asyncio.run, args=(elsewhere(),))
+        thread.start()
+        await asyncio.to_thread(inside.wait)
+        try:
+            assert Decimal(60) == guard.held(provider)
+            with pytest.raises(InsufficientBalance):
+                async with require_balance(provider, 60, guard=guard):
+                    pass
+        finally:
+            leave.set()
+            await asyncio.to_thread(thread.join)
+
+        assert Decimal(0) == guard.held(provider)
+        assert home_session is guard._session
+        assert [asyncio.get_running_loop()] * 2 == provider.loops
+
+    async def test_cancelled_call_from_another_loop_leaves_no_hold(
+        self, guard: BalanceGuard
+    ) -> None:
+        """Cancelling a call forwarded from another loop leaves nothing held."""
+        provider = LoopRecorder(100, delay=0.05)
+        await guard.balance(provider)
+        await guard.invalidate(provider)
+
+        async def elsewhere() -> None:
+            task = asyncio.create_task(guard.acquire(provider, Decimal(10)))
+            await asyncio.sleep(0.01)  # the fetch is under way at home
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        await asyncio.to_thread(asyncio.run, elsewhere())
+        await asyncio.sleep(0.1)  # the home loop finishes the fetch
+
+        assert Decimal(0) == guard.held(provider)
+        assert {asyncio.get_running_loop()} == set(provider.loops)
+
+    def test_adopts_the_next_loop(self, provider: InMemoryProvider) -> None:
+        """A guard whose loop has ended works on the next one (asyncio.run again)."""
+        guard = BalanceGuard()
+
+        async def use() -> Decimal:
+            async with require_balance(provider, 1, guard=guard) as seen:
+                assert seen is not None
+                return seen.amount
+
+        assert Decimal(1000) == asyncio.run(use())
+        assert Decimal(1000) == asyncio.run(use())
+        asyncio.run(guard.aclose())
