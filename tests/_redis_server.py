@@ -1,5 +1,6 @@
 """
-Real Redis servers for the Redis tests: the machine's, or one of our own.
+Real Redis servers for the Redis tests: the machine's, or one of our own,
+and a loopback proxy in front of one that loses replies on demand.
 
 A missing Redis skips the tests locally and fails them when ``CI`` is set:
 in CI they must run.
@@ -7,16 +8,25 @@ in CI they must run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from typing import Any
 
 import pytest
 import redis
 
-__all__ = ["RedisServer", "delete_namespace", "machine_redis", "missing"]
+__all__ = [
+    "RedisProxy",
+    "RedisServer",
+    "delete_namespace",
+    "machine_redis",
+    "missing",
+]
 
 
 def missing(reason: str) -> None:
@@ -125,3 +135,74 @@ class RedisServer:
         with redis.Redis(port=self.port) as client:
             clients: int = client.info("clients")["connected_clients"]
         return clients - 1
+
+
+class RedisProxy:
+    """
+    A TCP proxy on a free loopback port in front of a Redis, that can lose
+    replies: the server has run the command, the client never hears back.
+
+    ``async with RedisProxy(host, port) as proxy:``, then connect to
+    ``proxy.port``. Set `lose` to drop the connections that the next *lose*
+    replies come back on, and `refuse` to drop every connection at once.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.lose = 0
+        self.refuse = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> RedisProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self.refuse:
+            client_w.transport.abort()
+            return
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._writers |= {client_w, server_w}
+
+        async def pipe(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool
+        ) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if self.refuse or (not up and self.lose):
+                        if not up:
+                            self.lose -= 1
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            client_w.transport.abort()
+            server_w.transport.abort()
+
+        try:
+            await asyncio.gather(
+                pipe(client_r, server_w, up=True), pipe(server_r, client_w, up=False)
+            )
+        finally:
+            self._writers -= {client_w, server_w}

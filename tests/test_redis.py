@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+import redis
 import redis.asyncio as aioredis
-from _redis_server import RedisServer, delete_namespace, machine_redis
+from _redis_server import RedisProxy, RedisServer, delete_namespace, machine_redis
 from aiocache import RedisCache
 
 from guard import (
@@ -61,6 +62,12 @@ def _server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(name="proxy")
+async def _proxy(addr: tuple[str, int]) -> AsyncIterator[RedisProxy]:
+    async with RedisProxy(*addr) as proxy:
+        yield proxy
+
+
 @pytest.fixture(name="emu")
 async def _emu() -> AsyncIterator[Emulator]:
     async with Emulator(plans=PLANS) as emu:
@@ -105,6 +112,37 @@ async def eventually(check: Any, what: str, *, limit: float = 30.0) -> None:
         if loop.time() > deadline:
             pytest.fail(f"never happened: {what}")
         await asyncio.sleep(0.05)
+
+
+async def fits(guard: BalanceGuard, provider: InMemoryProvider, amount: int) -> bool:
+    """
+    Tell whether *guard* can hold *amount* now (giving the hold back).
+    """
+    try:
+        hold = await guard.acquire(provider, Decimal(amount))
+    except InsufficientBalance:
+        return False
+    await guard.settle(hold, ok=False)
+    return True
+
+
+class HeldBack(InMemoryProvider):
+    """
+    An in-memory provider whose first answer is held back until `go` is set:
+    the balance is read, the reply is on its way.
+    """
+
+    def __init__(self, balance: int) -> None:
+        super().__init__(balance)
+        self.answered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        balance = await super().fetch_balance(session)
+        if not self.answered.is_set():
+            self.answered.set()
+            await self.go.wait()
+        return balance
 
 
 class TestHolds:
@@ -196,10 +234,39 @@ class TestHolds:
 
             found = await keys(addr, namespace)
 
-        assert {"b", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
+        assert {"b", "g", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
         assert 1 == len({k[: k.index("}") + 1] for k in found})
         assert all(k.startswith(f"{{{namespace}:oneclickdz:") for k in found)
         assert not any(KEY in k for k in found)
+
+    async def test_huge_amounts_stay_exact(self, g1: BalanceGuard) -> None:
+        """Amounts past 2**53 ten-thousandths are held and debited exactly."""
+        provider = InMemoryProvider(10**14)
+        hold = await g1.acquire(provider, Decimal(10**13))
+        await g1.settle(hold, ok=True, settle="debit")
+
+        assert Decimal(9 * 10**13) == (await g1.balance(provider)).amount
+
+    async def test_resent_check_holds_once(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """A check sent again after its reply was lost holds once, and goes ahead."""
+        provider = InMemoryProvider(100)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
+            make(addr, namespace) as other,
+        ):
+            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            proxy.lose = 1
+
+            hold = await guard.acquire(provider, Decimal(60))
+
+            with pytest.raises(InsufficientBalance) as info:
+                await other.acquire(provider, Decimal(50))
+            await guard.settle(hold, ok=False)
+
+        assert Decimal(60) == hold.amount
+        assert Decimal(39) == info.value.available
 
 
 async def g1_keys(guard: BalanceGuard) -> list[str]:
@@ -264,6 +331,72 @@ class TestLeases:
                 await asyncio.sleep(0.25)
 
         assert "expired before being renewed" in caplog.text
+
+    async def test_unanswered_check_leaves_no_hold(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """A check whose replies were all lost doesn't leave its hold for a lease."""
+        provider = InMemoryProvider(100)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
+            make(addr, namespace) as other,
+        ):
+            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            proxy.lose = 2
+
+            with pytest.raises(BalanceUnavailable):
+                await guard.acquire(provider, Decimal(60))
+
+            await eventually(
+                lambda: fits(other, provider, 99), "the hold was dropped", limit=5
+            )
+
+    async def test_cancelled_settle_releases(self, server: RedisServer) -> None:
+        """A settle cancelled while Redis is slow still releases its hold."""
+        provider = InMemoryProvider(100)
+        addr = ("127.0.0.1", server.port)
+        async with make(addr, "cancel") as guard, make(addr, "cancel") as other:
+            hold = await guard.acquire(provider, Decimal(80))
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                settling = asyncio.create_task(guard.settle(hold, ok=False))
+                for _ in range(5):  # until it waits for Redis
+                    await asyncio.sleep(0)
+                settling.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await settling
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+
+            await eventually(
+                lambda: fits(other, provider, 50), "the hold was released", limit=5
+            )
+
+    async def test_failed_release_is_retried(
+        self,
+        addr: tuple[str, int],
+        namespace: str,
+        proxy: RedisProxy,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A release that could not reach Redis is sent again once it can."""
+        provider = InMemoryProvider(100)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace) as guard,
+            make(addr, namespace) as other,
+        ):
+            hold = await guard.acquire(provider, Decimal(80))
+            proxy.refuse = True
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                await guard.settle(hold, ok=False)
+            proxy.refuse = False
+
+            await eventually(
+                lambda: fits(other, provider, 50), "the hold was released", limit=5
+            )
+
+        assert "could not release a hold" in caplog.text
 
 
 class TestSingleFlight:
@@ -488,6 +621,126 @@ class TestRedisDown:
             assert 0 < server.connected_clients()
 
         assert 0 == server.connected_clients()
+
+    async def test_fetch_from_before_a_data_loss_is_not_stored(
+        self, server: RedisServer
+    ) -> None:
+        """A fetch that began before Redis lost its data is not stored after it."""
+        provider = HeldBack(1000)
+        addr = ("127.0.0.1", server.port)
+        async with make(addr, "loss") as slow, make(addr, "loss") as other:
+            for _ in range(3):
+                await slow.invalidate(provider)
+            fetching = asyncio.create_task(slow.balance(provider))
+            await provider.answered.wait()
+            server.stop()
+            server.start()
+            # As many invalidations as before the loss, each after a spend.
+            for _ in range(3):
+                async with require_balance(provider, 300, guard=other):
+                    provider.spend(300)
+            provider.go.set()
+
+            assert Decimal(100) == (await fetching).amount
+            with pytest.raises(InsufficientBalance):
+                await other.acquire(provider, Decimal(300))
+
+    async def test_holds_lost_by_redis_come_back(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Holds of running calls that Redis lost are put back and counted again."""
+        provider = InMemoryProvider(1000)
+        addr = ("127.0.0.1", server.port)
+        async with (
+            make(addr, "lost", lease=0.3) as running,
+            make(addr, "lost") as other,
+        ):
+            hold = await running.acquire(provider, Decimal(600))
+            await other.balance(provider)
+            server.stop()
+            server.start()
+
+            async def back() -> bool:
+                return any(k.endswith(":h") for k in await keys(addr, "lost"))
+
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                await eventually(back, "the hold was put back", limit=5)
+            with pytest.raises(InsufficientBalance) as info:
+                await other.acquire(provider, Decimal(600))
+            await running.settle(hold, ok=False)
+
+        assert Decimal(400) == info.value.available
+        assert "put back" in caplog.text
+
+    async def test_close_lets_calls_on_their_way_finish(
+        self, server: RedisServer
+    ) -> None:
+        """Closing while settles wait for Redis lets them finish and leaks nothing."""
+        provider = InMemoryProvider(1000)
+        addr = ("127.0.0.1", server.port)
+        guard = make(addr, "inflight", pool=4)
+        holds = [await guard.acquire(provider, Decimal(1)) for _ in range(4)]
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            settles = [asyncio.create_task(guard.settle(h, ok=True)) for h in holds]
+            closing = asyncio.create_task(guard.aclose())
+            for _ in range(10):  # until close waits for the settles
+                await asyncio.sleep(0)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await closing
+
+        assert [None] * 4 == await asyncio.gather(*settles)
+        assert 0 == server.connected_clients()
+        assert not any(k.endswith(":h") for k in await keys(addr, "inflight"))
+
+    def test_guard_moves_to_a_new_loop(self, server: RedisServer) -> None:
+        """A guard whose event loop ended works on the next, queueing included."""
+        provider = InMemoryProvider(10**6)
+        guard = make(("127.0.0.1", server.port), "loops", pool=2, settle="debit")
+
+        async def burst() -> None:
+            async def one() -> None:
+                hold = await guard.acquire(provider, Decimal(1))
+                await guard.settle(hold, ok=True)
+
+            await asyncio.gather(*(one() for _ in range(20)))
+            # A call this loop never settles.
+            await guard.acquire(provider, Decimal(1))
+
+        asyncio.run(burst())
+        asyncio.run(burst())
+        asyncio.run(guard.aclose())
+
+        assert 0 == server.connected_clients()
+        # The unsettled calls' holds were given back.
+        assert Decimal(0) == guard.held(provider)
+        with redis.Redis(port=server.port) as client:
+            assert [] == client.keys("*loops*:h")
+
+    async def test_another_running_loop_is_refused(self, g1: BalanceGuard) -> None:
+        """The store, in use by a running loop, refuses calls from another one."""
+        provider = InMemoryProvider(100)
+        await g1.balance(provider)
+        store = g1._store
+        account = g1._account(provider)
+
+        def elsewhere() -> object:
+            return asyncio.run(store.read(account))
+
+        with pytest.raises(BalanceUnavailable, match="another loop"):
+            await asyncio.to_thread(elsewhere)
+
+    async def test_closed_store_refuses_calls(self, g1: BalanceGuard) -> None:
+        """A closed store refuses calls; closing it again does nothing."""
+        provider = InMemoryProvider(100)
+        await g1.balance(provider)
+        await g1.aclose()
+        await g1._store.close()
+
+        with pytest.raises(BalanceUnavailable, match="closed"):
+            await g1._store.read(g1._account(provider))
 
 
 class TestSetup:
