@@ -495,12 +495,23 @@ class BalanceGuard:
                 return entry
 
     async def _fetch_and_put(self, account: Account) -> Entry | None:
-        token = await self._store.begin_fetch(account)
+        # One bound for waiting on another process's fetch and fetching.
+        deadline = asyncio.get_running_loop().time() + self.fetch_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                token = await self._store.begin_fetch(account)
+        except TimeoutError:
+            # Only a shared store waits here, for another process's fetch.
+            raise BalanceUnavailable(
+                f"no balance within {self.fetch_timeout:g} s: another process "
+                "is fetching it",
+                provider=account.provider.name,
+            ) from None
         if isinstance(token, Entry):  # another process fetched it meanwhile
             account.fetches += 1
             return token
         try:
-            amount = await self._fetch(account)
+            amount = await self._fetch(account, deadline)
         except BaseException:
             await self._store.abort_fetch(account, token)
             raise
@@ -510,12 +521,11 @@ class BalanceGuard:
             self._emit("fetched", account, amount=amount)
         return entry
 
-    async def _fetch(self, account: Account) -> Decimal:
+    async def _fetch(self, account: Account, deadline: float) -> Decimal:
         provider = account.provider
         loop = asyncio.get_running_loop()
         if account.auth_until > time.monotonic() and account.auth_error is not None:
             raise _cooled(account.auth_error)
-        deadline = loop.time() + self.fetch_timeout
         attempt = 0
         try:
             async with asyncio.timeout_at(deadline):
