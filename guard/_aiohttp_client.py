@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import parse_qsl
 
 import attrs
@@ -24,6 +24,7 @@ from yarl import URL
 from guard._amount import to_amount
 from guard._require import get_default_guard
 from guard._sms import sms_parts
+from guard.errors import ConfigurationError
 from guard.providers import Clickatell, OneClickDZ
 from guard.typing import Provider
 
@@ -58,14 +59,15 @@ class SpendRequest:
 
     Attributes:
         method: The HTTP method, upper case.
-        url: The full URL, query included.
+        url: The full URL, query included (its repr leaves out the query
+            and any user info: a GET may carry a password).
         headers: The request headers.
         body: The body, or None when it is streamed and cannot be read
             without consuming it.
     """
 
     method: str
-    url: URL
+    url: URL = attrs.field(repr=lambda url: _masked(url))
     headers: Any = attrs.field(repr=False)
     body: bytes | None = attrs.field(repr=False)
 
@@ -115,6 +117,12 @@ class SpendRequest:
         fields: MultiDict[str] = MultiDict(self.url.query)
         fields.extend(self.form())
         return MultiDictProxy(fields)
+
+
+def _masked(url: URL) -> str:
+    # SECURITY: a query (Clickatell's password=) or user info may be secret.
+    shown = url.with_user(None).with_fragment(None)
+    return repr(str(shown.with_query(None)) + ("?..." if url.query_string else ""))
 
 
 ProviderMatcher: TypeAlias = Callable[
@@ -249,6 +257,11 @@ def _oneclickdz_account(
 
 
 def _oneclickdz_amount(request: SpendRequest) -> AmountLike:
+    if request.body is None:
+        raise ValueError(
+            "OneClickDZ send: the body is streamed, so guard cannot read its "
+            "amount; send it with json="
+        )
     try:
         doc = request.json()
     except ValueError:
@@ -359,6 +372,7 @@ def guard_client_middleware(
     *,
     providers: Iterable[Provider] = (),
     rules: Iterable[SpendRule] | None = None,
+    unknown: Literal["refuse", "allow"] = "refuse",
 ) -> ClientMiddlewareType:
     """
     Build an aiohttp client middleware that guards spend requests.
@@ -379,8 +393,12 @@ def guard_client_middleware(
     side until the next fetch). Balance reads go through the guard's own
     session, never through this one.
 
-    A spend to an account not among *providers* is sent unguarded, with a
-    warning.
+    A request a rule matches is refused, never sent, with `ValueError` when
+    its body is streamed (multipart `aiohttp.FormData`, a file, a generator:
+    guard cannot read it without consuming it) and with
+    `guard.errors.ConfigurationError` when it spends an account not among
+    *providers* (unless *unknown* is ``"allow"``). Send spend bodies as
+    ``json=``, a ``dict`` form, ``str`` or ``bytes``.
 
     Args:
         guard: The guard; default `guard.get_default_guard()`, looked up per
@@ -388,10 +406,16 @@ def guard_client_middleware(
         providers: The accounts to guard, such as ``[oneclick, clickatell]``.
         rules: What spends, and how much; default `default_rules()`. Add
             `SpendRule` values for other endpoints.
+        unknown: What to do with a spend for an account not among
+            *providers*: ``"refuse"`` it (the default), or ``"allow"`` it:
+            send it unguarded, with a warning.
 
     Raises:
         TypeError: A provider or rule of the wrong type.
+        ValueError: An *unknown* other than ``"refuse"`` or ``"allow"``.
     """
+    if unknown not in ("refuse", "allow"):
+        raise ValueError(f"unknown must be 'refuse' or 'allow', got {unknown!r}")
     known = tuple(providers)
     for provider in known:
         if not isinstance(provider, Provider):
@@ -415,9 +439,24 @@ def guard_client_middleware(
         if rule is None:
             return await handler(request)
         spend = await SpendRequest.of(request)
+        # SECURITY: the path only in messages; a GET query may carry a
+        # password.
+        if spend.body is None:
+            raise ValueError(
+                f"{spend.method} {request.url.path}: the body is streamed "
+                f"({type(request.body).__name__}), so guard cannot read what it "
+                "spends; refused, not sent. Send it as json=, a dict form, "
+                "str or bytes"
+            )
         provider = rule.account(spend, known)
         if provider is None:
-            # SECURITY: the path only; a GET query may carry a password.
+            if unknown == "refuse":
+                raise ConfigurationError(
+                    f"{spend.method} {request.url.path} spends an account not "
+                    "among the providers given to guard_client_middleware: "
+                    "refused, not sent; pass its provider, or unknown='allow' "
+                    "to send such requests unguarded"
+                )
             log.warning(
                 "%s %s spends an account the guard middleware was not given; "
                 "sent unguarded",

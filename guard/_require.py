@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import os
 import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -34,6 +35,7 @@ T = TypeVar("T")
 
 _default: BalanceGuard | None = None
 _default_lock = threading.Lock()
+_inherited: list[BalanceGuard | None] = []
 
 
 def get_default_guard() -> BalanceGuard:
@@ -49,6 +51,20 @@ def get_default_guard() -> BalanceGuard:
                 _default = BalanceGuard()
             guard = _default
     return guard
+
+
+def _forget_default() -> None:
+    # A forked child inherits the default guard but not the private loop
+    # thread its state may live on: it makes its own on first use. The old
+    # one stays referenced: collecting it would warn of the parent's session.
+    global _default, _default_lock
+    _inherited.append(_default)
+    _default = None
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_default)
 
 
 @contextlib.contextmanager
@@ -190,7 +206,7 @@ class RequireBalance:
             required = static
             if required is None:
                 required = self._required_sync(args, kwargs)
-            hold = _sync.run(guard.acquire, provider, required, guard=guard)
+            hold = _sync.acquire(guard, provider, required)
             try:
                 result = fn(*args, **kwargs)
             except BaseException:
@@ -225,7 +241,7 @@ class RequireBalance:
                 "so use require_balance as a decorator, or pass a number"
             )
         guard = self._guard or get_default_guard()
-        hold = _sync.run(guard.acquire, self._provider, self._amount, guard=guard)
+        hold = _sync.acquire(guard, self._provider, self._amount)
         # Per thread, so one RequireBalance can be entered by many threads.
         stack = self._sync_holds.setdefault(threading.get_ident(), [])
         stack.append((guard, hold))

@@ -7,27 +7,44 @@ blocking portal in a daemon thread, started on first use and stopped at
 interpreter exit. Every guard operation of every calling thread runs on that
 one loop, so the guard's state needs no locks of its own; no loop is created
 per call.
+
+A process forked after the private loop started (Celery prefork, gunicorn
+``--preload``) starts its own on first use: the child inherits the parent's
+portal but not its thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from anyio import CancelScope
 from anyio.from_thread import start_blocking_portal
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractContextManager
+    from decimal import Decimal
 
     from anyio.from_thread import BlockingPortal
 
     from ._guard import BalanceGuard
+    from ._store import Hold
+    from .typing import Provider
 
-__all__ = ["aclose_guard", "close_guard", "on_portal", "portal_loop", "run"]
+__all__ = [
+    "aclose_guard",
+    "acquire",
+    "close_guard",
+    "on_portal",
+    "portal_loop",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +55,11 @@ _loop: asyncio.AbstractEventLoop | None = None
 # Guards that ran on the portal's loop: their sessions live there, so they
 # must be closed there.
 _guards: weakref.WeakSet[BalanceGuard] = weakref.WeakSet()
+_at_exit = False
+_orphans: list[object] = []
+
+# Seconds guards get to close at interpreter exit.
+_CLOSE_TIMEOUT = 5.0
 
 _IN_LOOP = (
     "the synchronous require_balance API was called from a running event "
@@ -47,7 +69,7 @@ _IN_LOOP = (
 
 
 def _get_portal() -> BlockingPortal:
-    global _portal, _manager, _loop
+    global _portal, _manager, _loop, _at_exit
     portal = _portal
     if portal is not None:
         return portal
@@ -57,8 +79,31 @@ def _get_portal() -> BlockingPortal:
             portal = manager.__enter__()
             _loop = portal.call(asyncio.get_running_loop)
             _manager, _portal = manager, portal
-            atexit.register(_shutdown)
+            if not _at_exit:
+                _at_exit = True
+                atexit.register(_shutdown)
         return _portal
+
+
+def _after_fork_in_child() -> None:
+    # The child has a copy of the portal but not its thread: calls would wait
+    # forever. Start afresh; the parent's guards and lock stay the parent's.
+    global _portal, _manager, _loop, _lock, _guards
+    # Kept referenced, never finalized: finalizing the portal's context
+    # manager would stop the portal, waiting on a thread the child lacks.
+    _orphans.append((_portal, _manager, _loop))
+    for guard in _guards:
+        # Bound to the parent's private loop, which looks running here but
+        # has no thread: let the guard adopt the child's loop on next use.
+        guard._home = None
+        guard._home_lock = threading.Lock()
+    _portal = _manager = _loop = None
+    _lock = threading.Lock()
+    _guards = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def portal_loop() -> asyncio.AbstractEventLoop | None:
@@ -85,6 +130,71 @@ def run(
     Raises:
         RuntimeError: The calling thread is running an event loop.
     """
+    portal = _enter(guard)
+    return portal.call(fn, *args)
+
+
+def acquire(guard: BalanceGuard, provider: Provider, amount: Decimal) -> Hold:
+    """
+    Run ``guard.acquire(provider, amount)`` on the private loop and wait.
+
+    If the wait is interrupted (Ctrl-C, a Celery soft time limit: any
+    exception raised in the calling thread), the acquire is cancelled, and a
+    hold it got all the same is released, not left to block later calls.
+
+    Raises:
+        RuntimeError: The calling thread is running an event loop.
+    """
+    portal = _enter(guard)
+    handoff = _Handoff()
+    future = portal.start_task_soon(_acquire_into, handoff, guard, provider, amount)
+    try:
+        return future.result()
+    except BaseException:
+        with handoff.lock:
+            handoff.left = True
+            hold = handoff.hold
+        future.cancel()
+        if hold is not None:
+            # Acquired just as the caller left: release it, without waiting.
+            with contextlib.suppress(RuntimeError):  # the portal is stopping
+                portal.start_task_soon(_release, guard, hold)
+        raise
+
+
+class _Handoff:
+    """
+    A hold passed from the private loop to a waiting thread, which may leave.
+    """
+
+    __slots__ = ("hold", "left", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.left = False
+        self.hold: Hold | None = None
+
+
+async def _acquire_into(
+    handoff: _Handoff, guard: BalanceGuard, provider: Provider, amount: Decimal
+) -> Hold:
+    hold = await guard.acquire(provider, amount)
+    with handoff.lock:
+        if not handoff.left:
+            handoff.hold = hold
+            return hold
+    # The caller left while this ran: nobody will settle the hold but us.
+    await _release(guard, hold)
+    return hold
+
+
+async def _release(guard: BalanceGuard, hold: Hold) -> None:
+    # Shielded: the cancellation that made the caller leave must not stop it.
+    with CancelScope(shield=True):
+        await guard.settle(hold, ok=False)
+
+
+def _enter(guard: BalanceGuard | None) -> BlockingPortal:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -95,7 +205,7 @@ def run(
     if guard is not None and guard not in _guards:
         with _lock:
             _guards.add(guard)
-    return portal.call(fn, *args)
+    return portal
 
 
 def close_guard(guard: BalanceGuard) -> bool:
@@ -138,13 +248,28 @@ def _shutdown() -> None:
     if portal is None or manager is None:
         return
     try:
-        for guard in list(_guards):
-            # Best effort at exit: a guard that fails to close must not keep
-            # the others open or the interpreter from exiting.
-            try:
-                portal.call(guard.aclose)
-            except Exception:  # noqa: S112
-                continue
+        guards = list(_guards)
         _guards.clear()
+        # Best effort at exit, and bounded: a guard that fails or hangs while
+        # closing must not keep the others open or the interpreter running.
+        portal.call(_close_all, guards)
+    except Exception:  # noqa: S110
+        pass
     finally:
+        # Cancel what still runs there (a caller's slow amount function, a
+        # fetch of a daemon thread's call) rather than wait for it.
+        with contextlib.suppress(RuntimeError):  # already stopped
+            portal.call(portal.stop, True)
         manager.__exit__(None, None, None)
+
+
+async def _close_all(guards: list[BalanceGuard]) -> None:
+    closing = [asyncio.ensure_future(g.aclose()) for g in guards]
+    if closing:
+        await asyncio.wait(closing, timeout=_CLOSE_TIMEOUT)
+        for task in closing:
+            if task.done():
+                if not task.cancelled():
+                    task.exception()
+            else:
+                task.cancel()

@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, TypeAlias
@@ -40,9 +41,10 @@ from guard._aiohttp_client import (
 )
 from guard._amount import to_amount
 from guard._guard import BalanceGuard, Settle
-from guard._require import get_default_guard
+from guard._require import RequireBalance, get_default_guard
 from guard.errors import (
     BalanceUnavailable,
+    ConfigurationError,
     GuardError,
     InsufficientBalance,
     ProviderAuthError,
@@ -146,15 +148,20 @@ class RouteRule:
         Return the amount *request* needs.
 
         Raises:
-            aiohttp.web.HTTPBadRequest: The amount read is not a non-negative
-                finite number (the client sent a bad one).
+            aiohttp.web.HTTPBadRequest: The amount cannot be read from the
+                request (the amount function raised `ValueError`, such as a
+                body that is not JSON, `LookupError` or `TypeError`), or is
+                not a non-negative finite number: the client sent a bad one.
         """
         amount = self.amount
         if isinstance(amount, Decimal):
             return amount
-        value = amount(request) if callable(amount) else amount
-        if inspect.isawaitable(value):
-            value = await value
+        try:
+            value = amount(request) if callable(amount) else amount
+            if inspect.isawaitable(value):
+                value = await value
+        except (LookupError, TypeError, ValueError) as exc:
+            raise _unreadable_amount(exc) from None
         try:
             return to_amount(value)
         except (TypeError, ValueError) as exc:
@@ -191,6 +198,31 @@ def _bad_amount(reason: str) -> web.HTTPBadRequest:
         "detail": f"invalid amount: {reason}",
     }
     return web.HTTPBadRequest(text=json.dumps(body), content_type=PROBLEM_CONTENT_TYPE)
+
+
+def _unreadable_amount(exc: BaseException) -> web.HTTPBadRequest:
+    # The exception's text may echo the client's input: its type will do.
+    return _bad_amount(f"it cannot be read from the request ({type(exc).__name__})")
+
+
+# The frame of a `require_balance` amount function's call and conversion.
+_REQUIRED_CODE = RequireBalance._required.__code__
+
+
+def _amount_of(request: web.Request, exc: BaseException) -> bool:
+    """
+    Whether *exc* was raised computing a `require_balance` amount from
+    *request* (a decorated handler's), not by the handler's own code.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _REQUIRED_CODE:
+            args = frame.f_locals.get("args", ())
+            kwargs = frame.f_locals.get("kwargs", {})
+            return any(a is request for a in (*args, *kwargs.values()))
+        tb = tb.tb_next
+    return False
 
 
 def _retry_after(exc: BalanceUnavailable, default: float) -> str:
@@ -250,9 +282,14 @@ def problem_response(
         status = 500 if status is None else status
         body = {"type": "about:blank", "title": "Internal Server Error"}
         body["status"] = status
-    response = web.json_response(body, status=status, headers=headers)
-    response.content_type = PROBLEM_CONTENT_TYPE
-    return response
+    # Built from bytes: the media type goes out as is, with no charset
+    # parameter (RFC 9457 JSON is UTF-8).
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        headers=headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
 
 
 def _response_ok(
@@ -282,7 +319,11 @@ def guard_middleware(
         routes: Rules by route name (``add_post(..., name="topup")``): the
             amount is checked and held before the handler runs and settled
             after it. A handler that ends with a status below 400 counts as a
-            success for ``settle="debit"``.
+            success for ``settle="debit"``. Names are routes of the
+            application whose middleware this is, not of its
+            sub-applications; one that names no route raises
+            `ConfigurationError` at startup (`setup_guard`) or on the first
+            request.
         problem: Turns a guard error into a response of your own (another
             status, another body shape); return None to keep the default.
         retry_after: Seconds advertised in ``Retry-After`` when the provider
@@ -290,6 +331,11 @@ def guard_middleware(
 
     Returns:
         A new-style aiohttp middleware.
+
+    An amount that cannot be read from the request (its function raised
+    `ValueError`, `LookupError` or `TypeError`), or is not a non-negative
+    finite number, is answered ``400``, for route rules and for a handler
+    decorated with `guard.require_balance` alike.
     """
     rules: dict[str, RouteRule] = dict(routes or {})
     for name, rule in rules.items():
@@ -344,24 +390,71 @@ def guard_middleware(
             )
         return response
 
+    checked: weakref.WeakSet[web.Application] = weakref.WeakSet()
+
+    def rule_for(request: web.Request) -> RouteRule | None:
+        # A name is looked up in the app this middleware runs for: a route of
+        # a sub-application with the same name is another route.
+        app = request.match_info.current_app
+        if app not in checked:
+            _check_route_names(app, rules)
+            checked.add(app)
+        resource = request.match_info.route.resource
+        name = resource.name if resource is not None else None
+        if not name:
+            return None
+        rule = rules.get(name)
+        if rule is None or app.router.named_resources().get(name) is not resource:
+            return None
+        return rule
+
     # Kept in this one place: aiohttp 4 drops the decorator.
     @web.middleware
     async def guard_balance(
         request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        rule = None
-        if rules:
-            route = request.match_info.route
-            name = getattr(route, "name", None)
-            rule = rules.get(name) if name else None
+        rule = rule_for(request) if rules else None
         try:
             if rule is None:
                 return await handler(request)
             return await guarded(request, handler, rule)
         except (InsufficientBalance, BalanceUnavailable) as exc:
             return await answer(request, exc)
+        except (LookupError, TypeError, ValueError) as exc:
+            # A handler decorated with require_balance whose amount function
+            # could not read the request: the client's fault, not a 500.
+            if _amount_of(request, exc):
+                raise _unreadable_or_bad(exc) from None
+            raise
 
     return guard_balance
+
+
+def _unreadable_or_bad(exc: BaseException) -> web.HTTPBadRequest:
+    # to_amount's own messages name no input beyond the amount itself.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None and tb.tb_frame.f_code is to_amount.__code__:
+        return _bad_amount(str(exc))
+    return _unreadable_amount(exc)
+
+
+def _check_route_names(app: web.Application, routes: Mapping[str, object]) -> None:
+    """
+    Check that every route name of *routes* names a route of *app*.
+
+    Raises:
+        ConfigurationError: One does not (a typo, or a route of another
+            application).
+    """
+    named = app.router.named_resources()
+    missing = sorted(name for name in routes if name not in named)
+    if missing:
+        raise ConfigurationError(
+            f"guard routes name no route of this application: {missing}; "
+            f"its named routes are {sorted(named)}"
+        )
 
 
 def setup_guard(
@@ -398,6 +491,7 @@ def setup_guard(
     )
 
     async def guard_context(app: web.Application) -> AsyncIterator[None]:
+        _check_route_names(app, routes or {})
         if isinstance(guard, BalanceGuard):
             made = guard
         elif guard is None:

@@ -12,15 +12,19 @@ entry point as soon as guard is installed.
 - ``default_guard`` (autouse): every test gets a fresh default guard,
   closed after it, so no cached balance or hold leaks between tests.
 
-The async fixtures need pytest-asyncio (which pytest-aiohttp installs); they
-work in ``asyncio_mode = auto`` and in strict mode. A synchronous test gets
-an emulator served from guard's private event loop thread, so that the
-synchronous ``require_balance`` API can reach it.
+The fixtures are synchronous: they need no pytest-asyncio, and work with it
+in ``asyncio_mode = auto`` and in strict mode, whatever the tests' loop
+scope. The emulator is served from guard's private event loop thread, so
+that sync and async tests, and the synchronous ``require_balance`` API,
+reach it alike. When a test's marker and its class's or module's name the
+same provider, the closest wins.
 """
 
 from __future__ import annotations
 
-import inspect
+import asyncio
+import functools
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -34,18 +38,11 @@ from guard.providers import Clickatell, OneClickDZ
 from guard.testing._memory import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Generator, Iterator
     from decimal import Decimal
 
     from guard.testing._emulator import Emulator, Fault, RequestRecord, Route
     from guard.typing import AmountLike, Provider
-
-try:
-    import pytest_asyncio
-except ImportError:  # pragma: no cover - pytest-asyncio is a test dependency
-    _ASYNC_FIXTURES = False
-else:
-    _ASYNC_FIXTURES = True
 
 __all__ = ["GuardEmulator", "LowFunds"]
 
@@ -196,10 +193,21 @@ def _marked(node: pytest.Item, names: tuple[str, ...]) -> None:
     """
     Apply the node's ``guard_low_funds`` markers that name one of *names*.
     """
-    for marker in node.iter_markers(MARKER):
-        name, balance = _marker_args(marker)
+    for name, balance in _closest_markers(node).items():
         if name in names:
             _set_balance(node, name, to_amount(balance, name="balance"))
+
+
+def _closest_markers(node: pytest.Item) -> dict[str, Any]:
+    """
+    The balance each provider is marked with, the closest marker winning (a
+    test's own over its class's over its module's).
+    """
+    balances: dict[str, Any] = {}
+    for marker in node.iter_markers(MARKER):  # closest first
+        name, balance = _marker_args(marker)
+        balances.setdefault(name, balance)
+    return balances
 
 
 def _marker_args(marker: pytest.Mark) -> tuple[str, Any]:
@@ -220,7 +228,9 @@ _NEEDS: Final = {
 
 
 def _check_markers(request: pytest.FixtureRequest) -> None:
-    for marker in request.node.iter_markers(MARKER):
+    node = request.node
+    own = {id(marker) for marker in getattr(node, "own_markers", ())}
+    for marker in node.iter_markers(MARKER):
         name, balance = _marker_args(marker)
         fixture = _NEEDS.get(name)
         if fixture is None:
@@ -229,17 +239,14 @@ def _check_markers(request: pytest.FixtureRequest) -> None:
                 f"one of {', '.join(map(repr, _NEEDS))}"
             )
         to_amount(balance, name="balance")
-        if fixture not in request.fixturenames:
+        # A class or module marker applies to those of its tests that use
+        # the fixture; one on the test itself is a mistake without it.
+        if id(marker) in own and fixture not in request.fixturenames:
             pytest.fail(
                 f"@pytest.mark.{MARKER}(provider={name!r}) needs the {fixture} "
                 "fixture in this test",
                 pytrace=False,
             )
-
-
-def _is_sync_test(request: pytest.FixtureRequest) -> bool:
-    function = getattr(request.node, "function", None)
-    return function is not None and not inspect.iscoroutinefunction(function)
 
 
 def _make_emulator() -> Emulator:
@@ -291,62 +298,81 @@ def _low_funds(request: pytest.FixtureRequest) -> LowFunds:
     return LowFunds(request.node)
 
 
-if _ASYNC_FIXTURES:
+@pytest.fixture(name="guard_emulator")
+def _guard_emulator(request: pytest.FixtureRequest) -> Iterator[GuardEmulator]:
+    """
+    A running emulator on loopback with one account per provider.
+    """
+    emu = _make_emulator()
+    # Served from guard's private loop thread, never from the test's loop:
+    # any test reaches it, sync or async, whatever its loop scope.
+    _sync.run(emu.start)
+    try:
+        yield _registered(request, emu)
+    finally:
+        _sync.run(emu.close)
 
-    @pytest_asyncio.fixture(name="guard_emulator")
-    async def _guard_emulator(
-        request: pytest.FixtureRequest,
-    ) -> AsyncIterator[GuardEmulator]:
-        """
-        A running emulator on loopback with one account per provider.
-        """
-        emu = _make_emulator()
-        # A synchronous test doesn't run this loop: serve from guard's own.
-        elsewhere = _is_sync_test(request)
-        await (_sync.on_portal(emu.start) if elsewhere else emu.start())
-        try:
-            yield _registered(request, emu)
-        finally:
-            await (_sync.on_portal(emu.close) if elsewhere else emu.close())
 
-    @pytest_asyncio.fixture(name="default_guard", autouse=True)
-    async def _default_guard(
-        request: pytest.FixtureRequest,
-    ) -> AsyncIterator[BalanceGuard]:
-        """
-        A fresh default guard for each test, closed after it.
-        """
-        _check_markers(request)
-        guard = BalanceGuard()
-        try:
-            with set_default_guard(guard):
-                yield guard
-        finally:
-            await _sync.aclose_guard(guard)
+@pytest.fixture(name="default_guard", autouse=True)
+def _default_guard(request: pytest.FixtureRequest) -> Iterator[BalanceGuard]:
+    """
+    A fresh default guard for each test, closed after it.
+    """
+    # Synchronous, so that it costs a sync test no event loop and works
+    # without pytest-asyncio.
+    _check_markers(request)
+    guard = BalanceGuard()
+    _made.add(guard)
+    try:
+        with set_default_guard(guard):
+            yield guard
+    finally:
+        _close(guard)
 
-else:  # pragma: no cover - exercised only without pytest-asyncio
 
-    @pytest.fixture(name="guard_emulator")
-    def _guard_emulator(request: pytest.FixtureRequest) -> Iterator[GuardEmulator]:
-        """
-        A running emulator on loopback, served from guard's own loop thread.
-        """
-        emu = _make_emulator()
-        _sync.run(emu.start)
-        try:
-            yield _registered(request, emu)
-        finally:
-            _sync.run(emu.close)
+# The default guards of tests not yet closed: a test's event loop closes
+# those bound to it just before it goes (see pytest_fixture_setup).
+_made: weakref.WeakSet[BalanceGuard] = weakref.WeakSet()
 
-    @pytest.fixture(name="default_guard", autouse=True)
-    def _default_guard(request: pytest.FixtureRequest) -> Iterator[BalanceGuard]:
-        """
-        A fresh default guard for each test, closed after it.
-        """
-        _check_markers(request)
-        guard = BalanceGuard()
-        try:
-            with set_default_guard(guard):
-                yield guard
-        finally:
-            _sync.close_guard(guard)
+
+def _close(guard: BalanceGuard) -> None:
+    _made.discard(guard)
+    loop = guard._home
+    if guard.closed or loop is None:
+        return  # Never used: it holds nothing.
+    if not loop.is_closed() and not loop.is_running():
+        # The test's loop, between tests (a module-scoped one).
+        loop.run_until_complete(guard.aclose())
+    else:
+        # guard's private loop, or one running in another thread, to which
+        # the guard forwards; or one that is gone, whose connections went
+        # with it.
+        _sync.run(guard.aclose)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    """
+    Close the default guards bound to a test event loop before it closes.
+    """
+    result = yield
+    loop = None
+    if isinstance(result, asyncio.Runner):  # pytest-asyncio >= 0.25
+        loop = result.get_loop()
+    elif isinstance(result, asyncio.AbstractEventLoop):
+        loop = result
+    if loop is not None:
+        # Fixture finalizers run last in, first out: this one before the
+        # loop's own teardown.
+        fixturedef.addfinalizer(functools.partial(_close_on, loop))
+    return result
+
+
+def _close_on(loop: asyncio.AbstractEventLoop) -> None:
+    bound = [g for g in _made if g._home is loop and not g.closed]
+    for guard in bound:
+        _made.discard(guard)
+        if not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(guard.aclose())

@@ -18,7 +18,12 @@ from guard.aiohttp import (
     problem_response,
     setup_guard,
 )
-from guard.errors import BalanceUnavailable, GuardError
+from guard.errors import (
+    BalanceUnavailable,
+    ConfigurationError,
+    GuardError,
+    ProviderAuthError,
+)
 from guard.testing._emulator import Fault, Route
 
 if TYPE_CHECKING:
@@ -166,6 +171,62 @@ class TestRoutes:
         assert PROBLEM_CONTENT_TYPE == response.content_type
         assert [] == client.app[SEEN]
 
+    @pytest.mark.parametrize(
+        "body",
+        [b"not json", b'{"no_amount": 1}', b"[1]", b"\xff"],
+        ids=["not-json", "missing", "list", "not-utf8"],
+    )
+    async def test_unreadable_amount_400(
+        self, aiohttp_client: MakeClient, oneclick: Provider, body: bytes
+    ) -> None:
+        """An amount function that cannot read the request gives 400, not 500."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post(
+            "/topup", data=body, headers={"Content-Type": "application/json"}
+        )
+
+        assert 400 == response.status
+        assert PROBLEM_CONTENT_TYPE == response.content_type
+        assert "amount" in (await response.json(content_type=None))["detail"]
+        assert [] == client.app[SEEN]
+
+    async def test_sub_app_route_of_the_same_name(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """A parent's rule doesn't fire on a sub-application's route of that name."""
+        guard_emulator.set_balance(oneclick, 1000)
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="sent")
+
+        parent, sub = web.Application(), web.Application()
+        parent.router.add_post("/topup", ok, name="topup")
+        sub.router.add_post("/topup", ok, name="topup")
+        sub.middlewares.append(
+            guard_middleware(routes={"topup": guard_route(oneclick, 600)})
+        )
+        parent.add_subapp("/v2", sub)
+        setup_guard(parent, routes={"topup": guard_route(oneclick, 600)})
+        client = await aiohttp_client(parent)
+
+        assert 200 == (await client.post("/topup")).status
+        assert 200 == (await client.post("/v2/topup")).status
+
+    async def test_unknown_route_name(self, oneclick: Provider) -> None:
+        """A rule for a route name the app doesn't have fails at startup."""
+        app = make_app(oneclick, routes={"top-up": guard_route(oneclick, 1)})
+        runner = web.AppRunner(app)
+
+        try:
+            with pytest.raises(ConfigurationError, match="top-up"):
+                await runner.setup()
+        finally:
+            await runner.cleanup()
+
     async def test_fixed_amount(
         self, aiohttp_client: MakeClient, oneclick: Provider
     ) -> None:
@@ -194,6 +255,7 @@ class TestUnavailable:
 
         assert 503 == response.status
         assert "7" == response.headers["Retry-After"]
+        assert PROBLEM_CONTENT_TYPE == response.headers["Content-Type"]
         body = await response.json(content_type=PROBLEM_CONTENT_TYPE)
         assert 503 == body["status"]
         assert "oneclickdz" == body["provider"]
@@ -251,6 +313,40 @@ class TestHandlers:
         assert 402 == response.status
         assert "20000" == (await response.json(content_type=None))["required"]
 
+    @pytest.mark.parametrize("amount", ["-1", "abc"])
+    async def test_require_balance_on_a_handler_bad_amount(
+        self, aiohttp_client: MakeClient, oneclick: Provider, amount: str
+    ) -> None:
+        """A decorated handler's amount the client got wrong is answered 400."""
+
+        @require_balance(oneclick, lambda request: request.match_info["amount"])
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text="sent")
+
+        app = web.Application(middlewares=[guard_middleware()])
+        app.router.add_post("/send/{amount}", handler)
+        client = await aiohttp_client(app)
+
+        response = await client.post(f"/send/{amount}")
+
+        assert 400 == response.status
+        assert PROBLEM_CONTENT_TYPE == response.content_type
+
+    async def test_handler_value_error_stays_500(
+        self, aiohttp_client: MakeClient, oneclick: Provider
+    ) -> None:
+        """A decorated handler's own ValueError is not taken for a bad amount."""
+
+        @require_balance(oneclick, lambda request: 1)
+        async def handler(request: web.Request) -> web.Response:
+            raise ValueError("the handler's own bug")
+
+        app = web.Application(middlewares=[guard_middleware()])
+        app.router.add_post("/send", handler)
+        client = await aiohttp_client(app)
+
+        assert 500 == (await client.post("/send")).status
+
     async def test_error_raised_deep_in_a_handler(
         self, aiohttp_client: MakeClient
     ) -> None:
@@ -301,6 +397,15 @@ class TestHandlers:
             await refused.json(),
         )
         assert (503, "3") == (unavailable.status, unavailable.headers["Retry-After"])
+
+    def test_auth_cooldown_retry_after(self) -> None:
+        """A 503 carries the remaining cooldown, and the bare problem media type."""
+        exc = ProviderAuthError("refused", provider="x", retry_after=41.2)
+
+        response = problem_response(exc)
+
+        assert "42" == response.headers["Retry-After"]
+        assert PROBLEM_CONTENT_TYPE == response.headers["Content-Type"]
 
     def test_problem_response_status(self) -> None:
         """problem_response takes another status."""

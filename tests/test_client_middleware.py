@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import io
+import json
 import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from guard import BalanceGuard, InsufficientBalance
 from guard.aiohttp import (
@@ -16,6 +20,7 @@ from guard.aiohttp import (
     guard_client_middleware,
     oneclickdz_rules,
 )
+from guard.errors import ConfigurationError
 from guard.testing._emulator import Fault, Route
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 
     from guard.pytest_plugin import GuardEmulator
 
+FORM = "application/x-www-form-urlencoded"
 GSM_161 = "x" * 161  # two GSM-7 parts
 ARABIC_71 = "م" * 71  # two UCS-2 parts
 
@@ -102,16 +108,38 @@ class TestOneClickDZ:
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
 
-    async def test_unknown_account_sent_with_warning(
+    @pytest.mark.parametrize("given", [True, False])
+    async def test_unknown_account_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator, given: bool
+    ) -> None:
+        """A send for an account not given to the middleware is refused, unsent."""
+        oneclick = guard_emulator.oneclickdz
+        other = guard_emulator.emulator.add_oneclickdz("other-s3cr3t", 5000)
+        providers = [oneclick] if given else []
+        middleware = guard_client_middleware(guard, providers=providers)
+        async with session_for(middleware) as session:
+            with pytest.raises(ConfigurationError, match="/v3/mobile/send") as info:
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body(300),
+                    headers={"X-Access-Token": other.api_key},
+                )
+
+        assert "s3cr3t" not in str(info.value)
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_unknown_account_allowed_with_warning(
         self,
         guard: BalanceGuard,
         guard_emulator: GuardEmulator,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A send for an account not given to the middleware goes out unguarded."""
+        """With unknown="allow", such a send goes out unguarded, with a warning."""
         oneclick = guard_emulator.oneclickdz
         other = guard_emulator.emulator.add_oneclickdz("other-s3cr3t", 5000)
-        middleware = guard_client_middleware(guard, providers=[oneclick])
+        middleware = guard_client_middleware(
+            guard, providers=[oneclick], unknown="allow"
+        )
         async with session_for(middleware) as session:
             response = await session.post(
                 f"{oneclick.base_url}/v3/mobile/send",
@@ -124,6 +152,38 @@ class TestOneClickDZ:
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
         assert "sent unguarded" in caplog.text
         assert "s3cr3t" not in caplog.text
+
+    async def test_streamed_body_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A send whose body guard cannot read is refused as streamed, unsent."""
+        oneclick = guard_emulator.oneclickdz
+
+        async def body() -> AsyncIterator[bytes]:
+            yield json.dumps(send_body(300)).encode()
+
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="streamed"):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    data=body(),
+                    headers={
+                        "X-Access-Token": oneclick.api_key,
+                        "Content-Type": "application/json",
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    def test_streamed_body_named_by_the_rule(self) -> None:
+        """The OneClickDZ rule says a streamed body is streamed, not "not JSON"."""
+        (rule,) = oneclickdz_rules()
+        request = SpendRequest("POST", URL("http://x/v3/mobile/send"), {}, None)
+
+        with pytest.raises(ValueError, match="streamed") as info:
+            rule.amount(request)
+        assert "not JSON" not in str(info.value)
 
     async def test_debit_skips_the_next_fetch(
         self, guard: BalanceGuard, guard_emulator: GuardEmulator
@@ -211,6 +271,42 @@ class TestClickatell:
                 await session.get(f"{clickatell.base_url}/http/sendmsg", params=params)
 
         assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+    @pytest.mark.parametrize("kind", ["multipart", "bytesio", "generator"])
+    async def test_unreadable_body_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator, kind: str
+    ) -> None:
+        """A sendmsg body the middleware cannot read is refused, never held at 0."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, 2)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        fields = {
+            "user": clickatell.user,
+            "password": clickatell.password,
+            "api_id": clickatell.api_id,
+            "to": "213550000001,213550000002,213550000003",
+            "text": "hi",
+        }
+        encoded = urlencode(fields).encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield encoded
+
+        data: Any = {
+            "multipart": aiohttp.FormData(fields, default_to_multipart=True),
+            "bytesio": io.BytesIO(encoded),
+            "generator": chunks(),
+        }[kind]
+        headers = {} if kind == "multipart" else {"Content-Type": FORM}
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="streamed") as info:
+                await session.post(
+                    f"{clickatell.base_url}/http/sendmsg", data=data, headers=headers
+                )
+
+        assert clickatell.password not in str(info.value)
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+        assert Decimal(2) == guard_emulator.balance(clickatell)
 
     async def test_credits_per_part(
         self, guard: BalanceGuard, guard_emulator: GuardEmulator
@@ -304,4 +400,20 @@ class TestRules:
             guard_client_middleware(providers=["oneclick"])  # type: ignore[list-item]
         with pytest.raises(TypeError, match="rules"):
             guard_client_middleware(rules=[object()])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="unknown"):
+            guard_client_middleware(unknown="warn")  # type: ignore[arg-type]
         assert 1 == len(clickatell_rules())
+
+    def test_repr_hides_secrets(self) -> None:
+        """A SpendRequest's repr shows no query or user info: they may be secret."""
+        url = URL(
+            "https://bob:pw-1@api.clickatell.com/http/sendmsg"
+            "?user=u&password=hunter2&api_id=3000001&to=1&text=hi"
+        )
+        request = SpendRequest("GET", url, {"X-Access-Token": "tok-9"}, b"k=key-7")
+
+        shown = repr(request) + str(request)
+
+        for secret in ("hunter2", "3000001", "pw-1", "bob", "tok-9", "key-7"):
+            assert secret not in shown
+        assert "/http/sendmsg" in shown

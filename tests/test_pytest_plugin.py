@@ -12,6 +12,12 @@ filterwarnings = error
 addopts = -p no:cacheprovider
 """
 
+INI_PLAIN = """
+[pytest]
+filterwarnings = error
+addopts = -p no:cacheprovider
+"""
+
 USES_FIXTURES = """
 import pytest
 from decimal import Decimal
@@ -169,6 +175,76 @@ def test_missing(low_funds):
         result = run(pytester, source)
 
         result.assert_outcomes(passed=1)
+
+    def test_without_the_asyncio_plugin(self, pytester: pytest.Pytester) -> None:
+        """With pytest-asyncio installed but disabled, tests and fixtures work."""
+        pytester.makeini(INI_PLAIN)
+        pytester.makepyfile(
+            test_user="""
+import pytest
+from guard import InsufficientBalance, require_balance
+
+def test_plain():
+    pass
+
+def test_fixtures(guard_emulator, memory_provider, default_guard, low_funds):
+    low_funds("clickatell", 0)
+    with pytest.raises(InsufficientBalance):
+        with require_balance(guard_emulator.clickatell, 1):
+            pass
+    with require_balance(memory_provider, 1):
+        pass
+"""
+        )
+
+        result = pytester.runpytest("-q", "-p", "no:asyncio", "-p", "no:aiohttp")
+
+        result.assert_outcomes(passed=2)
+
+    def test_any_loop_scope(self, pytester: pytest.Pytester) -> None:
+        """The emulator serves tests on a module-scoped loop too."""
+        source = """
+import pytest
+from guard import require_balance
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_loop(guard_emulator, memory_provider):
+    async with require_balance(guard_emulator.oneclickdz, 10):
+        pass
+    async with require_balance(memory_provider, 1):
+        pass
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_loop_again(guard_emulator):
+    async with require_balance(guard_emulator.clickatell, 1):
+        pass
+"""
+        result = run(pytester, source, mode="strict")
+
+        result.assert_outcomes(passed=2)
+
+    def test_closest_marker_wins(self, pytester: pytest.Pytester) -> None:
+        """A test's own marker beats its module's; those name no required fixture."""
+        source = """
+import pytest
+from decimal import Decimal
+
+pytestmark = pytest.mark.guard_low_funds(provider="memory", balance=5000)
+
+@pytest.mark.guard_low_funds(provider="memory", balance=50)
+def test_own_marker(memory_provider):
+    assert Decimal(50) == memory_provider.balance
+
+def test_module_marker(memory_provider):
+    assert Decimal(5000) == memory_provider.balance
+
+@pytest.mark.guard_low_funds(provider="oneclickdz", balance=50)
+def test_other_fixture(guard_emulator):
+    assert Decimal(50) == guard_emulator.balance("oneclickdz")
+"""
+        result = run(pytester, source)
+
+        result.assert_outcomes(passed=3)
 
     def test_marker_registered(self, pytester: pytest.Pytester) -> None:
         """The marker is registered, so --strict-markers accepts it."""

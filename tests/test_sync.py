@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -14,6 +19,7 @@ from guard.testing._memory import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(name="sync_guard")
@@ -230,3 +236,124 @@ class TestThreads:
         assert loop is not None
         assert 1 == len(seen)
         assert id(loop) == next(iter(seen))[0]
+
+
+class SoftTimeLimit(BaseException):
+    """Like Celery's SoftTimeLimitExceeded: raised in the caller's thread."""
+
+
+class SlowWallet:
+    """A provider whose first balance read waits until the test lets it go."""
+
+    name = "memory"
+    currency = "DZD"
+    account_id = "slow-1"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    async def fetch_balance(self, session: object) -> Decimal:
+        self.started.set()
+        while not self.go.is_set():
+            await asyncio.sleep(0.005)
+        return Decimal(100)
+
+
+class TestInterrupted:
+    def test_interrupted_wait_leaves_no_hold(self, sync_guard: BalanceGuard) -> None:
+        """An exception in the caller's thread while it waits leaks no hold."""
+        if threading.current_thread() is not threading.main_thread():
+            pytest.skip("signals are delivered to the main thread")
+        wallet = SlowWallet()
+        main = threading.get_ident()
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise SoftTimeLimit
+
+        @require_balance(wallet, 60, guard=sync_guard)
+        def pay() -> str:
+            return "sent"
+
+        def when_waiting() -> None:
+            wallet.started.wait()
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        previous = signal.signal(signal.SIGUSR1, interrupt)
+        try:
+            threading.Thread(target=when_waiting).start()
+            with pytest.raises(SoftTimeLimit):
+                pay()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        wallet.go.set()
+
+        # With a hold of 60 left over, this one could not have 60 more.
+        assert "sent" == pay()
+        assert Decimal(0) == sync_guard.held(wallet)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+class TestFork:
+    @pytest.mark.parametrize("explicit", [False, True], ids=["default", "given"])
+    def test_child_after_fork(self, sync_guard: BalanceGuard, explicit: bool) -> None:
+        """A child forked after the sync API ran uses it too (prefork workers)."""
+        wallet = InMemoryProvider(100, name="memory", currency="DZD")
+
+        @require_balance(wallet, 10, guard=sync_guard if explicit else None)
+        def pay() -> str:
+            return "sent"
+
+        assert "sent" == pay()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork in a threaded process: the reason
+            # for the fix tested here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 3
+            try:
+                signal.alarm(20)  # hung: SIGALRM ends it
+                code = 0 if "sent" == pay() else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+
+        assert not os.WIFSIGNALED(status), "the child hung"
+        assert 0 == os.WEXITSTATUS(status)
+
+
+EXIT_SCRIPT = """
+import asyncio, threading
+from guard import InsufficientBalance, require_balance
+from guard.testing import InMemoryProvider
+
+wallet = InMemoryProvider(100, name="memory", currency="DZD")
+started = threading.Event()
+
+async def never() -> int:
+    started.set()
+    await asyncio.Event().wait()
+    return 1
+
+@require_balance(wallet, lambda: never())
+def pay() -> None:
+    pass
+
+threading.Thread(target=pay, daemon=True).start()
+started.wait()
+print("exiting", flush=True)
+"""
+
+
+def test_exit_does_not_wait_for_the_private_loop(tmp_path: Path) -> None:
+    """Interpreter exit cancels what still runs on the private loop."""
+    script = tmp_path / "exits.py"
+    script.write_text(EXIT_SCRIPT)
+
+    # The timeout only turns a hang into a failure.
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+
+    assert (0, "exiting\n") == (done.returncode, done.stdout)
