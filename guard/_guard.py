@@ -525,7 +525,7 @@ class BalanceGuard:
         provider = account.provider
         loop = asyncio.get_running_loop()
         if account.auth_until > time.monotonic() and account.auth_error is not None:
-            raise _cooled(account.auth_error)
+            raise _cooled(account.auth_error, account.auth_until - time.monotonic())
         attempt = 0
         try:
             async with asyncio.timeout_at(deadline):
@@ -719,12 +719,12 @@ def _as_balance(value: object, provider: Provider) -> Decimal:
     )
 
 
-def _cooled(error: BaseException) -> ProviderAuthError:
+def _cooled(error: BaseException, remaining: float) -> ProviderAuthError:
     assert isinstance(error, ProviderAuthError)
     return ProviderAuthError(
         f"not retried during the auth cooldown after: {error.reason}",
         provider=error.provider,
         code=error.code,
         status=error.status,
-        retry_after=error.retry_after,
+        retry_after=remaining,
     )

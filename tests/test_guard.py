@@ -394,6 +394,10 @@ class TestPolicy:
                     async with require_balance(provider, 1, guard=guard):
                         pass
             assert 1 == provider.fetches
+            with pytest.raises(ProviderAuthError) as info:
+                await guard.balance(provider)
+            assert info.value.retry_after is not None
+            assert 0 < info.value.retry_after <= 0.1  # the cooldown left
             await asyncio.sleep(0.12)
             with pytest.raises(ProviderAuthError):
                 await guard.balance(provider)
