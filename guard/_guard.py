@@ -421,6 +421,15 @@ class BalanceGuard:
                 self._home = home = loop
         return home is loop
 
+    def _forget_loop(self) -> None:
+        """
+        Forget the home loop, in a child process after ``os.fork()``: its
+        thread is not there, and the lock may have been copied held.
+        """
+        self._home = None
+        self._home_lock = threading.Lock()
+        self._forwarding = False
+
     async def _elsewhere(self, coro: Coroutine[Any, Any, R]) -> R:
         """
         Run *coro* on the home loop and wait for it from this one.

@@ -95,8 +95,7 @@ def _after_fork_in_child() -> None:
     for guard in _guards:
         # Bound to the parent's private loop, which looks running here but
         # has no thread: let the guard adopt the child's loop on next use.
-        guard._home = None
-        guard._home_lock = threading.Lock()
+        guard._forget_loop()
     _portal = _manager = _loop = None
     _lock = threading.Lock()
     _guards = weakref.WeakSet()
