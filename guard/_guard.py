@@ -404,6 +404,17 @@ class BalanceGuard:
                 with contextlib.suppress(BalanceUnavailable):
                     await self._store.invalidate(hold.account)
 
+    async def _drop(self, hold: Hold) -> None:
+        """
+        Settle the hold of a call that never ran (its caller left), at once:
+        a call checking meanwhile must not find it still held.
+        """
+        if hold.checked:
+            await self._store.release(hold, debit=False)
+        else:
+            with contextlib.suppress(BalanceUnavailable):
+                await self._store.invalidate(hold.account)
+
     # -- event loops ----------------------------------------------------------
 
     def _at_home(self) -> bool:
@@ -457,7 +468,7 @@ class BalanceGuard:
     ) -> None:
         hold = await self.acquire(provider, amount)
         if token in self._abandoned:
-            await self.settle(hold, ok=False)
+            await self._drop(hold)
         else:
             self._handoffs[token] = hold
 
@@ -466,7 +477,7 @@ class BalanceGuard:
         if hold is None:
             self._abandoned.add(token)  # its acquire may still be running
         else:
-            await self.settle(hold, ok=False)
+            await self._drop(hold)
 
     # -- fetching -------------------------------------------------------------
 

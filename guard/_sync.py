@@ -190,7 +190,7 @@ async def _acquire_into(
 async def _release(guard: BalanceGuard, hold: Hold) -> None:
     # Shielded: the cancellation that made the caller leave must not stop it.
     with CancelScope(shield=True):
-        await guard.settle(hold, ok=False)
+        await guard._drop(hold)
 
 
 def _enter(guard: BalanceGuard | None) -> BlockingPortal:
