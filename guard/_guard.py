@@ -515,18 +515,10 @@ class BalanceGuard:
                 return entry
 
     async def _fetch_and_put(self, account: Account) -> Entry | None:
-        # One bound for waiting on another process's fetch and fetching.
+        # A shared store bounds its own wait for another process's fetch,
+        # then lets this one fetch (its lock may belong to a dead process).
+        token = await self._store.begin_fetch(account)
         deadline = asyncio.get_running_loop().time() + self.fetch_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                token = await self._store.begin_fetch(account)
-        except TimeoutError:
-            # Only a shared store waits here, for another process's fetch.
-            raise BalanceUnavailable(
-                f"no balance within {self.fetch_timeout:g} s: another process "
-                "is fetching it",
-                provider=account.provider.name,
-            ) from None
         if isinstance(token, Entry):  # another process fetched it meanwhile
             account.fetches += 1
             return token
