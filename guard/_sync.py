@@ -85,7 +85,7 @@ def _get_portal() -> BlockingPortal:
         return _portal
 
 
-def _after_fork_in_child() -> None:
+def _after_fork_in_child() -> None:  # pragma: no cover - in forked children (TestFork)
     # The child has a copy of the portal but not its thread: calls would wait
     # forever. Start afresh; the parent's guards and lock stay the parent's.
     global _portal, _manager, _loop, _lock, _guards
@@ -146,18 +146,25 @@ def acquire(guard: BalanceGuard, provider: Provider, amount: Decimal) -> Hold:
     """
     portal = _enter(guard)
     handoff = _Handoff()
-    future = portal.start_task_soon(_acquire_into, handoff, guard, provider, amount)
+    future = None
     try:
+        # Inside the try: an interruption right after the task starts must
+        # find the handoff marked too.
+        future = portal.start_task_soon(_acquire_into, handoff, guard, provider, amount)
         return future.result()
     except BaseException:
         with handoff.lock:
             handoff.left = True
             hold = handoff.hold
-        future.cancel()
+        if future is not None:
+            future.cancel()
         if hold is not None:
-            # Acquired just as the caller left: release it, without waiting.
-            with contextlib.suppress(RuntimeError):  # the portal is stopping
-                portal.start_task_soon(_release, guard, hold)
+            # Acquired just as the caller left: release it before leaving
+            # too, so that the caller's next call doesn't find it held.
+            with contextlib.suppress(Exception):
+                portal.start_task_soon(_release, guard, hold).result(
+                    timeout=guard.fetch_timeout
+                )
         raise
 
 
@@ -239,7 +246,7 @@ async def aclose_guard(guard: BalanceGuard) -> None:
         await guard.aclose()
 
 
-def _shutdown() -> None:
+def _shutdown() -> None:  # pragma: no cover - at interpreter exit (test_exit_...)
     global _portal, _manager, _loop
     with _lock:
         portal, manager = _portal, _manager
@@ -262,7 +269,9 @@ def _shutdown() -> None:
         manager.__exit__(None, None, None)
 
 
-async def _close_all(guards: list[BalanceGuard]) -> None:
+async def _close_all(  # pragma: no cover - at interpreter exit
+    guards: list[BalanceGuard],
+) -> None:
     closing = [asyncio.ensure_future(g.aclose()) for g in guards]
     if closing:
         await asyncio.wait(closing, timeout=_CLOSE_TIMEOUT)
