@@ -702,3 +702,67 @@ class TestEventLoops:
         assert Decimal(1000) == asyncio.run(use())
         assert Decimal(1000) == asyncio.run(use())
         asyncio.run(guard.aclose())
+
+    async def test_reads_from_another_loop_run_at_home(
+        self, guard: BalanceGuard
+    ) -> None:
+        """balance, invalidate and aclose from another loop run on the home loop."""
+        provider = LoopRecorder(100)
+        await guard.balance(provider)
+
+        async def elsewhere() -> Decimal:
+            await guard.invalidate(provider)
+            amount = (await guard.balance(provider)).amount
+            await guard.aclose()
+            return amount
+
+        assert Decimal(100) == await asyncio.to_thread(asyncio.run, elsewhere())
+        assert [asyncio.get_running_loop()] * 2 == provider.loops
+        assert guard.closed
+
+    async def test_forgets_its_loop(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """After _forget_loop (a forked child) the running loop is adopted."""
+        await guard.balance(provider)
+        guard._forget_loop()
+
+        assert Decimal(1000) == (await guard.balance(provider, fresh=True)).amount
+
+
+class TestUnusualProviders:
+    async def test_without_weakref(self, guard: BalanceGuard) -> None:
+        """A provider object that can't be weakly referenced still works."""
+
+        class Slotted:
+            __slots__ = ()
+            name = "slotted"
+            currency = "credits"
+            account_id = "acct-1"
+
+            async def fetch_balance(self, session: object) -> Decimal:
+                return Decimal(3)
+
+        async with require_balance(Slotted(), 2, guard=guard) as seen:  # type: ignore[arg-type]
+            assert seen is not None
+        assert Decimal(3) == seen.amount
+
+    @pytest.mark.parametrize("raw", [7, "7.50"])
+    async def test_int_or_str_balance(self, guard: BalanceGuard, raw: object) -> None:
+        """A user's provider may return an int or a str: read exactly."""
+
+        class Plain(InMemoryProvider):
+            async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
+                return raw  # type: ignore[return-value]
+
+        assert Decimal(str(raw)) == (await guard.balance(Plain())).amount
+
+    async def test_auth_error_on_recheck(self) -> None:
+        """Refused credentials on the recheck before a refusal are raised."""
+        provider = InMemoryProvider(10)
+        async with BalanceGuard(recheck_after=0) as guard:
+            await guard.balance(provider)
+            provider.fail_next(ProviderAuthError("key revoked", provider="memory"))
+            with pytest.raises(ProviderAuthError, match="key revoked"):
+                async with require_balance(provider, 50, guard=guard):
+                    pass
