@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 
 import aiohttp
 from aiocache import SimpleMemoryCache
@@ -40,7 +40,6 @@ __all__ = ["BalanceGuard", "Policy", "Settle"]
 
 log = logging.getLogger("guard")
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 Settle: TypeAlias = Literal["invalidate", "debit"]
@@ -396,22 +395,19 @@ class BalanceGuard:
         finally:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
-            if hold.checked:
-                await self._store.release(hold, debit=False)
-            else:
-                # What an unchecked call spent is unknown, so a fetch that
-                # ran meanwhile can't be corrected: drop it.
-                with contextlib.suppress(BalanceUnavailable):
-                    await self._store.invalidate(hold.account)
+            await self._drop(hold)
 
     async def _drop(self, hold: Hold) -> None:
         """
-        Settle the hold of a call that never ran (its caller left), at once:
-        a call checking meanwhile must not find it still held.
+        Release *hold* and invalidate the balance, at once (no yield): also
+        for the hold of a call that never ran because its caller left, which
+        a call checking meanwhile must not find still held.
         """
         if hold.checked:
             await self._store.release(hold, debit=False)
         else:
+            # What an unchecked call spent is unknown, so a fetch that ran
+            # meanwhile can't be corrected: drop it.
             with contextlib.suppress(BalanceUnavailable):
                 await self._store.invalidate(hold.account)
 
@@ -709,10 +705,6 @@ def _forget(ids: dict[int, Any], key: int, _: object) -> None:
 def _done(account: Account, task: asyncio.Task[Entry | None]) -> None:
     if account.inflight is task:
         account.inflight = None
-    _consume(task)
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
     # Every waiter may be gone; don't let asyncio log the error as unretrieved.
     if not task.cancelled():
         task.exception()
