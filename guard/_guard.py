@@ -1,3 +1,12 @@
+"""
+The guarded call: ``reserve()`` = check -> hold -> run -> settle.
+
+`BalanceGuard.reserve` is the one primitive; `guard.require_balance` (all
+its forms) and both aiohttp middlewares are layers over it. Fetching lives
+in ``_fetch.py``, event-loop binding in ``_loops.py``, balances and holds in
+the store (``guard.stores``).
+"""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,19 +16,18 @@ import hashlib
 import inspect
 import logging
 import math
-import random
-import threading
 import time
 import weakref
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-import aiohttp
-from aiocache import SimpleMemoryCache
+import attrs
+from aiocache.base import BaseCache
 
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
-from ._store import Account, Entry, Hold, LocalStore, Short, Store, UncheckedHold
+from ._fetch import Fetcher, Tracked
+from ._loops import HomeLoop
+from ._money import to_amount
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -27,23 +35,130 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
+from .stores import Account, Hold, MemoryStore, Short
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Iterable
+    from collections.abc import Iterable
+    from decimal import Decimal
     from types import TracebackType
 
-    from aiocache.base import BaseCache
+    import aiohttp
 
-    from .typing import EventHook, Provider
+    from .stores import Entry
+    from .typing import AmountLike, EventHook, Provider, Store
 
-__all__ = ["BalanceGuard", "Policy", "Settle"]
+__all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
 log = logging.getLogger("guard")
 
-R = TypeVar("R")
-
 Settle: TypeAlias = Literal["invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
+
+
+class _Held:
+    """
+    The engine's side of a reservation: what to settle, and how it went.
+    """
+
+    __slots__ = ("failed", "hold", "tracked")
+
+    def __init__(self, tracked: Tracked, hold: Hold | None) -> None:
+        self.tracked = tracked
+        self.hold = hold  # None: let through unchecked (on_unavailable="open")
+        self.failed = False
+
+
+@attrs.frozen
+class Reservation:
+    """
+    An amount held on an account while a guarded block runs; what
+    `BalanceGuard.reserve` yields.
+
+    Attributes:
+        provider: The account's provider.
+        amount: The amount held.
+    """
+
+    provider: Provider
+    amount: Decimal
+    _held: _Held = attrs.field(alias="held", repr=False, eq=False)
+
+    @property
+    def balance(self) -> Balance | None:
+        """
+        The balance the amount was checked against; None when the guard
+        failed open (``on_unavailable="open"``) and nothing was checked.
+        """
+        hold = self._held.hold
+        if hold is None or hold.entry is None:
+            return None
+        return Balance(
+            provider=self.provider.name,
+            amount=hold.entry.amount,
+            currency=self.provider.currency,
+            fetched_at=hold.entry.fetched_at,
+        )
+
+    def failed(self) -> None:
+        """
+        Mark the spend as failed although the block did not raise (a
+        provider that answered an error): it settles as a failure, and
+        ``settle="debit"`` invalidates the balance instead of debiting it.
+        """
+        self._held.failed = True
+
+
+class _Reserve:
+    """
+    What `BalanceGuard.reserve` returns: an async context manager for one
+    guarded block. Not reusable.
+    """
+
+    __slots__ = ("_amount", "_guard", "_provider", "_reservation", "_settle")
+
+    def __init__(
+        self,
+        guard: BalanceGuard,
+        provider: Provider,
+        amount: Decimal,
+        settle: Settle | None,
+    ) -> None:
+        self._guard = guard
+        self._provider = provider
+        self._amount = amount
+        self._settle = settle
+        self._reservation: Reservation | None = None
+
+    async def __aenter__(self) -> Reservation:
+        if self._reservation is not None:
+            raise RuntimeError("a reserve() block can be entered only once")
+        guard = self._guard
+        loops = guard._loops
+        if loops.home is asyncio.get_running_loop() or loops.at_home():
+            held = await guard._check_and_hold(self._provider, self._amount)
+        else:
+            held = await loops.make(
+                functools.partial(guard._check_and_hold, self._provider, self._amount),
+                guard._drop,
+            )
+        self._reservation = reservation = Reservation(
+            self._provider, self._amount, held
+        )
+        return reservation
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reservation = self._reservation
+        if reservation is None:
+            raise RuntimeError("a reserve() block exited without being entered")
+        held = reservation._held
+        await self._guard._settle(
+            held, ok=exc_type is None and not held.failed, settle=self._settle
+        )
 
 
 def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
@@ -67,12 +182,11 @@ def _name(name: str, value: object) -> str:
     return value
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> object:
-    if value not in allowed:
+def check_settle(value: object, name: str = "settle") -> None:
+    if value not in ("invalidate", "debit"):
         raise ConfigurationError(
-            f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+            f"{name} must be 'invalidate' or 'debit', got {value!r}"
         )
-    return value
 
 
 class BalanceGuard:
@@ -80,14 +194,19 @@ class BalanceGuard:
     Checks, holds and settles provider balances for guarded calls.
 
     One guard serves any number of providers and accounts. It owns an aiohttp
-    session for balance requests and the cache it is given: close it with
-    ``async with`` or `aclose`.
+    session for balance requests and its store: close it with ``async with``
+    or `aclose`.
 
     Args:
-        cache: Where balances are cached. Default: a process-local
-            ``SimpleMemoryCache``. A ``RedisCache`` shares balances and holds
-            between processes. The guard closes it when it closes.
-        ttl: Seconds a fetched balance is trusted.
+        cache: Where balances are cached, as an aiocache cache. Default: a
+            process-local ``SimpleMemoryCache``. A ``RedisCache`` shares
+            balances and holds between processes (a `guard.stores.RedisStore`
+            is made for it). The guard closes it when it closes.
+        store: Instead of *cache*: any `guard.typing.Store`, such as a
+            `guard.stores.MemoryStore` or `guard.stores.RedisStore` you
+            configured. The guard closes it when it closes.
+        ttl: Seconds a fetched balance is trusted (default 30), for the
+            store made from *cache*; a *store* you pass has its own.
         settle: After a guarded call, ``"invalidate"`` forgets the cached
             balance (the next call fetches it); ``"debit"`` subtracts the
             amount from it when the call succeeded (fewer fetches; a failed
@@ -119,7 +238,8 @@ class BalanceGuard:
         self,
         cache: BaseCache | None = None,
         *,
-        ttl: float = 30.0,
+        store: Store | None = None,
+        ttl: float | None = None,
         settle: Settle = "invalidate",
         on_unavailable: Policy = "closed",
         fetch_timeout: float = 10.0,
@@ -132,62 +252,64 @@ class BalanceGuard:
         namespace: str = "guard",
         lease: float = 60.0,
     ) -> None:
-        self.ttl = _positive("ttl", ttl)
-        _choice("settle", settle, ("invalidate", "debit"))
-        _choice("on_unavailable", on_unavailable, ("closed", "open"))
+        check_settle(settle)
+        if on_unavailable not in ("closed", "open"):
+            raise ConfigurationError(
+                f"on_unavailable must be 'closed' or 'open', got {on_unavailable!r}"
+            )
         self.settle_mode: Settle = settle
         self.on_unavailable: Policy = on_unavailable
-        self.fetch_timeout = _positive("fetch_timeout", fetch_timeout)
-        self.retries = _count("retries", retries)
-        self.max_retry_after = _positive(
-            "max_retry_after", max_retry_after, zero_ok=True
-        )
+        fetch_timeout = _positive("fetch_timeout", fetch_timeout)
         self.recheck_after = _positive("recheck_after", recheck_after, zero_ok=True)
-        self.auth_cooldown = _positive("auth_cooldown", auth_cooldown, zero_ok=True)
         self.namespace = _name("namespace", namespace)
-        self.lease = _positive("lease", lease)
         self._hooks = tuple(hooks)
         for hook in cast("tuple[object, ...]", self._hooks):
             if not callable(hook) or _is_async(hook):
                 raise ConfigurationError(
                     f"hooks must be plain (not async) callables, got {hook!r}"
                 )
-        self._store: Store = self._make_store(
-            SimpleMemoryCache(timeout=None) if cache is None else cache
+        self._store = _make_store(
+            cache,
+            store,
+            ttl=None if ttl is None else _positive("ttl", ttl),
+            lease=_positive("lease", lease),
+            fetch_timeout=fetch_timeout,
         )
-        self._accounts: dict[tuple[str, str], Account] = {}
-        self._by_id: dict[int, tuple[weakref.ref[Provider], Account]] = {}
-        self._session = session
-        self._own_session = session is None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._fetcher = Fetcher(
+            self._store,
+            self._emit,
+            timeout=fetch_timeout,
+            retries=_count("retries", retries),
+            max_retry_after=_positive(
+                "max_retry_after", max_retry_after, zero_ok=True
+            ),
+            auth_cooldown=_positive("auth_cooldown", auth_cooldown, zero_ok=True),
+            session=session,
+        )
+        self._loops = HomeLoop()
+        self._accounts: dict[tuple[str, str], Tracked] = {}
+        self._by_id: dict[int, tuple[weakref.ref[Provider], Tracked]] = {}
         self.closed = False
         """Whether `aclose` was called."""
-        # The event loop whose thread alone touches this guard's state;
-        # calls from another running loop are forwarded to it.
-        self._home: asyncio.AbstractEventLoop | None = None
-        self._home_lock = threading.Lock()
-        # Set once a call came from another loop: until then every settle
-        # runs at home, and needn't ask which loop runs it.
-        self._forwarding = False
-        self._handoffs: dict[_Token, Hold] = {}
-        self._abandoned: weakref.WeakSet[_Token] = weakref.WeakSet()
 
-    def _make_store(self, cache: BaseCache) -> Store:
-        if type(cache).__module__.startswith("aiocache.backends.redis"):
-            try:
-                from ._redis import RedisStore
-            except ImportError as exc:
-                raise ConfigurationError(
-                    "a RedisCache needs redis-py: pip install guard[redis]"
-                ) from exc
-            return RedisStore(
-                cache, ttl=self.ttl, lease=self.lease, fetch_timeout=self.fetch_timeout
-            )
-        return LocalStore(cache, ttl=self.ttl)
+    @property
+    def ttl(self) -> float:
+        """Seconds a fetched balance is trusted (the store's)."""
+        return self._store.ttl
+
+    @property
+    def fetch_timeout(self) -> float:
+        """Seconds one balance fetch may take, retries included."""
+        return self._fetcher.timeout
+
+    @property
+    def store(self) -> Store:
+        """Where this guard keeps balances and holds."""
+        return self._store
 
     def __repr__(self) -> str:
         return (
-            f"<BalanceGuard ttl={self.ttl} settle={self.settle_mode!r} "
+            f"<BalanceGuard ttl={self.ttl:g} settle={self.settle_mode!r} "
             f"on_unavailable={self.on_unavailable!r} "
             f"accounts={len(self._accounts)}>"
         )
@@ -205,27 +327,15 @@ class BalanceGuard:
 
     async def aclose(self) -> None:
         """
-        Close the guard's HTTP session and its cache. Idempotent.
+        Close the guard's HTTP session and its store. Idempotent.
         """
-        if not self._at_home():
-            await self._elsewhere(self.aclose())
+        if not self._loops.at_home():
+            await self._loops.call(self.aclose())
             return
         if self.closed:
             return
         self.closed = True
-        fetches = [
-            account.inflight
-            for account in self._accounts.values()
-            if account.inflight is not None
-            and account.inflight.get_loop() is asyncio.get_running_loop()
-        ]
-        for task in fetches:
-            task.cancel()
-        # Let the fetches finish cancelling before their session goes away.
-        await asyncio.gather(*fetches, return_exceptions=True)
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
+        await self._fetcher.aclose()
         await self._store.close()
 
     # -- public reads ---------------------------------------------------
@@ -239,101 +349,122 @@ class BalanceGuard:
             BalanceUnavailable: It could not be learned (whatever the
                 *on_unavailable* policy: there is no call to let through).
         """
-        if not self._at_home():
-            return await self._elsewhere(self.balance(provider, fresh=fresh))
-        account = self._account(provider)
-        entry = None if fresh else await self._store.read(account)
+        if not self._loops.at_home():
+            return await self._loops.call(self.balance(provider, fresh=fresh))
+        tracked = self._track(provider)
+        entry = None if fresh else await self._store.read(tracked.account)
         if entry is None:
-            entry = await self._refresh(account, time.monotonic() + self.fetch_timeout)
-        return self._balance_of(account, entry)
+            entry = await self._fetcher.refresh(
+                tracked, time.monotonic() + self.fetch_timeout
+            )
+        return _balance(tracked.provider, entry)
 
     async def invalidate(self, provider: Provider) -> None:
         """
         Forget *provider*'s cached balance; the next call fetches it.
         """
-        if not self._at_home():
-            await self._elsewhere(self.invalidate(provider))
+        if not self._loops.at_home():
+            await self._loops.call(self.invalidate(provider))
             return
-        await self._store.invalidate(self._account(provider))
+        await self._store.invalidate(self._track(provider).account)
 
     def held(self, provider: Provider) -> Decimal:
         """
         Sum of the amounts held by *provider*'s running calls in this
         process.
         """
-        return self._account(provider).held
+        return self._store.held(self._track(provider).account)
 
     # -- the guarded call -------------------------------------------------
 
-    async def acquire(self, provider: Provider, amount: Decimal) -> Hold:
+    def reserve(
+        self, provider: Provider, amount: AmountLike, *, settle: Settle | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Reservation]:
         """
-        Check and hold *amount* on *provider*'s account.
+        Hold *amount* on *provider*'s account for the ``async with`` block.
 
-        Returns the hold to give to `settle`; when the call goes ahead
-        unchecked under ``on_unavailable="open"``, a hold of nothing. Most
-        code uses `require_balance` instead.
+        ::
+
+            async with guard.reserve(oneclick, 500) as r:
+                reply = await send_topup(...)
+                if reply.status >= 400:
+                    r.failed()   # settle as a failure without raising
+
+        On entry the cached balance (fetched if there is none), less what
+        running calls hold, must cover *amount*; it is then held until the
+        block ends. On exit, however the block ends, the hold is released
+        and the cached balance settled: debited (``settle="debit"`` and the
+        block neither raised nor called `Reservation.failed`) or
+        invalidated.
+
+        Args:
+            provider: The account to spend from.
+            amount: An ``int``, ``Decimal`` or ``str`` (a ``float`` is read
+                through ``str()``).
+            settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
 
         Raises:
-            InsufficientBalance: The balance less the holds does not cover
-                *amount*.
-            BalanceUnavailable: The balance could not be learned and the
-                policy is ``"closed"``.
+            AmountError: At once, for an *amount* that is not a
+                non-negative finite number.
+            InsufficientBalance: On entry, when the balance less the holds
+                does not cover *amount*.
+            BalanceUnavailable: On entry, when the balance could not be
+                learned and the policy is ``"closed"``.
         """
-        if self._home is not asyncio.get_running_loop() and not self._at_home():
-            return await self._acquire_elsewhere(provider, amount)
-        account = self._account(provider)
-        seen = account.fetches
-        try:
-            result = await self._store.try_hold(account, amount)
-        except BalanceUnavailable as exc:  # a shared store that is down
-            return self._unavailable(account, amount, exc)
-        if isinstance(result, Hold):
-            return result
-        return await self._acquire_slow(account, amount, result, seen)
+        if settle is not None:
+            check_settle(settle)
+        return _Reserve(self, provider, to_amount(amount), settle)
 
-    async def _acquire_slow(
-        self,
-        account: Account,
-        amount: Decimal,
-        result: Hold | Short | None,
-        seen: int,
-    ) -> Hold:
+    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> _Held:
+        tracked = self._track(provider)
+        seen = tracked.fetches
+        try:
+            result = await self._store.try_hold(tracked.account, amount)
+        except BalanceUnavailable as exc:  # a shared store that is down
+            return self._unavailable(tracked, amount, exc)
+        if isinstance(result, Hold):
+            return _Held(tracked, result)
+        return await self._check_slow(tracked, amount, result, seen)
+
+    async def _check_slow(
+        self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
+    ) -> _Held:
         deadline = time.monotonic() + self.fetch_timeout
         try:
-            result = await self._until_cached(account, amount, result, seen, deadline)
-            if isinstance(result, Short) and (
-                not result.entry.exact
-                or result.entry.fetched_mono + self.recheck_after <= time.monotonic()
+            outcome = await self._until_cached(tracked, amount, result, seen, deadline)
+            if isinstance(outcome, Short) and (
+                not outcome.entry.exact
+                or outcome.entry.monotonic + self.recheck_after <= time.monotonic()
             ):
                 # An old value may predate a refill, a corrected one may count
                 # a spend twice: look once more. If that fails, the value at
                 # hand still says the call is short.
-                short = result
+                short = outcome
                 try:
-                    await self._refresh(account, deadline)
-                    result = await self._store.try_hold(account, amount)
+                    await self._fetcher.refresh(tracked, deadline)
+                    again = await self._store.try_hold(tracked.account, amount)
                 except BalanceUnavailable as exc:
                     if isinstance(exc, ProviderAuthError | ProviderResponseError):
                         raise
-                    result = short
-                result = await self._until_cached(
-                    account, amount, result, account.fetches, deadline
+                    again = short
+                outcome = await self._until_cached(
+                    tracked, amount, again, tracked.fetches, deadline
                 )
         except BalanceUnavailable as exc:
-            return self._unavailable(account, amount, exc)
-        if isinstance(result, Short):
-            self._emit("refused", account, amount=amount, available=result.available)
+            return self._unavailable(tracked, amount, exc)
+        if isinstance(outcome, Short):
+            self._emit("refused", tracked, amount=amount, available=outcome.available)
             raise InsufficientBalance(
-                provider=account.provider.name,
+                provider=tracked.provider.name,
                 required=amount,
-                available=result.available,
-                currency=account.provider.currency,
+                available=outcome.available,
+                currency=tracked.provider.currency,
             )
-        return result
+        return _Held(tracked, outcome)
 
     async def _until_cached(
         self,
-        account: Account,
+        tracked: Tracked,
         amount: Decimal,
         result: Hold | Short | None,
         seen: int,
@@ -348,44 +479,42 @@ class BalanceGuard:
         a fetch and this check: fetch again, until *deadline*.
         """
         while result is None:
-            if account.fetches == seen:
-                await self._refresh(account, deadline)
-            seen = account.fetches
-            result = await self._store.try_hold(account, amount)
+            if tracked.fetches == seen:
+                await self._fetcher.refresh(tracked, deadline)
+            seen = tracked.fetches
+            result = await self._store.try_hold(tracked.account, amount)
         return result
 
     def _unavailable(
-        self, account: Account, amount: Decimal, exc: BalanceUnavailable
-    ) -> Hold:
+        self, tracked: Tracked, amount: Decimal, exc: BalanceUnavailable
+    ) -> _Held:
         if self.on_unavailable == "closed" or isinstance(
             exc, ProviderAuthError | ProviderResponseError
         ):
             raise exc
         log.warning(
             "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
-            account.provider.name,
+            tracked.provider.name,
             exc.reason,
         )
-        self._emit("failed_open", account, amount=amount, error=exc)
-        return UncheckedHold(account)
+        self._emit("failed_open", tracked, amount=amount, error=exc)
+        return _Held(tracked, None)
 
-    async def settle(
-        self, hold: Hold, *, ok: bool, settle: Settle | None = None
-    ) -> None:
+    async def _settle(self, held: _Held, *, ok: bool, settle: Settle | None) -> None:
         """
-        Release *hold* and settle the cached balance: debit it (``"debit"``
-        and *ok*) or invalidate it.
-
-        Finishes even if the calling task is cancelled meanwhile.
+        Release *held* and settle the cached balance: debit it (``"debit"``
+        and *ok*) or invalidate it. Finishes even if the calling task is
+        cancelled meanwhile.
         """
-        if self._forwarding and not self._at_home():
+        loops = self._loops
+        if loops.forwarding and not loops.at_home():
             # Shielded: the settle finishes there even if this caller leaves.
             await asyncio.shield(
-                self._elsewhere(self.settle(hold, ok=ok, settle=settle))
+                loops.call(self._settle(held, ok=ok, settle=settle))
             )
             return
-        debit = ok and hold.checked and (settle or self.settle_mode) == "debit"
-        if debit:
+        hold = held.hold
+        if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)
             return
         try:
@@ -395,254 +524,66 @@ class BalanceGuard:
         finally:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
-            await self._drop(hold)
+            await self._drop(held)
 
-    async def _drop(self, hold: Hold) -> None:
+    async def _drop(self, held: _Held) -> None:
         """
-        Release *hold* and invalidate the balance, at once (no yield): also
+        Release *held* and invalidate the balance, at once (no yield): also
         for the hold of a call that never ran because its caller left, which
         a call checking meanwhile must not find still held.
         """
-        if hold.checked:
-            await self._store.release(hold, debit=False)
+        if held.hold is not None:
+            await self._store.release(held.hold, debit=False)
         else:
             # What an unchecked call spent is unknown, so a fetch that ran
             # meanwhile can't be corrected: drop it.
             with contextlib.suppress(BalanceUnavailable):
-                await self._store.invalidate(hold.account)
-
-    # -- event loops ----------------------------------------------------------
-
-    def _at_home(self) -> bool:
-        """
-        Whether the running loop is this guard's home, adopting it when the
-        guard has no home loop that still runs (first use, asyncio.run
-        again).
-        """
-        loop = asyncio.get_running_loop()
-        if self._home is loop:
-            return True
-        with self._home_lock:
-            home = self._home
-            if home is None or home.is_closed() or not home.is_running():
-                self._home = home = loop
-        return home is loop
+                await self._store.invalidate(held.tracked.account)
 
     def _forget_loop(self) -> None:
         """
-        Forget the home loop, in a child process after ``os.fork()``: its
-        thread is not there, and the lock may have been copied held.
+        Forget the home loop, in a child process after ``os.fork()``.
         """
-        self._home = None
-        self._home_lock = threading.Lock()
-        self._forwarding = False
+        self._loops.forget()
 
-    async def _elsewhere(self, coro: Coroutine[Any, Any, R]) -> R:
-        """
-        Run *coro* on the home loop and wait for it from this one.
-        """
-        assert self._home is not None
-        self._forwarding = True
-        future = asyncio.run_coroutine_threadsafe(coro, self._home)
-        return await asyncio.wrap_future(future)
+    # -- accounts -------------------------------------------------------------
 
-    async def _acquire_elsewhere(self, provider: Provider, amount: Decimal) -> Hold:
-        # The hold is handed over through a token, so that one made after
-        # this caller was cancelled is found and settled on the home loop.
-        assert self._home is not None
-        home = self._home
-        token = _Token()
-        try:
-            await self._elsewhere(self._acquire_for(token, provider, amount))
-        except asyncio.CancelledError:
-            asyncio.run_coroutine_threadsafe(self._drop_handoff(token), home)
-            raise
-        return self._handoffs.pop(token)
-
-    async def _acquire_for(
-        self, token: _Token, provider: Provider, amount: Decimal
-    ) -> None:
-        hold = await self.acquire(provider, amount)
-        if token in self._abandoned:
-            await self._drop(hold)
-        else:
-            self._handoffs[token] = hold
-
-    async def _drop_handoff(self, token: _Token) -> None:
-        hold = self._handoffs.pop(token, None)
-        if hold is None:
-            self._abandoned.add(token)  # its acquire may still be running
-        else:
-            await self._drop(hold)
-
-    # -- fetching -------------------------------------------------------------
-
-    async def _refresh(self, account: Account, deadline: float) -> Entry:
-        """
-        Fetch and cache *account*'s balance, one fetch at a time per account;
-        fetch again if it was invalidated meanwhile, until *deadline*.
-        """
-        while True:
-            if time.monotonic() >= deadline:
-                raise BalanceUnavailable(
-                    "the balance was invalidated faster than it could be fetched",
-                    provider=account.provider.name,
-                )
-            loop = asyncio.get_running_loop()
-            task = account.inflight
-            # A finished task whose done-callback has not run yet would be
-            # awaited again without yielding; one of another (dead) event loop
-            # would never finish here.
-            if task is None or task.done() or task.get_loop() is not loop:
-                task = loop.create_task(self._fetch_and_put(account))
-                account.inflight = task
-                task.add_done_callback(functools.partial(_done, account))
-            try:
-                entry = await asyncio.shield(task)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-                # The fetch was cancelled, not this call: the guard closed.
-                raise BalanceUnavailable(
-                    "the guard was closed", provider=account.provider.name
-                ) from None
-            if entry is not None:
-                return entry
-
-    async def _fetch_and_put(self, account: Account) -> Entry | None:
-        # A shared store bounds its own wait for another process's fetch,
-        # then lets this one fetch (its lock may belong to a dead process).
-        token = await self._store.begin_fetch(account)
-        deadline = asyncio.get_running_loop().time() + self.fetch_timeout
-        if isinstance(token, Entry):  # another process fetched it meanwhile
-            account.fetches += 1
-            return token
-        try:
-            amount = await self._fetch(account, deadline)
-        except BaseException:
-            await self._store.abort_fetch(account, token)
-            raise
-        entry = await self._store.put(account, amount, token)
-        if entry is not None:
-            account.fetches += 1
-            self._emit("fetched", account, amount=amount)
-        return entry
-
-    async def _fetch(self, account: Account, deadline: float) -> Decimal:
-        provider = account.provider
-        loop = asyncio.get_running_loop()
-        if account.auth_until > time.monotonic() and account.auth_error is not None:
-            raise _cooled(account.auth_error, account.auth_until - time.monotonic())
-        attempt = 0
-        try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    try:
-                        amount = await provider.fetch_balance(self._get_session())
-                    except (ProviderAuthError, ProviderResponseError) as exc:
-                        if isinstance(exc, ProviderAuthError):
-                            account.auth_until = time.monotonic() + self.auth_cooldown
-                            account.auth_error = exc
-                            self._emit("auth_cooldown", account, error=exc)
-                        raise
-                    except BalanceUnavailable as exc:
-                        error = exc
-                    except (aiohttp.ClientError, OSError) as exc:
-                        # A provider of the user's own that let one through.
-                        error = BalanceUnavailable(
-                            f"{type(exc).__name__} while fetching the balance",
-                            provider=provider.name,
-                        )
-                        error.__cause__ = exc
-                    else:
-                        return _as_balance(amount, provider)
-                    attempt += 1
-                    delay = self._delay(attempt, error.retry_after)
-                    if attempt > self.retries or loop.time() + delay >= deadline:
-                        self._emit("unavailable", account, error=error)
-                        raise error
-                    await asyncio.sleep(delay)
-        except TimeoutError:
-            timed_out = BalanceUnavailable(
-                f"no balance within {self.fetch_timeout:g} s", provider=provider.name
-            )
-            self._emit("unavailable", account, error=timed_out)
-            raise timed_out from None
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        # Exponential backoff with full jitter, kept well inside the timeout.
-        base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
-        return float(random.uniform(base / 2, base))
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self.closed:
-            raise RuntimeError("this BalanceGuard is closed")
-        loop = asyncio.get_running_loop()
-        session = self._session
-        if session is None or (
-            self._own_session and (session.closed or self._session_loop is not loop)
-        ):
-            if session is not None and self._session_loop is not None:
-                _abandon(session, self._session_loop)
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.fetch_timeout),
-                raise_for_status=False,
-            )
-            self._session = session
-            self._session_loop = loop
-        return session
-
-    # -- helpers --------------------------------------------------------------
-
-    def _account(self, provider: Provider) -> Account:
+    def _track(self, provider: Provider) -> Tracked:
         # Keyed by id(): cheaper than hashing a frozen attrs provider. The
         # weak reference tells a reused id from the original object.
         found = self._by_id.get(id(provider))
         if found is not None and found[0]() is provider:
             return found[1]
-        account = self._account_by_identity(provider)
+        tracked = self._track_by_identity(provider)
         key = id(provider)
         try:
             ref = weakref.ref(provider, functools.partial(_forget, self._by_id, key))
         except TypeError:  # a provider of the user's own without __weakref__
-            return account
-        self._by_id[key] = (ref, account)
-        return account
+            return tracked
+        self._by_id[key] = (ref, tracked)
+        return tracked
 
-    def _account_by_identity(self, provider: Provider) -> Account:
+    def _track_by_identity(self, provider: Provider) -> Tracked:
         name, account_id = provider.name, provider.account_id
         identity = (name, account_id)
-        account = self._accounts.get(identity)
-        if account is not None and account.provider != provider:
-            # Same account, other settings (a rotated password, a new
-            # timeout): use the newest, and let it try its credentials.
-            account.provider = provider
-            account.auth_until = 0.0
-            account.auth_error = None
-        if account is None:
+        tracked = self._accounts.get(identity)
+        if tracked is None:
             # Hash again: a user's account_id is trusted to be non-secret, but
             # the key should not depend on that.
             digest = hashlib.sha256(f"{name}\0{account_id}".encode()).hexdigest()
-            key = f"{self.namespace}:{name}:{digest[:24]}"
-            account = self._accounts[identity] = Account(provider, key)
-        return account
-
-    def _balance_of(self, account: Account, entry: Entry) -> Balance:
-        provider = account.provider
-        return Balance(
-            provider=provider.name,
-            amount=entry.amount,
-            currency=provider.currency,
-            fetched_at=entry.fetched_at,
-        )
+            account = Account(
+                f"{self.namespace}:{name}:{digest[:24]}", name, provider.currency
+            )
+            tracked = self._accounts[identity] = Tracked(provider, account)
+            self._fetcher.track(tracked)
+        elif tracked.provider != provider:
+            tracked.replace_provider(provider)
+        return tracked
 
     def _emit(
         self,
         kind: EventKind,
-        account: Account,
+        tracked: Tracked,
         *,
         amount: Decimal | None = None,
         available: Decimal | None = None,
@@ -652,8 +593,8 @@ class BalanceGuard:
             return
         event = GuardEvent(
             kind=kind,
-            provider=account.provider.name,
-            account_id=account.provider.account_id,
+            provider=tracked.provider.name,
+            account_id=tracked.provider.account_id,
             amount=amount,
             available=available,
             error=error,
@@ -665,12 +606,83 @@ class BalanceGuard:
                 log.exception("guard hook %r failed on %s", hook, kind)
 
 
-class _Token:
-    """
-    Identifies a hold handed over between event loops.
-    """
+def _make_store(
+    cache: BaseCache | None,
+    store: Store | None,
+    *,
+    ttl: float | None,
+    lease: float,
+    fetch_timeout: float,
+) -> Store:
+    if store is not None:
+        if cache is not None:
+            raise ConfigurationError("pass cache or store, not both")
+        if ttl is not None:
+            raise ConfigurationError(
+                "ttl configures the store made from cache; set it on the store "
+                "you pass instead"
+            )
+        if not _is_store(store):
+            raise ConfigurationError(
+                "store must implement guard.typing.Store, not "
+                f"{type(store).__name__}"
+            )
+        return store
+    ttl = 30.0 if ttl is None else ttl
+    if cache is None:
+        return MemoryStore(ttl=ttl, timeout=fetch_timeout)
+    if not isinstance(cache, BaseCache):
+        raise ConfigurationError(
+            "cache must be an aiocache cache (such as aiocache.SimpleMemoryCache "
+            f"or aiocache.RedisCache), not {type(cache).__name__}"
+        )
+    if _is_redis_cache(cache):
+        try:
+            from .stores.redis import RedisStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                "a RedisCache needs redis-py: pip install guard[redis]"
+            ) from exc
+        return RedisStore(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+    return MemoryStore(cache, ttl=ttl, timeout=fetch_timeout)
 
-    __slots__ = ("__weakref__",)
+
+def _is_redis_cache(cache: BaseCache) -> bool:
+    # By type, not module name; aiocache imports its Redis backend only when
+    # redis-py is installed.
+    try:
+        from aiocache.backends.redis import RedisBackend
+    except ImportError:
+        return False
+    return isinstance(cache, RedisBackend)
+
+
+_STORE_METHODS = (
+    "read",
+    "try_hold",
+    "held",
+    "begin_fetch",
+    "abort_fetch",
+    "put",
+    "release",
+    "invalidate",
+    "close",
+)
+
+
+def _is_store(obj: object) -> bool:
+    return hasattr(obj, "ttl") and all(
+        callable(getattr(obj, name, None)) for name in _STORE_METHODS
+    )
+
+
+def _balance(provider: Provider, entry: Entry) -> Balance:
+    return Balance(
+        provider=provider.name,
+        amount=entry.amount,
+        currency=provider.currency,
+        fetched_at=entry.fetched_at,
+    )
 
 
 def _is_async(fn: object) -> bool:
@@ -680,55 +692,5 @@ def _is_async(fn: object) -> bool:
     )
 
 
-def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
-    # A session left by an event loop that has ended (asyncio.run called
-    # again): its connections died with the loop; mark it closed so that it
-    # doesn't warn. One on a loop still running elsewhere closes there.
-    if session.closed:
-        return
-    if loop.is_closed():
-        connector = session.connector
-        session.detach()
-        # With its loop closed, closing a connector only marks it closed;
-        # the public close() is a coroutine that no loop can run any more.
-        close = getattr(connector, "_close", None)
-        if close is not None:
-            close()
-    else:
-        asyncio.run_coroutine_threadsafe(session.close(), loop)
-
-
 def _forget(ids: dict[int, Any], key: int, _: object) -> None:
     ids.pop(key, None)
-
-
-def _done(account: Account, task: asyncio.Task[Entry | None]) -> None:
-    if account.inflight is task:
-        account.inflight = None
-    # Every waiter may be gone; don't let asyncio log the error as unretrieved.
-    if not task.cancelled():
-        task.exception()
-
-
-def _as_balance(value: object, provider: Provider) -> Decimal:
-    # A provider of the user's own may hand back an int or a str.
-    if isinstance(value, int | str) and not isinstance(value, bool):
-        with contextlib.suppress(ArithmeticError):
-            value = Decimal(value)
-    if isinstance(value, Decimal) and value.is_finite():
-        return value
-    raise ProviderResponseError(
-        f"fetch_balance returned {type(value).__name__}, not a finite Decimal",
-        provider=provider.name,
-    )
-
-
-def _cooled(error: BaseException, remaining: float) -> ProviderAuthError:
-    assert isinstance(error, ProviderAuthError)
-    return ProviderAuthError(
-        f"not retried during the auth cooldown after: {error.reason}",
-        provider=error.provider,
-        code=error.code,
-        status=error.status,
-        retry_after=remaining,
-    )

@@ -5,6 +5,7 @@ The tree::
 
     GuardError
     ├── ConfigurationError (also a ValueError)
+    ├── AmountError (also a ValueError)
     ├── InsufficientBalance
     └── BalanceUnavailable
         ├── ProviderAuthError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
 __all__ = [
+    "AmountError",
     "BalanceUnavailable",
     "ConfigurationError",
     "GuardError",
@@ -51,6 +53,17 @@ class GuardError(Exception):
 class ConfigurationError(GuardError, ValueError):
     """
     guard was set up with options that cannot work together.
+    """
+
+
+class AmountError(GuardError, ValueError):
+    """
+    An amount is not a non-negative, finite number guard can hold exactly,
+    or could not be computed from a guarded call's arguments (its function
+    raised; the original error is the ``__cause__``).
+
+    Raised before anything is held or sent. The message names the parameter
+    (``amount``) and what was wrong with it.
     """
 
 

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._events import GuardEvent
+    from .stores import Account, Entry, Hold, Short, Ticket
 
-__all__ = ["AmountLike", "AmountSpec", "EventHook", "Provider"]
+__all__ = ["AmountLike", "AmountSpec", "EventHook", "Provider", "Store"]
 
 AmountLike: TypeAlias = int | Decimal | str | float
 """
@@ -75,4 +76,80 @@ class Provider(Protocol):
             guard.ProviderAuthError: Credentials refused; never retried.
             guard.ProviderResponseError: Unreadable answer; never retried.
             guard.BalanceUnavailable: Anything transient; retried.
+        """
+
+
+@runtime_checkable
+class Store(Protocol):
+    """
+    **Protocol:** where a `guard.BalanceGuard` keeps balances and holds.
+
+    guard ships `guard.stores.MemoryStore` (this process) and
+    `guard.stores.RedisStore` (shared between processes). A store answers,
+    atomically for one account, whether there is a usable cached balance,
+    whether it covers an amount once the running calls' holds are taken
+    off, and if so holds that amount. The guard does everything else
+    (fetching, retries, policy) the same way for every store.
+
+    A failure to reach the store's backend is raised as
+    `guard.BalanceUnavailable`; every operation is bounded in time.
+    """
+
+    @property
+    def ttl(self) -> float:
+        """
+        Seconds a fetched balance is trusted.
+        """
+
+    async def read(self, account: Account) -> Entry | None:
+        """
+        Return the account's usable cached balance, or None.
+        """
+
+    async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
+        """
+        Hold *amount* if the cached balance, less the holds, covers it.
+
+        Returns the `Hold`; a `Short` when the balance does not cover it;
+        None when there is no usable cached balance.
+        """
+
+    def held(self, account: Account) -> Decimal:
+        """
+        Return the sum held by this process's running calls.
+        """
+
+    async def begin_fetch(self, account: Account) -> Ticket | Entry:
+        """
+        Take leave to fetch the balance: a `Ticket` for `put`, or the
+        `Entry` another process fetched meanwhile (then nothing is fetched).
+        """
+
+    async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
+        """
+        Give up the fetch *ticket* began (it failed).
+        """
+
+    async def put(self, account: Account, amount: Decimal, ticket: Ticket) -> Entry | None:
+        """
+        Cache a fetched balance; None when it was invalidated since *ticket*
+        (a value fetched before an invalidation is never stored after it).
+        """
+
+    async def release(self, hold: Hold, *, debit: bool) -> None:
+        """
+        Drop *hold*; subtract its amount from the cached balance (*debit*)
+        or forget the balance.
+
+        Must not leave the hold behind if cancelled while it awaits.
+        """
+
+    async def invalidate(self, account: Account) -> None:
+        """
+        Forget the cached balance; fetches in flight won't store theirs.
+        """
+
+    async def close(self) -> None:
+        """
+        Release the store's connections.
         """

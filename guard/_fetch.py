@@ -1,0 +1,300 @@
+"""
+Fetching balances: one fetch per account at a time, bounded retries that
+honour a capped ``Retry-After``, the auth cooldown, and the HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from ._money import bounded_balance
+from .errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+from .stores import Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._events import EventKind
+    from .stores import Account
+    from .typing import Provider, Store
+
+__all__ = ["Fetcher", "Tracked"]
+
+log = logging.getLogger("guard")
+
+
+class Tracked:
+    """
+    What a guard knows of one account besides the store's state: its
+    provider, the fetch in flight, the auth cooldown.
+
+    *fetches* counts the balances fetched and stored, so that a check that
+    missed can tell a fetch finished meanwhile.
+    """
+
+    __slots__ = (
+        "account",
+        "auth_error",
+        "auth_until",
+        "fetches",
+        "inflight",
+        "provider",
+    )
+
+    def __init__(self, provider: Provider, account: Account) -> None:
+        self.provider = provider
+        self.account = account
+        self.fetches = 0
+        self.inflight: asyncio.Task[Entry | None] | None = None
+        self.auth_until = 0.0
+        self.auth_error: ProviderAuthError | None = None
+
+    def replace_provider(self, provider: Provider) -> None:
+        # Same account, other settings (a rotated password, a new timeout):
+        # use the newest, and let it try its credentials.
+        self.provider = provider
+        self.auth_until = 0.0
+        self.auth_error = None
+
+
+class Fetcher:
+    """
+    Fetches balances into a store for a guard.
+
+    Args:
+        store: Where fetched balances go.
+        emit: The guard's event callback: ``emit(kind, tracked, **fields)``.
+        timeout: Seconds one fetch may take, retries included.
+        retries: Transient failures retried per fetch.
+        max_retry_after: Cap in seconds on a provider's ``Retry-After``.
+        auth_cooldown: Seconds an account whose credentials were refused is
+            not asked again.
+        session: A session of the user's, not closed here; None: the
+            fetcher's own, made per event loop.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        emit: Callable[..., None],
+        *,
+        timeout: float,
+        retries: int,
+        max_retry_after: float,
+        auth_cooldown: float,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self.store = store
+        self.emit = emit
+        self.timeout = timeout
+        self.retries = retries
+        self.max_retry_after = max_retry_after
+        self.auth_cooldown = auth_cooldown
+        self.closed = False
+        self._session = session
+        self._own_session = session is None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._tracked: list[Tracked] = []
+
+    async def aclose(self) -> None:
+        """
+        Cancel this loop's fetches in flight and close the own session.
+        """
+        self.closed = True
+        loop = asyncio.get_running_loop()
+        fetches = [
+            t.inflight
+            for t in self._tracked
+            if t.inflight is not None and t.inflight.get_loop() is loop
+        ]
+        for task in fetches:
+            task.cancel()
+        # Let the fetches finish cancelling before their session goes away.
+        await asyncio.gather(*fetches, return_exceptions=True)
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def track(self, tracked: Tracked) -> None:
+        self._tracked.append(tracked)
+
+    async def refresh(self, tracked: Tracked, deadline: float) -> Entry:
+        """
+        Fetch and store *tracked*'s balance, one fetch at a time per
+        account; fetch again if it was invalidated meanwhile, until
+        *deadline* (``time.monotonic()``).
+        """
+        while True:
+            if time.monotonic() >= deadline:
+                raise BalanceUnavailable(
+                    "the balance was invalidated faster than it could be fetched",
+                    provider=tracked.provider.name,
+                )
+            loop = asyncio.get_running_loop()
+            task = tracked.inflight
+            # A finished task whose done-callback has not run yet would be
+            # awaited again without yielding; one of another (dead) event loop
+            # would never finish here.
+            if task is None or task.done() or task.get_loop() is not loop:
+                task = loop.create_task(self._fetch_and_put(tracked))
+                tracked.inflight = task
+                task.add_done_callback(functools.partial(_done, tracked))
+            try:
+                entry = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # The fetch was cancelled, not this call: the guard closed.
+                raise BalanceUnavailable(
+                    "the guard was closed", provider=tracked.provider.name
+                ) from None
+            if entry is not None:
+                return entry
+
+    async def _fetch_and_put(self, tracked: Tracked) -> Entry | None:
+        # A shared store bounds its own wait for another process's fetch,
+        # then lets this one fetch (its lock may belong to a dead process).
+        ticket = await self.store.begin_fetch(tracked.account)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        if isinstance(ticket, Entry):  # another process fetched it meanwhile
+            tracked.fetches += 1
+            return ticket
+        try:
+            amount = await self._fetch(tracked, deadline)
+        except BaseException:
+            await self.store.abort_fetch(tracked.account, ticket)
+            raise
+        entry = await self.store.put(tracked.account, amount, ticket)
+        if entry is not None:
+            tracked.fetches += 1
+            self.emit("fetched", tracked, amount=amount)
+        return entry
+
+    async def _fetch(self, tracked: Tracked, deadline: float) -> Decimal:
+        provider = tracked.provider
+        loop = asyncio.get_running_loop()
+        if tracked.auth_error is not None and tracked.auth_until > time.monotonic():
+            raise _cooled(tracked.auth_error, tracked.auth_until - time.monotonic())
+        attempt = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    try:
+                        amount = await provider.fetch_balance(self._get_session())
+                    except ProviderAuthError as exc:
+                        tracked.auth_until = time.monotonic() + self.auth_cooldown
+                        tracked.auth_error = exc
+                        self.emit("auth_cooldown", tracked, error=exc)
+                        raise
+                    except ProviderResponseError:
+                        raise
+                    except BalanceUnavailable as exc:
+                        error = exc
+                    except (aiohttp.ClientError, OSError) as exc:
+                        # A provider of the user's own that let one through.
+                        error = BalanceUnavailable(
+                            f"{type(exc).__name__} while fetching the balance",
+                            provider=provider.name,
+                        )
+                        error.__cause__ = exc
+                    else:
+                        return _as_balance(amount, provider)
+                    attempt += 1
+                    delay = self._delay(attempt, error.retry_after)
+                    if attempt > self.retries or loop.time() + delay >= deadline:
+                        self.emit("unavailable", tracked, error=error)
+                        raise error
+                    await asyncio.sleep(delay)
+        except TimeoutError:
+            timed_out = BalanceUnavailable(
+                f"no balance within {self.timeout:g} s", provider=provider.name
+            )
+            self.emit("unavailable", tracked, error=timed_out)
+            raise timed_out from None
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        # Exponential backoff with full jitter, kept well inside the timeout.
+        base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
+        return float(random.uniform(base / 2, base))
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise RuntimeError("this BalanceGuard is closed")
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or (
+            self._own_session and (session.closed or self._session_loop is not loop)
+        ):
+            if session is not None and self._session_loop is not None:
+                _abandon(session, self._session_loop)
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                raise_for_status=False,
+            )
+            self._session = session
+            self._session_loop = loop
+        return session
+
+
+def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    # A session left by an event loop that has ended (asyncio.run called
+    # again): its connections died with the loop; mark it closed so that it
+    # doesn't warn. One on a loop still running elsewhere closes there.
+    if session.closed:
+        return
+    if loop.is_closed():
+        connector = session.connector
+        session.detach()
+        # With its loop closed, closing a connector only marks it closed;
+        # the public close() is a coroutine that no loop can run any more.
+        close = getattr(connector, "_close", None)
+        if close is not None:
+            close()
+    else:
+        asyncio.run_coroutine_threadsafe(session.close(), loop)
+
+
+def _done(tracked: Tracked, task: asyncio.Task[Entry | None]) -> None:
+    if tracked.inflight is task:
+        tracked.inflight = None
+    # Every waiter may be gone; don't let asyncio log the error as unretrieved.
+    if not task.cancelled():
+        task.exception()
+
+
+def _as_balance(value: object, provider: Provider) -> Decimal:
+    # A provider of the user's own may hand back an int or a str.
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        with contextlib.suppress(ArithmeticError, ValueError):
+            value = Decimal(value)
+    if isinstance(value, Decimal):
+        bounded = bounded_balance(value)
+        if bounded is not None:
+            return bounded
+    raise ProviderResponseError(
+        f"fetch_balance returned {type(value).__name__}, not a finite Decimal "
+        "below 1e18",
+        provider=provider.name,
+    )
+
+
+def _cooled(error: ProviderAuthError, remaining: float) -> ProviderAuthError:
+    return ProviderAuthError(
+        f"not retried during the auth cooldown after: {error.reason}",
+        provider=error.provider,
+        code=error.code,
+        status=error.status,
+        retry_after=remaining,
+    )

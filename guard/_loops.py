@@ -1,0 +1,134 @@
+"""
+Event-loop binding: a guard's state is touched by one loop's thread only.
+
+A guard belongs to the first event loop that uses it (its *home*). Calls
+from another running loop are forwarded there and awaited; once the home
+loop has ended, the next loop to use the guard becomes its home. What a
+forwarded call makes (a hold) is handed back through a `Handoff`, so that
+one made after its caller left is undone rather than leaked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
+
+__all__ = ["Handoff", "HomeLoop"]
+
+T = TypeVar("T")
+
+
+class Handoff(Generic[T]):
+    """
+    A value made on one loop for a caller, in another thread or loop, that
+    may leave (cancelled, interrupted) before it arrives.
+
+    The maker calls `make`; a caller that leaves calls `leave`, and undoes
+    what it returns. Either the caller gets the value or exactly one of the
+    two undoes it.
+    """
+
+    __slots__ = ("left", "lock", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.left = False
+        self.value: T | None = None
+
+    async def make(
+        self,
+        make: Callable[[], Awaitable[T]],
+        undo: Callable[[T], Awaitable[None]],
+    ) -> T:
+        value = await make()
+        with self.lock:
+            if not self.left:
+                self.value = value
+                return value
+        # The caller left while this ran: nobody else will undo it.
+        await asyncio.shield(undo(value))
+        return value
+
+    def leave(self) -> T | None:
+        """
+        Mark the caller gone; return the value if it was already made.
+        """
+        with self.lock:
+            self.left = True
+            value, self.value = self.value, None
+        return value
+
+
+class HomeLoop:
+    """
+    The event loop a guard belongs to, and forwarding to it.
+    """
+
+    __slots__ = ("forwarding", "home", "lock")
+
+    def __init__(self) -> None:
+        self.home: asyncio.AbstractEventLoop | None = None
+        self.lock = threading.Lock()
+        # Set once a call came from another loop: until then every settle
+        # runs at home, and needn't ask which loop runs it.
+        self.forwarding = False
+
+    def at_home(self) -> bool:
+        """
+        Whether the running loop is home, adopting it when there is no home
+        loop that still runs (first use, ``asyncio.run`` again).
+        """
+        loop = asyncio.get_running_loop()
+        if self.home is loop:
+            return True
+        with self.lock:
+            home = self.home
+            if home is None or home.is_closed() or not home.is_running():
+                self.home = home = loop
+        return home is loop
+
+    def forget(self) -> None:
+        """
+        Forget the home loop, in a child process after ``os.fork()``: its
+        thread is not there, and the lock may have been copied held.
+        """
+        self.home = None
+        self.lock = threading.Lock()
+        self.forwarding = False
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """
+        Run *coro* on the home loop and wait for it from this one.
+        """
+        assert self.home is not None
+        self.forwarding = True
+        future = asyncio.run_coroutine_threadsafe(coro, self.home)
+        return await asyncio.wrap_future(future)
+
+    async def make(
+        self,
+        make: Callable[[], Awaitable[T]],
+        undo: Callable[[T], Awaitable[None]],
+    ) -> T:
+        """
+        Run *make* on the home loop and return its value; if this caller
+        leaves first, the value is undone there.
+        """
+        home = self.home
+        assert home is not None
+        handoff: Handoff[T] = Handoff()
+        try:
+            return await self.call(handoff.make(make, undo))
+        except BaseException:
+            value = handoff.leave()
+            if value is not None:
+                asyncio.run_coroutine_threadsafe(_shielded(undo(value)), home)
+            raise
+
+
+async def _shielded(aw: Awaitable[None]) -> None:
+    await asyncio.shield(aw)
