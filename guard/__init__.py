@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ._balance import Balance
 from ._events import GuardEvent
-from ._guard import BalanceGuard
+from ._guard import BalanceGuard, Reservation
 from ._require import (
     RequireBalance,
     get_default_guard,
@@ -14,6 +14,7 @@ from ._require import (
     set_default_guard,
 )
 from .errors import (
+    AmountError,
     BalanceUnavailable,
     ConfigurationError,
     GuardError,
@@ -25,6 +26,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmountError",
     "Balance",
     "BalanceGuard",
     "BalanceUnavailable",
@@ -35,6 +37,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderResponseError",
     "RequireBalance",
+    "Reservation",
     "get_default_guard",
     "require_balance",
     "set_default_guard",

@@ -21,7 +21,7 @@ from aiohttp import payload as aiohttp_payload
 from multidict import MultiDict, MultiDictProxy
 from yarl import URL
 
-from guard._amount import to_amount
+from guard._money import to_amount
 from guard._require import get_default_guard
 from guard._sms import sms_parts
 from guard.errors import ConfigurationError
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
     from guard._guard import BalanceGuard, Settle
-    from guard._store import Hold
     from guard.typing import AmountLike
 
 __all__ = [
@@ -466,13 +465,10 @@ def guard_client_middleware(
             return await handler(request)
         required = await rule.required(spend)
         active = guard or get_default_guard()
-        hold: Hold = await active.acquire(provider, required)
-        response: ClientResponse | None = None
-        try:
+        async with active.reserve(provider, required, settle=rule.settle) as spent:
             response = await handler(request)
-        finally:
-            ok = response is not None and 200 <= response.status < 300
-            await active.settle(hold, ok=ok, settle=rule.settle)
+            if not 200 <= response.status < 300:
+                spent.failed()
         return response
 
     return guard_spend

@@ -23,7 +23,6 @@ from .stores import Entry
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._events import EventKind
     from .stores import Account
     from .typing import Provider, Store
 

@@ -280,9 +280,7 @@ class BalanceGuard:
             self._emit,
             timeout=fetch_timeout,
             retries=_count("retries", retries),
-            max_retry_after=_positive(
-                "max_retry_after", max_retry_after, zero_ok=True
-            ),
+            max_retry_after=_positive("max_retry_after", max_retry_after, zero_ok=True),
             auth_cooldown=_positive("auth_cooldown", auth_cooldown, zero_ok=True),
             session=session,
         )
@@ -509,9 +507,7 @@ class BalanceGuard:
         loops = self._loops
         if loops.forwarding and not loops.at_home():
             # Shielded: the settle finishes there even if this caller leaves.
-            await asyncio.shield(
-                loops.call(self._settle(held, ok=ok, settle=settle))
-            )
+            await asyncio.shield(loops.call(self._settle(held, ok=ok, settle=settle)))
             return
         hold = held.hold
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
@@ -624,8 +620,7 @@ def _make_store(
             )
         if not _is_store(store):
             raise ConfigurationError(
-                "store must implement guard.typing.Store, not "
-                f"{type(store).__name__}"
+                f"store must implement guard.typing.Store, not {type(store).__name__}"
             )
         return store
     ttl = 30.0 if ttl is None else ttl

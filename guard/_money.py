@@ -93,8 +93,7 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
             ) from None
     else:
         raise AmountError(
-            f"{name} must be an int, Decimal, str or float, "
-            f"not {type(value).__name__}"
+            f"{name} must be an int, Decimal, str or float, not {type(value).__name__}"
         )
     return _checked(amount, name)
 

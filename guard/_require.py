@@ -1,7 +1,12 @@
+"""
+``require_balance``: a decorator and a context manager over
+`BalanceGuard.reserve`, for async and for synchronous code.
+"""
+
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import os
@@ -9,9 +14,9 @@ import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _sync
-from ._amount import to_amount
-from ._guard import BalanceGuard, Settle, _is_async
-from .errors import ConfigurationError
+from ._guard import BalanceGuard, _is_async, _Reserve, check_settle
+from ._money import to_amount
+from .errors import AmountError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -19,7 +24,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._balance import Balance
-    from ._store import Hold
+    from ._guard import Settle
     from .typing import AmountSpec, Provider
 
 __all__ = [
@@ -36,6 +41,10 @@ T = TypeVar("T")
 _default: BalanceGuard | None = None
 _default_lock = threading.Lock()
 _inherited: list[BalanceGuard | None] = []
+
+# What an amount function may raise for arguments it cannot read an amount
+# from (a request without one, a body too deep to parse): an AmountError.
+_UNREADABLE = (LookupError, TypeError, ValueError, ArithmeticError, RecursionError)
 
 
 def get_default_guard() -> BalanceGuard:
@@ -99,20 +108,37 @@ def set_default_guard(
     return _restoring(previous)
 
 
+class _Entered:
+    """
+    One ``with``/``async with`` of a `RequireBalance`: its reserve block, and
+    the one entered before it in the same context (nesting).
+    """
+
+    __slots__ = ("block", "outer")
+
+    def __init__(self, block: _Reserve, outer: _Entered | None) -> None:
+        self.block = block
+        self.outer = outer
+
+
 class RequireBalance:
     """
     What `require_balance` returns: a decorator (of ``async def`` and
     ``def`` functions) and an async and sync context manager.
+
+    One object may be entered by many tasks and threads at once: each
+    ``with`` is found again on exit through a context variable, which is
+    per task and per thread.
     """
 
     __slots__ = (
         "_amount",
         "_compute",
+        "_entered",
         "_guard",
-        "_holds",
+        "_open",
         "_provider",
         "_settle",
-        "_sync_holds",
     )
 
     def __init__(
@@ -130,34 +156,30 @@ class RequireBalance:
             )
         if guard is not None and not isinstance(guard, BalanceGuard):
             raise TypeError(f"guard must be a BalanceGuard, not {type(guard).__name__}")
-        if settle not in (None, "invalidate", "debit"):
-            raise ConfigurationError(
-                f"settle must be 'invalidate' or 'debit', got {settle!r}"
-            )
+        if settle is not None:
+            check_settle(settle)
         self._provider = provider
         self._guard = guard
         self._settle: Settle | None = settle
-        self._holds: dict[
-            asyncio.Task[Any] | None, list[tuple[BalanceGuard, Hold]]
-        ] = {}
-        self._sync_holds: dict[int, list[tuple[BalanceGuard, Hold]]] = {}
         if callable(amount):
             self._compute: Callable[..., Any] | None = amount
             self._amount: Decimal | None = None
         else:
             self._compute = None
             self._amount = to_amount(amount)
+        self._entered: contextvars.ContextVar[_Entered | None] | None = None
+        self._open: list[_Reserve] = []
 
     def __repr__(self) -> str:
         amount = "<computed>" if self._compute is not None else str(self._amount)
         return f"<require_balance {self._provider.name} amount={amount}>"
 
-    async def _required(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decimal:
-        assert self._compute is not None
-        value = self._compute(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-        return to_amount(value)
+    def _block(self, amount: Decimal) -> _Reserve:
+        guard = self._guard or get_default_guard()
+        # The amount was checked already: skip reserve()'s check.
+        return _Reserve(guard, self._provider, amount, self._settle)
+
+    # -- decorator --------------------------------------------------------
 
     @overload
     def __call__(
@@ -177,54 +199,98 @@ class RequireBalance:
             )
         if not _is_async(fn):
             return self._wrap_sync(fn)
-        provider, static, settle = self._provider, self._amount, self._settle
+        static = self._amount
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            guard = self._guard or get_default_guard()
             if static is None:
                 required = await self._required(args, kwargs)
             else:
                 required = static
-            hold = await guard.acquire(provider, required)
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException:
-                await guard.settle(hold, ok=False, settle=settle)
-                raise
-            await guard.settle(hold, ok=True, settle=settle)
-            return result
+            async with self._block(required):
+                return await fn(*args, **kwargs)
 
         return guarded
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        provider, static, settle = self._provider, self._amount, self._settle
+        static = self._amount
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            guard = self._guard or get_default_guard()
             required = static
             if required is None:
                 required = self._required_sync(args, kwargs)
-            hold = _sync.acquire(guard, provider, required)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException:
-                _sync.run(_settle, guard, hold, False, settle, guard=guard)
-                raise
-            _sync.run(_settle, guard, hold, True, settle, guard=guard)
-            return result
+            with _sync.Block(self._block(required)):
+                return fn(*args, **kwargs)
 
         return guarded
+
+    async def _required(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decimal:
+        assert self._compute is not None
+        try:
+            value = self._compute(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except _UNREADABLE as exc:
+            raise _uncomputed(exc) from exc
+        return to_amount(value)
 
     def _required_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decimal:
         assert self._compute is not None
         # The amount is computed in the caller's thread, like the call itself;
         # only an async amount function goes to the private loop.
-        value = self._compute(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = _sync.run(_awaited, value)
+        try:
+            value = self._compute(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = _sync.run(_awaited, value)
+        except _UNREADABLE as exc:
+            raise _uncomputed(exc) from exc
         return to_amount(value)
+
+    # -- context manager --------------------------------------------------
+
+    def _enter(self, block: _Reserve) -> None:
+        var = self._entered
+        if var is None:
+            var = self._entered = contextvars.ContextVar("guard_require_balance")
+        var.set(_Entered(block, var.get(None)))
+        self._open.append(block)
+
+    def _exit(self) -> _Reserve:
+        var = self._entered
+        entered = None if var is None else var.get(None)
+        if var is None or entered is None:
+            # Exited in another task than it was entered in (an
+            # AsyncExitStack, fixtures): one block of this object is as good
+            # as another, since they hold the same amount.
+            block = self._open.pop(0)
+        else:
+            var.set(entered.outer)
+            block = entered.block
+            self._open.remove(block)
+        return block
+
+    def _static(self) -> Decimal:
+        if self._amount is None:
+            raise TypeError(
+                "amount is a callable: it needs a guarded function's arguments, "
+                "so use require_balance as a decorator, or pass a number"
+            )
+        return self._amount
+
+    async def __aenter__(self) -> Balance | None:
+        block = self._block(self._static())
+        reservation = await block.__aenter__()
+        self._enter(block)
+        return reservation.balance
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._exit().__aexit__(exc_type, exc, tb)
 
     def __enter__(self) -> Balance | None:
         """
@@ -235,19 +301,10 @@ class RequireBalance:
         Raises:
             RuntimeError: Called from a running event loop: use ``async with``.
         """
-        if self._amount is None:
-            raise TypeError(
-                "amount is a callable: it needs a guarded function's arguments, "
-                "so use require_balance as a decorator, or pass a number"
-            )
-        guard = self._guard or get_default_guard()
-        hold = _sync.acquire(guard, self._provider, self._amount)
-        # Per thread, so one RequireBalance can be entered by many threads.
-        stack = self._sync_holds.setdefault(threading.get_ident(), [])
-        stack.append((guard, hold))
-        if hold.entry is None:
-            return None
-        return guard._balance_of(hold.account, hold.entry)
+        block = _sync.Block(self._block(self._static()))
+        reservation = block.__enter__()
+        self._enter(block.block)
+        return reservation.balance
 
     def __exit__(
         self,
@@ -255,43 +312,12 @@ class RequireBalance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ident = threading.get_ident()
-        stack = self._sync_holds[ident]
-        guard, hold = stack.pop()
-        if not stack:
-            del self._sync_holds[ident]
-        _sync.run(_settle, guard, hold, exc_type is None, self._settle, guard=guard)
+        _sync.Block(self._exit()).__exit__(exc_type, exc, tb)
 
-    async def __aenter__(self) -> Balance | None:
-        if self._amount is None:
-            raise TypeError(
-                "amount is a callable: it needs a guarded function's arguments, "
-                "so use require_balance as a decorator, or pass a number"
-            )
-        guard = self._guard or get_default_guard()
-        hold = await guard.acquire(self._provider, self._amount)
-        self._holds.setdefault(asyncio.current_task(), []).append((guard, hold))
-        if hold.entry is None:
-            return None
-        return guard._balance_of(hold.account, hold.entry)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        task = asyncio.current_task()
-        if task not in self._holds:
-            # Exited from another task than the one that entered (an
-            # AsyncExitStack, fixtures): one hold of this object is as good
-            # as another, since they hold the same amount.
-            task = next(iter(self._holds))
-        stack = self._holds[task]
-        guard, hold = stack.pop()
-        if not stack:
-            del self._holds[task]
-        await guard.settle(hold, ok=exc_type is None, settle=self._settle)
+def _uncomputed(exc: BaseException) -> AmountError:
+    # The original may echo the caller's input: its type names the problem.
+    return AmountError(f"amount could not be computed: {type(exc).__name__}")
 
 
 def _is_provider(obj: object) -> bool:
@@ -308,12 +334,6 @@ def _is_provider(obj: object) -> bool:
 
 async def _awaited(value: Awaitable[T]) -> T:
     return await value
-
-
-async def _settle(
-    guard: BalanceGuard, hold: Hold, ok: bool, settle: Settle | None
-) -> None:
-    await guard.settle(hold, ok=ok, settle=settle)
 
 
 def require_balance(
@@ -334,6 +354,12 @@ def require_balance(
         async with require_balance(clickatell, 3):
             await send_sms(...)
 
+    Each form is `BalanceGuard.reserve` around the call: the cached balance
+    less the amounts held by calls still running must cover *amount*; the
+    amount is then held until the call ends, and the cached balance is
+    settled (see *settle*) however it ends. A decorated call that raises
+    counts as a failed spend.
+
     Synchronous code (Django views, Celery tasks, scripts) uses the same
     forms without ``async``: decorate a ``def``, or ``with
     require_balance(...)``. Their guard work runs on one private event loop
@@ -341,10 +367,6 @@ def require_balance(
     them from a running event loop raises `RuntimeError`. A guard is bound to
     the loop it first fetched on: don't share one between the synchronous
     API and your own event loop.
-
-    Before the call runs, the cached balance less the amounts held by calls
-    still running must cover *amount*; the amount is then held until the call
-    ends, and the cached balance is settled (see *settle*) however it ends.
 
     Args:
         provider: The account to check, such as a `guard.providers.OneClickDZ`.
@@ -358,7 +380,10 @@ def require_balance(
         InsufficientBalance: From the guarded call, before it runs.
         BalanceUnavailable: From the guarded call, if the balance cannot be
             learned and the guard fails closed.
-        TypeError, ValueError: At once, for an *amount* that is not a
-            non-negative finite number.
+        AmountError: At once for a fixed *amount* that is not a
+            non-negative finite number; from the guarded call, before it
+            runs, for a computed one (also when its function raised
+            `LookupError`, `TypeError`, `ValueError`, `ArithmeticError` or
+            `RecursionError`: the original is the ``__cause__``).
     """
     return RequireBalance(provider, amount, guard=guard, settle=settle)

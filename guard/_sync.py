@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -26,20 +27,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from anyio import CancelScope
 from anyio.from_thread import start_blocking_portal
 
+from ._loops import Handoff
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractContextManager
-    from decimal import Decimal
+    from types import TracebackType
 
     from anyio.from_thread import BlockingPortal
 
-    from ._guard import BalanceGuard
-    from ._store import Hold
-    from .typing import Provider
+    from ._guard import BalanceGuard, Reservation, _Reserve
 
 __all__ = [
+    "Block",
     "aclose_guard",
-    "acquire",
     "close_guard",
     "on_portal",
     "portal_loop",
@@ -133,71 +134,62 @@ def run(
     return portal.call(fn, *args)
 
 
-def acquire(guard: BalanceGuard, provider: Provider, amount: Decimal) -> Hold:
+class Block:
     """
-    Run ``guard.acquire(provider, amount)`` on the private loop and wait.
+    A `BalanceGuard.reserve` block driven from synchronous code: entered and
+    exited on the private loop.
 
-    If the wait is interrupted (Ctrl-C, a Celery soft time limit: any
-    exception raised in the calling thread), the acquire is cancelled, and a
-    hold it got all the same is released, not left to block later calls.
-
-    Raises:
-        RuntimeError: The calling thread is running an event loop.
-    """
-    portal = _enter(guard)
-    handoff = _Handoff()
-    future = None
-    try:
-        # Inside the try: an interruption right after the task starts must
-        # find the handoff marked too.
-        future = portal.start_task_soon(_acquire_into, handoff, guard, provider, amount)
-        return future.result()
-    except BaseException:
-        with handoff.lock:
-            handoff.left = True
-            hold = handoff.hold
-        if future is not None:
-            future.cancel()
-        if hold is not None:
-            # Acquired just as the caller left: release it before leaving
-            # too, so that the caller's next call doesn't find it held.
-            with contextlib.suppress(Exception):
-                portal.start_task_soon(_release, guard, hold).result(
-                    timeout=guard.fetch_timeout
-                )
-        raise
-
-
-class _Handoff:
-    """
-    A hold passed from the private loop to a waiting thread, which may leave.
+    If the wait on entry is interrupted (Ctrl-C, a Celery soft time limit:
+    any exception raised in the calling thread), the entry is cancelled,
+    and a hold it got all the same is released, not left to block later
+    calls.
     """
 
-    __slots__ = ("hold", "left", "lock")
+    __slots__ = ("block",)
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.left = False
-        self.hold: Hold | None = None
+    def __init__(self, block: _Reserve) -> None:
+        self.block = block
+
+    def __enter__(self) -> Reservation:
+        block = self.block
+        guard = block._guard
+        portal = _enter(guard)
+        handoff: Handoff[Reservation] = Handoff()
+        future = None
+        try:
+            # Inside the try: an interruption right after the task starts must
+            # find the handoff marked too.
+            future = portal.start_task_soon(
+                handoff.make, block.__aenter__, functools.partial(_drop, guard)
+            )
+            return future.result()
+        except BaseException:
+            reservation = handoff.leave()
+            if future is not None:
+                future.cancel()
+            if reservation is not None:
+                # Made just as the caller left: release it before leaving
+                # too, so that the caller's next call doesn't find it held.
+                with contextlib.suppress(Exception):
+                    portal.start_task_soon(_drop, guard, reservation).result(
+                        timeout=guard.fetch_timeout
+                    )
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        block = self.block
+        run(block.__aexit__, exc_type, exc, tb, guard=block._guard)
 
 
-async def _acquire_into(
-    handoff: _Handoff, guard: BalanceGuard, provider: Provider, amount: Decimal
-) -> Hold:
-    hold = await guard.acquire(provider, amount)
-    with handoff.lock:
-        if not handoff.left:
-            handoff.hold = hold
-            return hold
-    # The caller left while this ran: nobody will settle the hold but us.
-    await _release(guard, hold)
-    return hold
-
-
-async def _release(guard: BalanceGuard, hold: Hold) -> None:
+async def _drop(guard: BalanceGuard, reservation: Reservation) -> None:
     # Shielded: the cancellation that made the caller leave must not stop it.
     with CancelScope(shield=True):
-        await guard._drop(hold)
+        await guard._drop(reservation._held)
 
 
 def _enter(guard: BalanceGuard | None) -> BlockingPortal:

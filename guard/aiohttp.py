@@ -39,10 +39,11 @@ from guard._aiohttp_client import (
     guard_client_middleware,
     oneclickdz_rules,
 )
-from guard._amount import to_amount
 from guard._guard import BalanceGuard, Settle
-from guard._require import RequireBalance, get_default_guard
+from guard._money import to_amount
+from guard._require import get_default_guard
 from guard.errors import (
+    AmountError,
     BalanceUnavailable,
     ConfigurationError,
     GuardError,
@@ -53,7 +54,6 @@ from guard.errors import (
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
 
-    from guard._store import Hold
     from guard.typing import AmountLike, Provider
 
 __all__ = [
@@ -150,8 +150,9 @@ class RouteRule:
         Raises:
             aiohttp.web.HTTPBadRequest: The amount cannot be read from the
                 request (the amount function raised `ValueError`, such as a
-                body that is not JSON, `LookupError` or `TypeError`), or is
-                not a non-negative finite number: the client sent a bad one.
+                body that is not JSON, `LookupError`, `TypeError` or
+                `RecursionError`, for a body nested too deep), or is not a
+                non-negative finite number: the client sent a bad one.
         """
         amount = self.amount
         if isinstance(amount, Decimal):
@@ -160,11 +161,11 @@ class RouteRule:
             value = amount(request) if callable(amount) else amount
             if inspect.isawaitable(value):
                 value = await value
-        except (LookupError, TypeError, ValueError) as exc:
+        except (LookupError, TypeError, ValueError, RecursionError) as exc:
             raise _unreadable_amount(exc) from None
         try:
             return to_amount(value)
-        except (TypeError, ValueError) as exc:
+        except AmountError as exc:
             raise _bad_amount(str(exc)) from None
 
 
@@ -205,26 +206,6 @@ def _unreadable_amount(exc: BaseException) -> web.HTTPBadRequest:
     return _bad_amount(f"it cannot be read from the request ({type(exc).__name__})")
 
 
-# The frame of a `require_balance` amount function's call and conversion.
-_REQUIRED_CODE = RequireBalance._required.__code__
-
-
-def _amount_of(request: web.Request, exc: BaseException) -> bool:
-    """
-    Whether *exc* was raised computing a `require_balance` amount from
-    *request* (a decorated handler's), not by the handler's own code.
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code is _REQUIRED_CODE:
-            args = frame.f_locals.get("args", ())
-            kwargs = frame.f_locals.get("kwargs", {})
-            return any(a is request for a in (*args, *kwargs.values()))
-        tb = tb.tb_next
-    return False
-
-
 def _retry_after(exc: BalanceUnavailable, default: float) -> str:
     seconds = exc.retry_after
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -237,13 +218,16 @@ def problem_response(
     *,
     status: int | None = None,
     retry_after: float = 5.0,
+    expose_available: bool = False,
 ) -> web.Response:
     """
     Build the default RFC 9457 answer for *exc*.
 
-    `InsufficientBalance` answers ``402`` with ``provider``, ``required``,
-    ``available`` and ``currency`` (amounts as decimal strings, never
-    floats). `BalanceUnavailable` answers ``503`` with ``provider`` and a
+    `InsufficientBalance` answers ``402`` with ``provider``, ``required``
+    and ``currency`` (amounts as decimal strings, never floats), and
+    ``available`` only with *expose_available*: the available amount is
+    the merchant's own balance, which any client of a public route could
+    otherwise read. `BalanceUnavailable` answers ``503`` with ``provider`` and a
     ``Retry-After`` header: the provider's hint if it gave one, else
     *retry_after*. The detail never says why the balance was unavailable:
     the reason is for your logs, not for your clients (it may name refused
@@ -253,6 +237,7 @@ def problem_response(
         exc: The error to answer for.
         status: Another status to answer with.
         retry_after: Seconds to advertise when the provider gave no hint.
+        expose_available: Tell the client the available amount too.
     """
     headers: dict[str, str] = {}
     body: dict[str, object]
@@ -262,12 +247,18 @@ def problem_response(
             "type": INSUFFICIENT_BALANCE_TYPE,
             "title": "Insufficient balance",
             "status": status,
-            "detail": str(exc),
+            "detail": str(exc)
+            if expose_available
+            else (
+                f"{exc.provider}: insufficient balance: {exc.required} "
+                f"{exc.currency} required"
+            ),
             "provider": exc.provider,
             "required": str(exc.required),
-            "available": str(exc.available),
             "currency": exc.currency,
         }
+        if expose_available:
+            body["available"] = str(exc.available)
     elif isinstance(exc, BalanceUnavailable):
         status = 503 if status is None else status
         headers["Retry-After"] = _retry_after(exc, retry_after)
@@ -292,22 +283,13 @@ def problem_response(
     )
 
 
-def _response_ok(
-    response: web.StreamResponse | None, exc: BaseException | None
-) -> bool:
-    if isinstance(exc, web.HTTPException):
-        return exc.status < 400
-    if exc is not None or response is None:
-        return False
-    return response.status < 400
-
-
 def guard_middleware(
     *,
     guard: BalanceGuard | None = None,
     routes: Mapping[str, RouteRule] | None = None,
     problem: ProblemHandler | None = None,
     retry_after: float = 5.0,
+    expose_available: bool = False,
 ) -> Middleware:
     """
     Build the middleware that guards routes and answers guard errors.
@@ -328,14 +310,18 @@ def guard_middleware(
             status, another body shape); return None to keep the default.
         retry_after: Seconds advertised in ``Retry-After`` when the provider
             gave no hint.
+        expose_available: Tell clients the available amount in a ``402``
+            (off by default: it is your account's balance; see
+            `problem_response`).
 
     Returns:
         A new-style aiohttp middleware.
 
     An amount that cannot be read from the request (its function raised
-    `ValueError`, `LookupError` or `TypeError`), or is not a non-negative
-    finite number, is answered ``400``, for route rules and for a handler
-    decorated with `guard.require_balance` alike.
+    `ValueError`, `LookupError`, `TypeError` or `RecursionError`), or is not
+    a non-negative finite number, is answered ``400``, for route rules and
+    for a handler decorated with `guard.require_balance` (which raises
+    `guard.AmountError`) alike.
     """
     rules: dict[str, RouteRule] = dict(routes or {})
     for name, rule in rules.items():
@@ -369,25 +355,30 @@ def guard_middleware(
                 custom = await custom
             if custom is not None:
                 return custom
-        return problem_response(exc, retry_after=retry_after)
+        return problem_response(
+            exc, retry_after=retry_after, expose_available=expose_available
+        )
 
     async def guarded(
         request: web.Request, handler: Handler, rule: RouteRule
     ) -> web.StreamResponse:
         active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
         required = await rule.required(request)
-        hold: Hold = await active.acquire(rule.provider, required)
-        response: web.StreamResponse | None = None
-        error: BaseException | None = None
-        try:
-            response = await handler(request)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await active.settle(
-                hold, ok=_response_ok(response, error), settle=rule.settle
-            )
+        passed: web.HTTPException | None = None
+        async with active.reserve(
+            rule.provider, required, settle=rule.settle
+        ) as reservation:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status >= 400:
+                    raise
+                passed = exc  # a redirect raised as an exception: a success
+            else:
+                if response.status >= 400:
+                    reservation.failed()
+        if passed is not None:
+            raise passed
         return response
 
     checked: weakref.WeakSet[web.Application] = weakref.WeakSet()
@@ -420,24 +411,12 @@ def guard_middleware(
             return await guarded(request, handler, rule)
         except (InsufficientBalance, BalanceUnavailable) as exc:
             return await answer(request, exc)
-        except (LookupError, TypeError, ValueError) as exc:
-            # A handler decorated with require_balance whose amount function
-            # could not read the request: the client's fault, not a 500.
-            if _amount_of(request, exc):
-                raise _unreadable_or_bad(exc) from None
-            raise
+        except AmountError as exc:
+            # A handler decorated with require_balance whose amount could not
+            # be read from the request: the client's fault, not a 500.
+            raise _bad_amount(str(exc)) from None
 
     return guard_balance
-
-
-def _unreadable_or_bad(exc: BaseException) -> web.HTTPBadRequest:
-    # to_amount's own messages name no input beyond the amount itself.
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is not None and tb.tb_frame.f_code is to_amount.__code__:
-        return _bad_amount(str(exc))
-    return _unreadable_amount(exc)
 
 
 def _check_route_names(app: web.Application, routes: Mapping[str, object]) -> None:
@@ -464,6 +443,7 @@ def setup_guard(
     routes: Mapping[str, RouteRule] | None = None,
     problem: ProblemHandler | None = None,
     retry_after: float = 5.0,
+    expose_available: bool = False,
 ) -> None:
     """
     Give *app* a guard and the guard middleware.
@@ -480,6 +460,7 @@ def setup_guard(
         routes: As for `guard_middleware`.
         problem: As for `guard_middleware`.
         retry_after: As for `guard_middleware`.
+        expose_available: As for `guard_middleware`.
     """
     if guard is not None and not (isinstance(guard, BalanceGuard) or callable(guard)):
         raise TypeError(
@@ -487,7 +468,10 @@ def setup_guard(
             f"not {type(guard).__name__}"
         )
     middleware = guard_middleware(
-        routes=routes, problem=problem, retry_after=retry_after
+        routes=routes,
+        problem=problem,
+        retry_after=retry_after,
+        expose_available=expose_available,
     )
 
     async def guard_context(app: web.Application) -> AsyncIterator[None]:

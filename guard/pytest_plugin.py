@@ -31,8 +31,8 @@ import attrs
 import pytest
 
 from guard import _sync
-from guard._amount import to_amount
 from guard._guard import BalanceGuard
+from guard._money import to_amount
 from guard._require import set_default_guard
 from guard.providers import Clickatell, OneClickDZ
 from guard.testing._memory import InMemoryProvider
@@ -337,7 +337,7 @@ _made: weakref.WeakSet[BalanceGuard] = weakref.WeakSet()
 
 def _close(guard: BalanceGuard) -> None:
     _made.discard(guard)
-    loop = guard._home
+    loop = guard._loops.home
     if guard.closed or loop is None:
         return  # Never used: it holds nothing.
     if not loop.is_closed() and not loop.is_running():
@@ -371,7 +371,7 @@ def pytest_fixture_setup(
 
 
 def _close_on(loop: asyncio.AbstractEventLoop) -> None:
-    bound = [g for g in _made if g._home is loop and not g.closed]
+    bound = [g for g in _made if g._loops.home is loop and not g.closed]
     for guard in bound:
         _made.discard(guard)
         if not loop.is_closed() and not loop.is_running():

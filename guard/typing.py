@@ -130,7 +130,9 @@ class Store(Protocol):
         Give up the fetch *ticket* began (it failed).
         """
 
-    async def put(self, account: Account, amount: Decimal, ticket: Ticket) -> Entry | None:
+    async def put(
+        self, account: Account, amount: Decimal, ticket: Ticket
+    ) -> Entry | None:
         """
         Cache a fetched balance; None when it was invalidated since *ticket*
         (a value fetched before an invalidation is never stored after it).

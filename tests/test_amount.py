@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from guard import require_balance
-from guard._amount import to_amount
+from guard import AmountError, require_balance
+from guard._money import to_amount
 from guard.testing import InMemoryProvider
 
 
@@ -29,14 +29,14 @@ class TestToAmount:
     @pytest.mark.parametrize(
         ("value", "error", "words"),
         [
-            (-1, ValueError, "must not be negative"),
-            (Decimal("NaN"), ValueError, "finite"),
-            (float("inf"), ValueError, "finite"),
-            ("Infinity", ValueError, "finite"),
-            ("ten", ValueError, "decimal number"),
-            (True, TypeError, "bool"),
-            (None, TypeError, "NoneType"),
-            ([1], TypeError, "list"),
+            (-1, AmountError, "must not be negative"),
+            (Decimal("NaN"), AmountError, "finite"),
+            (float("inf"), AmountError, "finite"),
+            ("Infinity", AmountError, "finite"),
+            ("ten", AmountError, "decimal number"),
+            (True, AmountError, "bool"),
+            (None, AmountError, "NoneType"),
+            ([1], AmountError, "list"),
         ],
     )
     def test_rejects(self, value: object, error: type[Exception], words: str) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from _holds import hold, release
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -41,7 +42,7 @@ from guard.testing import InMemoryProvider
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-    from guard._store import Hold
+    from _holds import Held
 
 
 class Network(InMemoryProvider):
@@ -171,7 +172,7 @@ class TestFetchOverlappingSettle:
             async with require_balance(network, 60, guard=guard):
                 gate = network.slow_down()
                 # Short against 100 - 60 held: refetches, and reads 100.
-                second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+                second = asyncio.create_task(hold(guard, network, Decimal(50)))
                 await network.asked.wait()
                 network.spend(60)
             gate.set()
@@ -212,7 +213,7 @@ class TestFetchOverlappingSettle:
             async with require_balance(network, 60, guard=guard):
                 await asyncio.sleep(0.03)  # the cached balance expires
                 gate = network.slow_down()
-                second = asyncio.create_task(guard.acquire(network, Decimal(60)))
+                second = asyncio.create_task(hold(guard, network, Decimal(60)))
                 await network.asked.wait()
                 network.spend(60)
             gate.set()
@@ -237,28 +238,28 @@ class TestFetchOverlappingSettle:
 
         assert Decimal(40) == seen.amount
         with pytest.raises(InsufficientBalance) as info:
-            await debit_guard.acquire(network, Decimal(60))
+            await hold(debit_guard, network, Decimal(60))
         # The corrected balance is read once more before the refusal.
         assert Decimal(40) == info.value.available
         assert 3 == network.fetches
 
     async def test_settles_during_each_fetch_store_it_once(self) -> None:
         """A call settling during a fetch doesn't drop it: one fetch serves."""
-        holds: list[Hold] = []
+        holds: list[Held] = []
 
         async def settle_one() -> None:
             if holds:
                 provider.spend(1)
-                await guard.settle(holds.pop(), ok=True)
+                await release(holds.pop(), ok=True)
 
         provider = During(100, settle_one)
         async with BalanceGuard() as guard:
             await guard.balance(provider)
-            holds.extend([await guard.acquire(provider, Decimal(1)) for _ in range(50)])
+            holds.extend([await hold(guard, provider, Decimal(1)) for _ in range(50)])
             provider.spend(1)
-            await guard.settle(holds.pop(), ok=True)  # the balance is dropped
+            await release(holds.pop(), ok=True)  # the balance is dropped
 
-            await guard.acquire(provider, Decimal(1))
+            await hold(guard, provider, Decimal(1))
             cached = await guard.balance(provider)
 
         assert 2 == provider.fetches
@@ -266,19 +267,19 @@ class TestFetchOverlappingSettle:
 
     async def test_settles_during_each_fetch_dont_fail_open(self) -> None:
         """Under on_unavailable="open" settles during fetches don't skip the check."""
-        holds: list[Hold] = []
+        holds: list[Held] = []
 
         async def settle_one() -> None:
             if holds:
-                await guard.settle(holds.pop(), ok=True)
+                await release(holds.pop(), ok=True)
 
         provider = During(100, settle_one)
         async with BalanceGuard(on_unavailable="open", fetch_timeout=0.05) as guard:
             await guard.balance(provider)
             holds.extend(
-                [await guard.acquire(provider, Decimal(0)) for _ in range(10_000)]
+                [await hold(guard, provider, Decimal(0)) for _ in range(10_000)]
             )
-            await guard.settle(holds.pop(), ok=True)
+            await release(holds.pop(), ok=True)
 
             async with require_balance(provider, 1, guard=guard) as balance:
                 assert balance is not None
@@ -294,12 +295,12 @@ class TestStoreReads:
         cache = GatedCache(serializer=PickleSerializer())
         async with BalanceGuard(cache=cache, settle="debit") as guard:
             await guard.balance(network)
-            first = await guard.acquire(network, Decimal(60))
+            first = await hold(guard, network, Decimal(60))
             gate = cache.slow_down_next_get()
-            second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+            second = asyncio.create_task(hold(guard, network, Decimal(50)))
             await cache.reading.wait()
             network.spend(60)
-            await guard.settle(first, ok=True)
+            await release(first, ok=True)
             gate.set()
 
             with pytest.raises(InsufficientBalance) as info:
@@ -314,12 +315,12 @@ class TestStoreReads:
         cache = GatedCache(serializer=PickleSerializer())
         async with BalanceGuard(cache=cache, settle="invalidate") as guard:
             await guard.balance(network)
-            first = await guard.acquire(network, Decimal(60))
+            first = await hold(guard, network, Decimal(60))
             gate = cache.slow_down_next_get()
-            second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+            second = asyncio.create_task(hold(guard, network, Decimal(50)))
             await cache.reading.wait()
             network.spend(60)
-            await guard.settle(first, ok=True)
+            await release(first, ok=True)
             gate.set()
 
             with pytest.raises(InsufficientBalance) as info:
@@ -335,9 +336,9 @@ class TestStoreReads:
             await guard.balance(provider)
             await asyncio.sleep(0.03)  # the cached balance expires
             gate = cache.slow_down_next_get()
-            late = asyncio.create_task(guard.acquire(provider, Decimal(1)))
+            late = asyncio.create_task(hold(guard, provider, Decimal(1)))
             await cache.reading.wait()
-            await guard.acquire(provider, Decimal(1))  # fetches the balance again
+            await hold(guard, provider, Decimal(1))  # fetches the balance again
             gate.set()
             await late
 
@@ -357,7 +358,7 @@ class TestUncheckedCalls:
                 provider.spend(60)
 
             with pytest.raises(InsufficientBalance) as info:
-                await guard.acquire(provider, Decimal(50))
+                await hold(guard, provider, Decimal(50))
 
         assert Decimal(40) == info.value.available
 
@@ -370,7 +371,7 @@ class TestUncheckedCalls:
             async with require_balance(network, 60, guard=guard) as balance:
                 assert balance is None
                 gate = network.slow_down()
-                second = asyncio.create_task(guard.acquire(network, Decimal(50)))
+                second = asyncio.create_task(hold(guard, network, Decimal(50)))
                 await network.asked.wait()
                 network.spend(60)
             gate.set()
@@ -391,7 +392,7 @@ class TestUncheckedCalls:
             provider.fail_next(BalanceUnavailable("503", provider="memory"))
 
             with pytest.raises(InsufficientBalance) as info:
-                await guard.acquire(provider, Decimal(150))
+                await hold(guard, provider, Decimal(150))
 
         assert Decimal(100) == info.value.available
         assert Decimal(0) == guard.held(provider)
@@ -402,7 +403,7 @@ class TestClosing:
         """A call waiting on a fetch when the guard closes gets BalanceUnavailable."""
         guard = BalanceGuard()
         network.slow_down()
-        waiter = asyncio.create_task(guard.acquire(network, Decimal(1)))
+        waiter = asyncio.create_task(hold(guard, network, Decimal(1)))
         await network.asked.wait()
 
         await guard.aclose()
@@ -453,7 +454,7 @@ class TestEventLoops:
         stranded = provider.slow_down()
 
         async def give_up() -> None:
-            call = asyncio.create_task(guard.acquire(provider, Decimal(1)))
+            call = asyncio.create_task(hold(guard, provider, Decimal(1)))
             await provider.asked.wait()
             call.cancel()  # the shielded fetch stays pending on this loop
             with contextlib.suppress(asyncio.CancelledError):
@@ -461,9 +462,9 @@ class TestEventLoops:
 
         async def use() -> Decimal:
             async with guard:
-                hold = await guard.acquire(provider, Decimal(1))
-                await guard.settle(hold, ok=True)
-            return hold.amount
+                held = await hold(guard, provider, Decimal(1))
+                await release(held, ok=True)
+            return held.reservation.amount
 
         try:
             first.run_until_complete(give_up())
@@ -576,7 +577,7 @@ class TestCacheErrors:
             cache.down = False
 
             with pytest.raises(InsufficientBalance) as info:
-                await guard.acquire(provider, Decimal(91))
+                await hold(guard, provider, Decimal(91))
 
         assert Decimal(90) == info.value.available
 
@@ -589,7 +590,7 @@ class TestCacheErrors:
             cache.down = True
 
             with pytest.raises(BalanceUnavailable, match="cache unavailable"):
-                await guard.acquire(provider, Decimal(1))
+                await hold(guard, provider, Decimal(1))
             cache.down = False
 
     async def test_read_outage_fails_open(self) -> None:

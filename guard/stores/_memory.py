@@ -135,7 +135,9 @@ class MemoryStore:
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         pass
 
-    async def put(self, account: Account, amount: Decimal, ticket: Ticket) -> Entry | None:
+    async def put(
+        self, account: Account, amount: Decimal, ticket: Ticket
+    ) -> Entry | None:
         state = self._state(account)
         generation, _, settled = ticket.generation.partition("/")
         if int(generation) != state.generation:

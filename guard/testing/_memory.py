@@ -4,7 +4,7 @@ import asyncio
 import itertools
 from typing import TYPE_CHECKING
 
-from .._amount import to_amount
+from .._money import to_amount
 from ..errors import BalanceUnavailable, GuardError
 
 if TYPE_CHECKING:
