@@ -15,19 +15,18 @@ import functools
 import hashlib
 import inspect
 import logging
-import math
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import attrs
-from aiocache.base import BaseCache
 
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher, Tracked
 from ._loops import HomeLoop
 from ._money import to_amount
+from ._options import check_settle, count, make_store, name, seconds
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -35,7 +34,7 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Account, Hold, MemoryStore, Short
+from .stores import Account, Hold, Short
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import aiohttp
+    from aiocache.base import BaseCache
 
     from .stores import Entry
     from .typing import AmountLike, EventHook, Provider, Store
@@ -161,34 +161,6 @@ class _Reserve:
         )
 
 
-def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        kind = "a finite non-negative" if zero_ok else "a finite positive"
-        raise ConfigurationError(f"{name} must be {kind} number, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
-    return value
-
-
-def _name(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def check_settle(value: object, name: str = "settle") -> None:
-    if value not in ("invalidate", "debit"):
-        raise ConfigurationError(
-            f"{name} must be 'invalidate' or 'debit', got {value!r}"
-        )
-
-
 class BalanceGuard:
     """
     Checks, holds and settles provider balances for guarded calls.
@@ -259,29 +231,29 @@ class BalanceGuard:
             )
         self.settle_mode: Settle = settle
         self.on_unavailable: Policy = on_unavailable
-        fetch_timeout = _positive("fetch_timeout", fetch_timeout)
-        self.recheck_after = _positive("recheck_after", recheck_after, zero_ok=True)
-        self.namespace = _name("namespace", namespace)
+        fetch_timeout = seconds("fetch_timeout", fetch_timeout)
+        self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
+        self.namespace = name("namespace", namespace)
         self._hooks = tuple(hooks)
         for hook in cast("tuple[object, ...]", self._hooks):
             if not callable(hook) or _is_async(hook):
                 raise ConfigurationError(
                     f"hooks must be plain (not async) callables, got {hook!r}"
                 )
-        self._store = _make_store(
+        self._store = make_store(
             cache,
             store,
-            ttl=None if ttl is None else _positive("ttl", ttl),
-            lease=_positive("lease", lease),
+            ttl=None if ttl is None else seconds("ttl", ttl),
+            lease=seconds("lease", lease),
             fetch_timeout=fetch_timeout,
         )
         self._fetcher = Fetcher(
             self._store,
             self._emit,
             timeout=fetch_timeout,
-            retries=_count("retries", retries),
-            max_retry_after=_positive("max_retry_after", max_retry_after, zero_ok=True),
-            auth_cooldown=_positive("auth_cooldown", auth_cooldown, zero_ok=True),
+            retries=count("retries", retries),
+            max_retry_after=seconds("max_retry_after", max_retry_after, zero_ok=True),
+            auth_cooldown=seconds("auth_cooldown", auth_cooldown, zero_ok=True),
             session=session,
         )
         self._loops = HomeLoop()
@@ -600,75 +572,6 @@ class BalanceGuard:
                 hook(event)
             except Exception:
                 log.exception("guard hook %r failed on %s", hook, kind)
-
-
-def _make_store(
-    cache: BaseCache | None,
-    store: Store | None,
-    *,
-    ttl: float | None,
-    lease: float,
-    fetch_timeout: float,
-) -> Store:
-    if store is not None:
-        if cache is not None:
-            raise ConfigurationError("pass cache or store, not both")
-        if ttl is not None:
-            raise ConfigurationError(
-                "ttl configures the store made from cache; set it on the store "
-                "you pass instead"
-            )
-        if not _is_store(store):
-            raise ConfigurationError(
-                f"store must implement guard.typing.Store, not {type(store).__name__}"
-            )
-        return store
-    ttl = 30.0 if ttl is None else ttl
-    if cache is None:
-        return MemoryStore(ttl=ttl, timeout=fetch_timeout)
-    if not isinstance(cache, BaseCache):
-        raise ConfigurationError(
-            "cache must be an aiocache cache (such as aiocache.SimpleMemoryCache "
-            f"or aiocache.RedisCache), not {type(cache).__name__}"
-        )
-    if _is_redis_cache(cache):
-        try:
-            from .stores.redis import RedisStore
-        except ImportError as exc:
-            raise ConfigurationError(
-                "a RedisCache needs redis-py: pip install guard[redis]"
-            ) from exc
-        return RedisStore(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
-    return MemoryStore(cache, ttl=ttl, timeout=fetch_timeout)
-
-
-def _is_redis_cache(cache: BaseCache) -> bool:
-    # By type, not module name; aiocache imports its Redis backend only when
-    # redis-py is installed.
-    try:
-        from aiocache.backends.redis import RedisBackend
-    except ImportError:
-        return False
-    return isinstance(cache, RedisBackend)
-
-
-_STORE_METHODS = (
-    "read",
-    "try_hold",
-    "held",
-    "begin_fetch",
-    "abort_fetch",
-    "put",
-    "release",
-    "invalidate",
-    "close",
-)
-
-
-def _is_store(obj: object) -> bool:
-    return hasattr(obj, "ttl") and all(
-        callable(getattr(obj, name, None)) for name in _STORE_METHODS
-    )
 
 
 def _balance(provider: Provider, entry: Entry) -> Balance:

@@ -14,8 +14,9 @@ import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _sync
-from ._guard import BalanceGuard, _is_async, _Reserve, check_settle
+from ._guard import BalanceGuard, _is_async, _Reserve
 from ._money import to_amount
+from ._options import check_settle
 from .errors import AmountError
 
 if TYPE_CHECKING:
