@@ -19,8 +19,6 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-import attrs
-
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher, Tracked
@@ -55,49 +53,49 @@ Settle: TypeAlias = Literal["invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
 
-class _Held:
-    """
-    The engine's side of a reservation: what to settle, and how it went.
-    """
-
-    __slots__ = ("failed", "hold", "tracked")
-
-    def __init__(self, tracked: Tracked, hold: Hold | None) -> None:
-        self.tracked = tracked
-        self.hold = hold  # None: let through unchecked (on_unavailable="open")
-        self.failed = False
-
-
-@attrs.frozen
 class Reservation:
     """
     An amount held on an account while a guarded block runs; what
-    `BalanceGuard.reserve` yields.
+    `BalanceGuard.reserve` yields. Read-only.
 
     Attributes:
         provider: The account's provider.
         amount: The amount held.
+        balance: The balance the amount was checked against; None when the
+            guard failed open (``on_unavailable="open"``) and nothing was
+            checked.
     """
+
+    __slots__ = ("_failed", "_hold", "_tracked", "amount", "provider")
 
     provider: Provider
     amount: Decimal
-    _held: _Held = attrs.field(alias="held", repr=False, eq=False)
+
+    def __init__(
+        self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "provider", provider)
+        set_(self, "amount", amount)
+        set_(self, "_tracked", tracked)
+        set_(self, "_hold", hold)  # None: let through unchecked
+        set_(self, "_failed", False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Reservation is read-only: can't set {name}")
+
+    def __repr__(self) -> str:
+        return (
+            f"<Reservation {self.provider.name} amount={self.amount} "
+            f"checked={self._hold is not None} failed={self._failed}>"
+        )
 
     @property
     def balance(self) -> Balance | None:
-        """
-        The balance the amount was checked against; None when the guard
-        failed open (``on_unavailable="open"``) and nothing was checked.
-        """
-        hold = self._held.hold
+        hold = self._hold
         if hold is None or hold.entry is None:
             return None
-        return Balance(
-            provider=self.provider.name,
-            amount=hold.entry.amount,
-            currency=self.provider.currency,
-            fetched_at=hold.entry.fetched_at,
-        )
+        return _balance(self.provider, hold.entry)
 
     def failed(self) -> None:
         """
@@ -105,7 +103,7 @@ class Reservation:
         provider that answered an error): it settles as a failure, and
         ``settle="debit"`` invalidates the balance instead of debiting it.
         """
-        self._held.failed = True
+        object.__setattr__(self, "_failed", True)
 
 
 class _Reserve:
@@ -135,15 +133,13 @@ class _Reserve:
         guard = self._guard
         loops = guard._loops
         if loops.home is asyncio.get_running_loop() or loops.at_home():
-            held = await guard._check_and_hold(self._provider, self._amount)
+            reservation = await guard._check_and_hold(self._provider, self._amount)
         else:
-            held = await loops.make(
+            reservation = await loops.make(
                 functools.partial(guard._check_and_hold, self._provider, self._amount),
                 guard._drop,
             )
-        self._reservation = reservation = Reservation(
-            self._provider, self._amount, held
-        )
+        self._reservation = reservation
         return reservation
 
     async def __aexit__(
@@ -155,10 +151,9 @@ class _Reserve:
         reservation = self._reservation
         if reservation is None:
             raise RuntimeError("a reserve() block exited without being entered")
-        held = reservation._held
-        await self._guard._settle(
-            held, ok=exc_type is None and not held.failed, settle=self._settle
-        )
+        # The one place that decides whether a spend succeeded.
+        ok = exc_type is None and not reservation._failed
+        await self._guard._settle(reservation, ok=ok, settle=self._settle)
 
 
 class BalanceGuard:
@@ -385,7 +380,7 @@ class BalanceGuard:
             check_settle(settle)
         return _Reserve(self, provider, to_amount(amount), settle)
 
-    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> _Held:
+    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> Reservation:
         tracked = self._track(provider)
         seen = tracked.fetches
         try:
@@ -393,12 +388,12 @@ class BalanceGuard:
         except BalanceUnavailable as exc:  # a shared store that is down
             return self._unavailable(tracked, amount, exc)
         if isinstance(result, Hold):
-            return _Held(tracked, result)
+            return Reservation(provider, amount, tracked, result)
         return await self._check_slow(tracked, amount, result, seen)
 
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
-    ) -> _Held:
+    ) -> Reservation:
         deadline = time.monotonic() + self.fetch_timeout
         try:
             outcome = await self._until_cached(tracked, amount, result, seen, deadline)
@@ -430,7 +425,7 @@ class BalanceGuard:
                 available=outcome.available,
                 currency=tracked.provider.currency,
             )
-        return _Held(tracked, outcome)
+        return Reservation(tracked.provider, amount, tracked, outcome)
 
     async def _until_cached(
         self,
@@ -457,7 +452,7 @@ class BalanceGuard:
 
     def _unavailable(
         self, tracked: Tracked, amount: Decimal, exc: BalanceUnavailable
-    ) -> _Held:
+    ) -> Reservation:
         if self.on_unavailable == "closed" or isinstance(
             exc, ProviderAuthError | ProviderResponseError
         ):
@@ -468,20 +463,24 @@ class BalanceGuard:
             exc.reason,
         )
         self._emit("failed_open", tracked, amount=amount, error=exc)
-        return _Held(tracked, None)
+        return Reservation(tracked.provider, amount, tracked, None)
 
-    async def _settle(self, held: _Held, *, ok: bool, settle: Settle | None) -> None:
+    async def _settle(
+        self, reservation: Reservation, *, ok: bool, settle: Settle | None
+    ) -> None:
         """
-        Release *held* and settle the cached balance: debit it (``"debit"``
+        Release *reservation* and settle the cached balance: debit it (``"debit"``
         and *ok*) or invalidate it. Finishes even if the calling task is
         cancelled meanwhile.
         """
         loops = self._loops
         if loops.forwarding and not loops.at_home():
             # Shielded: the settle finishes there even if this caller leaves.
-            await asyncio.shield(loops.call(self._settle(held, ok=ok, settle=settle)))
+            await asyncio.shield(
+                loops.call(self._settle(reservation, ok=ok, settle=settle))
+            )
             return
-        hold = held.hold
+        hold = reservation._hold
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)
             return
@@ -492,21 +491,22 @@ class BalanceGuard:
         finally:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
-            await self._drop(held)
+            await self._drop(reservation)
 
-    async def _drop(self, held: _Held) -> None:
+    async def _drop(self, reservation: Reservation) -> None:
         """
-        Release *held* and invalidate the balance, at once (no yield): also
+        Release *reservation* and invalidate the balance, at once (no yield): also
         for the hold of a call that never ran because its caller left, which
         a call checking meanwhile must not find still held.
         """
-        if held.hold is not None:
-            await self._store.release(held.hold, debit=False)
+        hold = reservation._hold
+        if hold is not None:
+            await self._store.release(hold, debit=False)
         else:
             # What an unchecked call spent is unknown, so a fetch that ran
             # meanwhile can't be corrected: drop it.
             with contextlib.suppress(BalanceUnavailable):
-                await self._store.invalidate(held.tracked.account)
+                await self._store.invalidate(reservation._tracked.account)
 
     def _forget_loop(self) -> None:
         """

@@ -49,8 +49,10 @@ class Handoff(Generic[T]):
             if not self.left:
                 self.value = value
                 return value
-        # The caller left while this ran: nobody else will undo it.
-        await asyncio.shield(undo(value))
+        # The caller left while this ran: nobody else will undo it. Awaited
+        # directly, not in a task of its own: a store releases a hold before
+        # its first await, so no call checking meanwhile finds it held.
+        await undo(value)
         return value
 
     def leave(self) -> T | None:

@@ -127,9 +127,9 @@ class RequireBalance:
     What `require_balance` returns: a decorator (of ``async def`` and
     ``def`` functions) and an async and sync context manager.
 
-    One object may be entered by many tasks and threads at once: each
-    ``with`` is found again on exit through a context variable, which is
-    per task and per thread.
+    One object may be entered by many tasks and threads at once: the first
+    open ``with`` is kept on the object, any other in a context variable
+    (per task and per thread), so that each exit finds its own.
     """
 
     __slots__ = (
@@ -137,6 +137,7 @@ class RequireBalance:
         "_compute",
         "_entered",
         "_guard",
+        "_only",
         "_open",
         "_provider",
         "_settle",
@@ -169,6 +170,7 @@ class RequireBalance:
             self._compute = None
             self._amount = to_amount(amount)
         self._entered: contextvars.ContextVar[_Entered | None] | None = None
+        self._only: _Reserve | None = None
         self._open: list[_Reserve] = []
 
     def __repr__(self) -> str:
@@ -251,6 +253,10 @@ class RequireBalance:
     # -- context manager --------------------------------------------------
 
     def _enter(self, block: _Reserve) -> None:
+        if self._only is None and self._entered is None:
+            # The usual case, a fresh object entered once: no context variable.
+            self._only = block
+            return
         var = self._entered
         if var is None:
             var = self._entered = contextvars.ContextVar("guard_require_balance")
@@ -260,16 +266,17 @@ class RequireBalance:
     def _exit(self) -> _Reserve:
         var = self._entered
         entered = None if var is None else var.get(None)
-        if var is None or entered is None:
-            # Exited in another task than it was entered in (an
-            # AsyncExitStack, fixtures): one block of this object is as good
-            # as another, since they hold the same amount.
-            block = self._open.pop(0)
-        else:
+        if var is not None and entered is not None:
             var.set(entered.outer)
-            block = entered.block
-            self._open.remove(block)
-        return block
+            self._open.remove(entered.block)
+            return entered.block
+        if self._only is not None:
+            block, self._only = self._only, None
+            return block
+        # Exited in another task than it was entered in (an AsyncExitStack,
+        # fixtures): one block of this object is as good as another, since
+        # they hold the same amount.
+        return self._open.pop(0)
 
     def _static(self) -> Decimal:
         if self._amount is None:

@@ -189,7 +189,7 @@ class Block:
 async def _drop(guard: BalanceGuard, reservation: Reservation) -> None:
     # Shielded: the cancellation that made the caller leave must not stop it.
     with CancelScope(shield=True):
-        await guard._drop(reservation._held)
+        await guard._drop(reservation)
 
 
 def _enter(guard: BalanceGuard | None) -> BlockingPortal:

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
+from aiocache import SimpleMemoryCache
 
 from guard import (
     BalanceGuard,
@@ -209,9 +210,13 @@ class TestSecrets:
         clickatell = emu.clickatell("acme", PASSWORD, API_ID)
         bad_click = Clickatell("ghost", "wrong-key-55aa", API_ID, base_url=emu.url)
         emu.fail(Route.ONECLICKDZ_BALANCE, Fault.oneclickdz(503, "SERVICE_UNAVAILABLE"))
+        cache = SimpleMemoryCache()
         with caplog.at_level(logging.DEBUG):
             async with BalanceGuard(
-                on_unavailable="open", retries=0, hooks=[lambda e: seen.append(repr(e))]
+                cache=cache,
+                on_unavailable="open",
+                retries=0,
+                hooks=[lambda e: seen.append(repr(e))],
             ) as guard:
                 seen += [repr(oneclick), repr(clickatell), repr(guard)]
                 for provider, amount in (
@@ -225,8 +230,9 @@ class TestSecrets:
                                 pass
                         except Exception as exc:
                             seen += [str(exc), repr(exc)]
-                cache = guard._store.cache  # type: ignore[attr-defined]
-                seen += list(cache._cache)
+                copies = cache._cache
+                seen += [f"{key} {value}" for key, value in copies.items()]
+                assert copies  # the balances fetched were copied to the cache
 
         seen += [r.getMessage() for r in caplog.records]
         seen += [f"{r.path} {r.query} {r.form}" for r in emu.requests]

@@ -37,6 +37,7 @@ from guard import (
     require_balance,
     set_default_guard,
 )
+from guard.stores import Account, Hold, MemoryStore, Short
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
@@ -92,34 +93,6 @@ class During(InMemoryProvider):
         seen = self.balance
         await self.during()
         return seen
-
-
-class GatedCache(SimpleMemoryCache):  # type: ignore[misc]
-    """
-    A cache whose next GET is answered from the value at the time of the
-    request, but only reaches the caller once the gate opens.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(timeout=None, **kwargs)
-        self.gate: asyncio.Event | None = None
-        self.reading = asyncio.Event()
-
-    def slow_down_next_get(self) -> asyncio.Event:
-        """Hold the next GET's answer until the returned gate is set."""
-        self.gate = asyncio.Event()
-        self.reading = asyncio.Event()
-        return self.gate
-
-    async def _get(
-        self, key: str, encoding: str = "utf-8", _conn: object = None
-    ) -> object:
-        value = self._cache.get(key)
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            self.reading.set()
-            await gate.wait()
-        return value
 
 
 class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
@@ -287,57 +260,44 @@ class TestFetchOverlappingSettle:
         assert 2 == provider.fetches
 
 
+class GatedStore(MemoryStore):
+    """
+    A store whose next check is answered from the state at the time of the
+    request, but reaches the caller only once the gate opens (a shared
+    store's reply on its way back).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    def slow_down_next_check(self) -> asyncio.Event:
+        """Hold the next check's answer until the returned gate is set."""
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+        return self.gate
+
+    async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
+        result = await super().try_hold(account, amount)
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return result
+
+
 class TestStoreReads:
-    async def test_serialized_get_answered_before_a_debit(
-        self, network: Network
-    ) -> None:
-        """A cache GET answered before a debit but resumed after it sees the debit."""
-        cache = GatedCache(serializer=PickleSerializer())
-        async with BalanceGuard(cache=cache, settle="debit") as guard:
-            await guard.balance(network)
-            first = await hold(guard, network, Decimal(60))
-            gate = cache.slow_down_next_get()
-            second = asyncio.create_task(hold(guard, network, Decimal(50)))
-            await cache.reading.wait()
-            network.spend(60)
-            await release(first, ok=True)
-            gate.set()
-
-            with pytest.raises(InsufficientBalance) as info:
-                await second
-
-        assert Decimal(40) == info.value.available
-
-    async def test_serialized_get_answered_before_an_invalidation(
-        self, network: Network
-    ) -> None:
-        """A cache GET answered before a settle invalidated the balance is a miss."""
-        cache = GatedCache(serializer=PickleSerializer())
-        async with BalanceGuard(cache=cache, settle="invalidate") as guard:
-            await guard.balance(network)
-            first = await hold(guard, network, Decimal(60))
-            gate = cache.slow_down_next_get()
-            second = asyncio.create_task(hold(guard, network, Decimal(50)))
-            await cache.reading.wait()
-            network.spend(60)
-            await release(first, ok=True)
-            gate.set()
-
-            with pytest.raises(InsufficientBalance) as info:
-                await second
-
-        assert Decimal(40) == info.value.available
-
     async def test_miss_older_than_a_finished_fetch_checks_again(self) -> None:
         """A miss that a fetch finishing meanwhile made stale checks, not fetches."""
         provider = InMemoryProvider(100)
-        cache = GatedCache()
-        async with BalanceGuard(cache=cache, ttl=0.02) as guard:
+        store = GatedStore(ttl=0.02)
+        async with BalanceGuard(store=store) as guard:
             await guard.balance(provider)
             await asyncio.sleep(0.03)  # the cached balance expires
-            gate = cache.slow_down_next_get()
+            gate = store.slow_down_next_check()
             late = asyncio.create_task(hold(guard, provider, Decimal(1)))
-            await cache.reading.wait()
+            await store.reading.wait()
             await hold(guard, provider, Decimal(1))  # fetches the balance again
             gate.set()
             await late
@@ -581,20 +541,22 @@ class TestCacheErrors:
 
         assert Decimal(90) == info.value.available
 
-    async def test_read_outage_is_unavailable(self) -> None:
-        """A cache that fails on read raises BalanceUnavailable, not its own error."""
+    async def test_write_outage_is_unavailable(self) -> None:
+        """A cache that fails to take a fetched balance raises BalanceUnavailable."""
         provider = InMemoryProvider(100)
         cache = FlakyCache()
         async with BalanceGuard(cache=cache) as guard:
             await guard.balance(provider)
             cache.down = True
+            # A warm check reads this process's state, not the cache.
+            await release(await hold(guard, provider, Decimal(1)), ok=True)
 
             with pytest.raises(BalanceUnavailable, match="cache unavailable"):
                 await hold(guard, provider, Decimal(1))
             cache.down = False
 
     async def test_read_outage_fails_open(self) -> None:
-        """Under on_unavailable="open" a cache outage lets the call through."""
+        """Under on_unavailable="open" a cache outage on a fetch lets the call by."""
         events: list[GuardEvent] = []
         provider = InMemoryProvider(100)
         cache = FlakyCache()
@@ -602,6 +564,7 @@ class TestCacheErrors:
             cache=cache, on_unavailable="open", hooks=[events.append]
         ) as guard:
             await guard.balance(provider)
+            await guard.invalidate(provider)
             cache.down = True
             async with require_balance(provider, 1, guard=guard) as balance:
                 assert balance is None

@@ -4,15 +4,14 @@ Balances in an aiocache cache, holds in this process.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import logging
 import os
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING
-
-from aiocache import SimpleMemoryCache
+from typing import TYPE_CHECKING, Any
 
 from .._money import MONEY, ZERO
 from ..errors import BalanceUnavailable
@@ -47,21 +46,22 @@ class _State:
 
 class MemoryStore:
     """
-    Balances in an aiocache cache, holds in this process: for one process,
-    or several that each guard their own accounts.
+    Balances and holds in this process: for one process, or several that
+    each guard their own accounts.
 
-    The entry this store last cached for an account is authoritative: the
-    cache tells whether it is still there (it may have expired or been
-    cleared), never what it holds, so an entry another process wrote is
-    never read as this one's. Only the fetch id is written to the cache.
+    A check, hold, release or debit reads and writes plain in-process state,
+    with no I/O. If you give it an aiocache cache, each balance guard fetches
+    is also written there (as ``{"amount", "fetched_at", "fetch_id"}``, amount
+    as a decimal string) and deleted when invalidated, for other code to
+    read; the store never reads it back, since a value another process wrote
+    knows nothing of this process's holds.
 
     Args:
-        cache: Any aiocache cache; default a ``SimpleMemoryCache``. Closed
-            with the store.
+        cache: An aiocache cache to copy fetched balances to; closed with the
+            store. None: none.
         ttl: Seconds a fetched balance is trusted.
-        timeout: Seconds one cache operation may take before the call is
-            failed with `guard.BalanceUnavailable`. A ``SimpleMemoryCache``
-            answers without I/O, so its operations are not timed.
+        timeout: Seconds one cache operation may take; a write that fails or
+            times out fails the fetch with `guard.BalanceUnavailable`.
     """
 
     def __init__(
@@ -71,17 +71,16 @@ class MemoryStore:
         ttl: float = 30.0,
         timeout: float = 5.0,
     ) -> None:
-        self.cache: BaseCache = SimpleMemoryCache() if cache is None else cache
+        self.cache = cache
         self.ttl = ttl
-        # aiocache's own wait_for costs more than a memory read, and a
-        # memory read can't hang; every other backend's call is bounded.
-        self._timeout = None if type(self.cache) is SimpleMemoryCache else timeout
+        self.timeout = timeout
         self._states: dict[str, _State] = {}
         self._origin = f"{os.getpid()}-{id(self):x}-"
         self._ids = itertools.count()
 
     def __repr__(self) -> str:
-        return f"<MemoryStore ttl={self.ttl:g} cache={type(self.cache).__name__}>"
+        cache = "none" if self.cache is None else type(self.cache).__name__
+        return f"<MemoryStore ttl={self.ttl:g} cache={cache}>"
 
     def _state(self, account: Account) -> _State:
         state = self._states.get(account.key)
@@ -89,31 +88,18 @@ class MemoryStore:
             state = self._states[account.key] = _State()
         return state
 
-    async def _get(self, account: Account, state: _State) -> Entry | None:
-        current = state.entry
-        if current is None:
+    def _current(self, state: _State) -> Entry | None:
+        entry = state.entry
+        if entry is None or time.monotonic() - entry.monotonic > self.ttl:
             return None
-        try:
-            raw = await self.cache.get(account.key, timeout=self._timeout)
-        except Exception as exc:
-            raise _unavailable(account, exc) from exc
-        # A debit while the cache answered replaced the entry, keeping its
-        # fetch id: use the debited one. Another id was refetched meanwhile.
-        latest = state.entry
-        if latest is None or latest.fetch_id != current.fetch_id:
-            return None
-        if raw != latest.fetch_id:
-            return None  # expired, cleared, or another writer's
-        if time.monotonic() - latest.monotonic > self.ttl:
-            return None
-        return latest
+        return entry
 
     async def read(self, account: Account) -> Entry | None:
-        return await self._get(account, self._state(account))
+        return self._current(self._state(account))
 
     async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
         state = self._state(account)
-        entry = await self._get(account, state)
+        entry = self._current(state)
         if entry is None:
             return None
         available = MONEY.subtract(entry.amount, state.held)
@@ -153,20 +139,28 @@ class MemoryStore:
             exact=not spent_meanwhile,
         )
         state.entry = entry
-        await self._write(account, state, entry, self.ttl)
+        if self.cache is not None:
+            await self._copy(account, state, entry)
         return entry
 
-    async def _write(
-        self, account: Account, state: _State, entry: Entry, ttl: float
-    ) -> None:
+    async def _copy(self, account: Account, state: _State, entry: Entry) -> None:
+        value = {
+            "amount": str(entry.amount),
+            "fetched_at": entry.fetched_at.isoformat(),
+            "fetch_id": entry.fetch_id,
+        }
         try:
-            await self.cache.set(
-                account.key, entry.fetch_id, ttl=ttl, timeout=self._timeout
-            )
+            await self._cache_call("set", account.key, value, ttl=self.ttl)
         except Exception as exc:
             if state.entry is entry:
                 state.entry = None
             raise _unavailable(account, exc) from exc
+
+    async def _cache_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        assert self.cache is not None
+        # Bounded here, whatever the backend does with its own timeout.
+        async with asyncio.timeout(self.timeout):
+            return await getattr(self.cache, method)(*args, timeout=None, **kwargs)
 
     async def release(self, hold: Hold, *, debit: bool) -> None:
         state = self._state(hold.account)
@@ -176,8 +170,7 @@ class MemoryStore:
         state.held = MONEY.subtract(state.held, hold.amount)
         state.settled = MONEY.add(state.settled, hold.amount)
         # Debit only the entry the hold was made against: an entry fetched
-        # while the call ran may or may not include this spend. The cache
-        # keeps the fetch id, which a debit doesn't change.
+        # while the call ran may or may not include this spend.
         if debit and entry is not None and entry is state.entry:
             state.entry = Entry(
                 MONEY.subtract(entry.amount, hold.amount),
@@ -188,11 +181,12 @@ class MemoryStore:
             )
             return
         state.entry = None
-        await self._delete(hold.account)
+        if self.cache is not None:
+            await self._delete(hold.account)
 
     async def _delete(self, account: Account) -> None:
         try:
-            await self.cache.delete(account.key, timeout=self._timeout)
+            await self._cache_call("delete", account.key)
         except Exception as exc:  # the entry is gone here already
             log.warning(
                 "%s: could not delete a cached balance: %s",
@@ -204,13 +198,14 @@ class MemoryStore:
         state = self._state(account)
         state.generation += 1
         state.entry = None
-        await self._delete(account)
+        if self.cache is not None:
+            await self._delete(account)
 
     async def close(self) -> None:
-        await self.cache.close()
+        if self.cache is not None:
+            await self.cache.close()
 
 
 def _unavailable(account: Account, exc: BaseException) -> BalanceUnavailable:
-    return BalanceUnavailable(
-        f"cache unavailable: {type(exc).__name__}", provider=account.provider
-    )
+    reason = "no answer" if isinstance(exc, TimeoutError) else type(exc).__name__
+    return BalanceUnavailable(f"cache unavailable: {reason}", provider=account.provider)
