@@ -15,7 +15,7 @@ import aiohttp
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
-from .testing._emulator import (
+from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
     DEMO_CLICKATELL_USER,
