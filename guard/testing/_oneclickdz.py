@@ -11,6 +11,7 @@ import math
 import re
 import secrets
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import attrs
@@ -54,20 +55,23 @@ def error_body(
     return {"success": False, "error": error, "requestId": request_id()}
 
 
-def error_response(
+def refusal(
     status: int,
     code: str,
     message: str,
     *,
     details: Mapping[str, object] | None = None,
     headers: Mapping[str, str] | None = None,
-) -> web.Response:
+) -> Refused:
+    """
+    An error reply of the emulated routes, to raise.
+    """
     body = error_body(code, message, details)
-    return web.Response(
-        status=status,
-        text=dumps(body),
-        content_type=JSON_TYPE,
-        headers={"X-Request-Id": str(body["requestId"]), **(headers or {})},
+    headers = {"X-Request-Id": str(body["requestId"]), **(headers or {})}
+    return Refused(
+        web.Response(
+            status=status, text=dumps(body), content_type=JSON_TYPE, headers=headers
+        )
     )
 
 
@@ -237,11 +241,8 @@ class OneClickDZAccount:
 
 
 def _invalid(field: str, value: object, message: str) -> Refused:
-    return Refused(
-        error_response(
-            400, "ERR_VALIDATION", message, details={"field": field, "value": value}
-        )
-    )
+    details = {"field": field, "value": value}
+    return refusal(400, "ERR_VALIDATION", message, details=details)
 
 
 class OneClickDZServer:
@@ -270,12 +271,15 @@ class OneClickDZServer:
             name=Route.ONECLICKDZ_TRANSACTIONS,
         )
         app.router.add_post("/v3/mobile/send", self._send, name=Route.ONECLICKDZ_SEND)
-        get(
-            "/v3/mobile/check-ref/{ref}",
-            self._check_ref,
-            name=Route.ONECLICKDZ_CHECK_REF,
-        )
-        get("/v3/mobile/check-id/{id}", self._check_id, name=Route.ONECLICKDZ_CHECK_ID)
+        for by, name in (
+            ("ref", Route.ONECLICKDZ_CHECK_REF),
+            ("id", Route.ONECLICKDZ_CHECK_ID),
+        ):
+            get(
+                f"/v3/mobile/check-{by}/{{{by}}}",
+                partial(self._check, by=by),
+                name=name,
+            )
         get("/v3/mobile/plans", self._plans, name=Route.ONECLICKDZ_PLANS)
         get("/v3/validate", self._validate, name=Route.ONECLICKDZ_VALIDATE)
         get("/v3/ping", self._ping, name=Route.ONECLICKDZ_PING)
@@ -375,23 +379,19 @@ class OneClickDZServer:
         until = self._blocked.get(ip)
         if until is not None:
             if now < until:
-                raise Refused(
-                    error_response(
-                        403,
-                        "IP_BLOCKED",
-                        "Too many invalid attempts; this IP is blocked",
-                        headers={"Retry-After": str(math.ceil(until - now))},
-                    )
+                raise refusal(
+                    403,
+                    "IP_BLOCKED",
+                    "Too many invalid attempts; this IP is blocked",
+                    headers={"Retry-After": str(math.ceil(until - now))},
                 )
             del self._blocked[ip]
         key = request.headers.get("X-Access-Token")
         if not key:
-            raise Refused(
-                error_response(
-                    emu.missing_token_status,
-                    "MISSING_ACCESS_TOKEN",
-                    "The X-Access-Token header is required",
-                )
+            raise refusal(
+                emu.missing_token_status,
+                "MISSING_ACCESS_TOKEN",
+                "The X-Access-Token header is required",
             )
         account = self.accounts.get(key)
         if account is None:
@@ -405,26 +405,20 @@ class OneClickDZServer:
                 self._failures.pop(ip, None)
             else:
                 self._failures[ip] = recent
-            raise Refused(
-                error_response(
-                    401,
-                    emu.invalid_token_code,
-                    "Invalid access token",
-                    details={"attemptsLeft": left},
-                )
+            raise refusal(
+                401,
+                emu.invalid_token_code,
+                "Invalid access token",
+                details={"attemptsLeft": left},
             )
         if account.disabled:
-            raise Refused(
-                error_response(403, "API_DISABLED", "This API key is disabled")
-            )
+            raise refusal(403, "API_DISABLED", "This API key is disabled")
         if account.allowed_ips and ip not in account.allowed_ips:
-            raise Refused(
-                error_response(
-                    403,
-                    "IP_NOT_ALLOWED",
-                    "This IP is not allowed for this API key",
-                    details={"ip": ip},
-                )
+            raise refusal(
+                403,
+                "IP_NOT_ALLOWED",
+                "This IP is not allowed for this API key",
+                details={"ip": ip},
             )
         return account
 
@@ -441,14 +435,14 @@ class OneClickDZServer:
         charged = (amount * plan.cost).quantize(_CENT, rounding=ROUND_HALF_UP)
         async with self._lock:
             if ref is not None and any(t.ref == ref for t in account.topups):
-                return error_response(
+                raise refusal(
                     403,
                     "DUPLICATED_REF",
                     "This ref was already used",
                     details={"ref": ref},
                 )
             if not account.sandbox and account.balance < charged:
-                return error_response(
+                raise refusal(
                     403,
                     emu.insufficient_balance_code,
                     "Insufficient balance",
@@ -529,7 +523,7 @@ class OneClickDZServer:
         wanted = request.match_info[by]
         topup = next((t for t in account.topups if getattr(t, by) == wanted), None)
         if topup is None:
-            return error_response(404, "NOT_FOUND", "Top-up not found")
+            raise refusal(404, "NOT_FOUND", "Top-up not found")
         async with self._lock:
             topup.checks += 1
             if topup.status == "REFUNDED" and not topup.refunded:
@@ -546,12 +540,6 @@ class OneClickDZServer:
         if topup.status == "REFUNDED":
             data["refund_message"] = "The operator refused the top-up"
         return self._ok(data)
-
-    async def _check_ref(self, request: web.Request) -> web.Response:
-        return await self._check(request, "ref")
-
-    async def _check_id(self, request: web.Request) -> web.Response:
-        return await self._check(request, "id")
 
     async def _transactions(self, request: web.Request) -> web.Response:
         account = self._authenticate(request)
