@@ -164,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run guarded top-ups and SMS against the bundled emulator"
     )
-    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.add_argument(
+        "--quiet", action="store_true", help="print nothing unless a check fails"
+    )
 
     balance = commands.add_parser(
         "balance",

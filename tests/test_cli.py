@@ -52,8 +52,37 @@ class TestDemo:
         assert 0 == main(["demo"])
 
         out = capsys.readouterr().out
-        assert "insufficient balance: 3000 DZD required, 2500.00 DZD available" in out
-        assert "7 of 7 checks passed" in out
+        assert "refused: 3,000.00 DZD required, 2,500.00 DZD available" in out
+        # The hold: of two concurrent top-ups that fit only alone, one runs.
+        assert "refused: 1,500.00 DZD required, 1,000.00 DZD available" in out
+        assert "9 of 9 checks passed" in out
+
+    def test_demo_money_format(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Every amount the demo prints is written one way: 2,500.00 DZD."""
+        assert 0 == main(["demo"])
+
+        out = capsys.readouterr().out
+        amounts = re.findall(r"[\d,.]*\d (?:DZD|credits)\b", out)
+        assert amounts
+        assert all(re.fullmatch(r"\d{1,3}(,\d{3})*\.\d\d \w+", a) for a in amounts)
+
+    def test_terms_explained_where_first_used(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Single-flight and settling are explained in the step that first uses them."""
+        assert 0 == main(["demo"])
+
+        paragraphs = capsys.readouterr().out.split("\n\n")
+        assert not re.search("single-flight|settle", paragraphs[0])
+        assert "share one balance\n   request instead of making five" in paragraphs[1]
+        assert "(single-flight)" in paragraphs[1]
+        assert "settles it: it releases the amount" in paragraphs[1]
+
+    async def test_quiet_prints_nothing(self) -> None:
+        """demo --quiet prints nothing, the fail-open WARNING included."""
+        code, out, err = await run("demo", "--quiet", env={})
+
+        assert (0, "", "") == (code, out, err)
 
 
 class TestBalance:
