@@ -43,11 +43,13 @@ async def main() -> None:
                 async with session.post(url, data=form) as response:
                     print("sendmsg:", (await response.text()).splitlines())
 
-                # 1 recipient x 2 parts (161 GSM-7 characters) = 2 credits: 1 left.
+                # 2 recipients x 2 parts (161 GSM-7 characters) = 4 credits:
+                # 1 left.
                 try:
                     await session.post(url, data={**form, "text": "x" * 161})
                 except InsufficientBalance as exc:
                     print("refused:", exc)
+                    assert (4, 1) == (exc.required, exc.available)
 
                 body = {"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000"}
                 headers = {"X-Access-Token": "example-key"}
