@@ -981,6 +981,39 @@ class TestClickatell:
 
 
 class TestFaults:
+    async def test_scripted_oneclickdz_error_is_the_emulated_one(
+        self, emu: Emulator, api: Callable[..., Any], account: OneClickDZAccount
+    ) -> None:
+        """Fault.oneclickdz answers the same envelope as a real refusal."""
+        real_status, real, _ = await api("GET", "/v3/account/balance", key="nope")
+        emu.fail(
+            Route.ONECLICKDZ_BALANCE,
+            Fault.oneclickdz(
+                401,
+                real["error"]["code"],
+                real["error"]["message"],
+                details=real["error"]["details"],
+            ),
+        )
+
+        status, scripted, _ = await api("GET", "/v3/account/balance", key="nope")
+
+        assert (real_status, real.keys()) == (status, scripted.keys())
+        assert real["error"] == scripted["error"]
+        assert scripted["requestId"].startswith("req_")
+
+    async def test_scripted_clickatell_error_is_the_emulated_one(
+        self, emu: Emulator, ct: Callable[..., Any], ct_account: ClickatellAccount
+    ) -> None:
+        """Fault.clickatell_err answers the same line as a real refusal."""
+        real = await ct("getbalance", password="wrong")
+        emu.fail(
+            Route.CLICKATELL_GETBALANCE,
+            Fault.clickatell_err(1, "Authentication failed"),
+        )
+
+        assert real == await ct("getbalance", password="wrong")
+
     async def test_status_body_headers(
         self, emu: Emulator, session: aiohttp.ClientSession
     ) -> None:
