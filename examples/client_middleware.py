@@ -43,11 +43,14 @@ async def main() -> None:
                 async with session.post(url, data=form) as response:
                     print("sendmsg:", (await response.text()).splitlines())
 
-                # 1 recipient x 2 parts (161 GSM-7 characters) = 2 credits: 1 left.
+                refused: InsufficientBalance | None = None
+                # 2 recipients x 2 parts (161 GSM-7 characters) = 4 credits:
+                # 1 left.
                 try:
                     await session.post(url, data={**form, "text": "x" * 161})
                 except InsufficientBalance as exc:
                     print("refused:", exc)
+                    refused = exc
 
                 body = {"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000"}
                 headers = {"X-Access-Token": "example-key"}
@@ -66,6 +69,8 @@ async def main() -> None:
         print("requests that reached sendmsg:", emu.count(Route.CLICKATELL_SENDMSG))
         print("requests that reached mobile/send:", emu.count(Route.ONECLICKDZ_SEND))
         assert 1 == emu.count(Route.CLICKATELL_SENDMSG)
+        assert refused is not None
+        assert (4, 1) == (refused.required, refused.available)
         assert 1 == emu.count(Route.ONECLICKDZ_SEND)
 
 

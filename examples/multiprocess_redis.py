@@ -26,7 +26,7 @@ from aiocache import RedisCache
 
 from guard import BalanceGuard, InsufficientBalance, require_balance
 from guard.providers import OneClickDZ
-from guard.testing._emulator import Emulator
+from guard.testing import Emulator
 
 KEY = "example-oneclickdz-key"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")

@@ -3,9 +3,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from . import __version__
 from ._guard import BalanceGuard
@@ -14,6 +15,7 @@ from .errors import BalanceUnavailable, GuardError, ProviderAuthError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .testing import Emulator
     from .typing import Provider
 
 __all__ = ["main"]
@@ -35,6 +37,30 @@ ENV = {
 
 class UsageError(Exception):
     """A command line or environment that cannot work."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line on stderr for every usage error, as for the others.
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        msg = f"must be a number of seconds above 0, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        msg = f"must be a port number from 0 to 65535, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
 
 
 def _provider(name: str, base_url: str | None) -> Provider:
@@ -76,8 +102,59 @@ async def _balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _banner(emu: Emulator) -> str:
+    from .testing import (
+        DEMO_CLICKATELL_API_ID,
+        DEMO_CLICKATELL_PASSWORD,
+        DEMO_CLICKATELL_USER,
+        DEMO_ONECLICKDZ_KEY,
+    )
+
+    oneclick = emu.balance(DEMO_ONECLICKDZ_KEY)
+    credits = emu.balance(DEMO_CLICKATELL_USER)
+    minutes = emu.ip_block_seconds / 60
+    return "\n".join(
+        [
+            f"guard provider emulator listening on {emu.url}",
+            f"  OneClickDZ  X-Access-Token: {DEMO_ONECLICKDZ_KEY}  "
+            f"balance: {oneclick} DZD",
+            f"  Clickatell  user: {DEMO_CLICKATELL_USER}  "
+            f"password: {DEMO_CLICKATELL_PASSWORD}  "
+            f"api_id: {DEMO_CLICKATELL_API_ID}  credits: {credits}",
+            # The real API does this too; a client that retries bad keys
+            # locks itself out here first.
+            f"  As the real OneClickDZ does, {emu.auth_failure_limit} bad "
+            f"X-Access-Token values lock the caller's address out for "
+            f"{minutes:g} minutes (403 IP_BLOCKED); restart to lift it.",
+            "Press Ctrl+C to stop.",
+        ]
+    )
+
+
+async def _serve(
+    emu: Emulator, *, until: asyncio.Event | None = None, out: TextIO | None = None
+) -> None:
+    async with emu:
+        print(_banner(emu), file=out or sys.stdout, flush=True)
+        await (until or asyncio.Event()).wait()
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from .testing import Emulator
+
+    emu = Emulator.with_demo_accounts(host=args.host, port=args.port)
+    try:
+        asyncio.run(_serve(emu))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"guard: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0  # pragma: no cover - _serve only ends by an exception
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m guard",
         description="Refuse provider-spending calls a prepaid balance can't cover.",
     )
@@ -87,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run guarded top-ups and SMS against the bundled emulator"
     )
-    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.add_argument(
+        "--quiet", action="store_true", help="print nothing unless a check fails"
+    )
 
     balance = commands.add_parser(
         "balance",
@@ -99,14 +178,20 @@ def _parser() -> argparse.ArgumentParser:
     balance.add_argument("--base-url", help="API root, e.g. an emulator's URL")
     balance.add_argument("--json", action="store_true", help="print JSON")
     balance.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds (default: 10)"
+        "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
     )
 
     emulator = commands.add_parser(
-        "emulator", help="serve the OneClickDZ and Clickatell emulator"
+        "emulator",
+        help="serve the OneClickDZ and Clickatell emulator with demo accounts",
     )
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8080)
+    emulator.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    emulator.add_argument(
+        "--port",
+        type=_port,
+        default=8080,
+        help="default: %(default)s; 0 picks a free port (printed)",
+    )
     return parser
 
 
@@ -121,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_demo(quiet=args.quiet))
         if args.command == "emulator":
-            from .testing._emulator import main as emulator_main
-
-            return emulator_main(["--host", args.host, "--port", str(args.port)])
+            return _emulator(args)
         return asyncio.run(_balance(args))
     except UsageError as exc:
         print(f"guard: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ import aiohttp
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
-from .testing._emulator import (
+from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
     DEMO_CLICKATELL_USER,
@@ -31,9 +32,23 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 
+def _money(amount: Decimal, unit: str) -> str:
+    # One format for every amount the demo prints.
+    return f"{amount:,.2f} {unit}"
+
+
+def _refusal(exc: InsufficientBalance) -> str:
+    return (
+        f"{_money(exc.required, exc.currency)} required, "
+        f"{_money(exc.available, exc.currency)} available"
+    )
+
+
 async def run_demo(*, quiet: bool = False) -> int:
     """
     Run the demo; return 0 when every step turned out as told.
+
+    With *quiet*, print nothing unless a check fails.
     """
     say: Callable[[str], None] = (lambda _: None) if quiet else print
     checks: list[tuple[str, bool]] = []
@@ -51,14 +66,24 @@ async def run_demo(*, quiet: bool = False) -> int:
             DEMO_CLICKATELL_USER, DEMO_CLICKATELL_PASSWORD, DEMO_CLICKATELL_API_ID
         )
         say(f"Provider emulator on {emu.url}")
-        say(f"  OneClickDZ account: {emu.balance(DEMO_ONECLICKDZ_KEY)} DZD")
-        say(f"  Clickatell account: {emu.balance(DEMO_CLICKATELL_USER)} credits\n")
+        say(f"  OneClickDZ account: {_money(emu.balance(DEMO_ONECLICKDZ_KEY), 'DZD')}")
+        say(
+            "  Clickatell account: "
+            f"{_money(emu.balance(DEMO_CLICKATELL_USER), 'credits')}\n"
+        )
 
         def balance_requests() -> int:
             return emu.count(Route.ONECLICKDZ_BALANCE)
 
         # -- 1. top-ups, cache invalidated after each -----------------------
-        say("1. Five concurrent 1,500 DZD top-ups (settle='invalidate'):")
+        say("1. Five concurrent top-ups of 1,500.00 DZD:")
+        say(
+            "   No balance is cached yet, so the five calls share one balance\n"
+            "   request instead of making five (single-flight). After each call\n"
+            "   the guard settles it: it releases the amount the call held and\n"
+            "   forgets the cached balance (settle='invalidate'), so the next\n"
+            "   call reads a fresh one."
+        )
         async with BalanceGuard(ttl=30) as guard:
 
             @require_balance(oneclick, lambda phone, amount: amount, guard=guard)
@@ -79,19 +104,20 @@ async def run_demo(*, quiet: bool = False) -> int:
 
             phones = [f"077000000{i}" for i in range(5)]
             await asyncio.gather(*(send_topup(p, Decimal(1500)) for p in phones))
-            say(f"   sent; balance now {emu.balance(DEMO_ONECLICKDZ_KEY)} DZD")
+            left = _money(emu.balance(DEMO_ONECLICKDZ_KEY), "DZD")
+            say(f"   sent; balance now {left}")
             check(
-                "1 balance request served 5 concurrent calls (single-flight)",
+                "1 balance request served 5 concurrent calls",
                 balance_requests() == 1,
             )
 
             # -- 2. a refusal -----------------------------------------------
-            say("\n2. A 3,000 DZD top-up when 2,500 DZD are left:")
+            say("\n2. A top-up of 3,000.00 DZD when 2,500.00 DZD are left:")
             sends_before = emu.count(Route.ONECLICKDZ_SEND)
             try:
                 await send_topup("0550000000", Decimal(3000))
             except InsufficientBalance as exc:
-                say(f"   refused: {exc}")
+                say(f"   refused: {_refusal(exc)}")
                 check(
                     "required and available are exact Decimals",
                     (exc.required, exc.available) == (Decimal(3000), Decimal(2500)),
@@ -105,8 +131,39 @@ async def run_demo(*, quiet: bool = False) -> int:
                 balance_requests() == 2,
             )
 
-        # -- 3. debit settle: fewer fetches ---------------------------------
-        say("\n3. Ten SMS of 1 credit each (settle='debit', no refetch):")
+            # -- 3. the hold: concurrent calls cannot spend the same money --
+            say("\n3. Two top-ups of 1,500.00 DZD at once, with 2,500.00 DZD left:")
+            say(
+                "   Each fits alone, not both. The first holds its amount while\n"
+                "   it runs, so the second sees 1,000.00 DZD available."
+            )
+            sends_before = emu.count(Route.ONECLICKDZ_SEND)
+            results = await asyncio.gather(
+                send_topup("0660000001", Decimal(1500)),
+                send_topup("0660000002", Decimal(1500)),
+                return_exceptions=True,
+            )
+            refused = [r for r in results if isinstance(r, InsufficientBalance)]
+            for refusal in refused:
+                say(f"   refused: {_refusal(refusal)}")
+            left = _money(emu.balance(DEMO_ONECLICKDZ_KEY), "DZD")
+            say(f"   one sent; balance now {left}")
+            check(
+                "one ran, the other was refused with InsufficientBalance",
+                len(refused) == 1 and sum(isinstance(r, str) for r in results) == 1,
+            )
+            check(
+                "the provider saw one top-up, never one it could not cover",
+                emu.count(Route.ONECLICKDZ_SEND) == sends_before + 1
+                and emu.balance(DEMO_ONECLICKDZ_KEY) == Decimal(1000),
+            )
+
+        # -- 4. debit settle: fewer fetches ---------------------------------
+        say("\n4. Ten SMS of 1.00 credits each:")
+        say(
+            "   With settle='debit' the guard subtracts each successful send\n"
+            "   from the cached balance instead of forgetting it: no refetch."
+        )
         async with BalanceGuard(settle="debit") as guard:
 
             @require_balance(clickatell, 1, guard=guard)
@@ -126,15 +183,15 @@ async def run_demo(*, quiet: bool = False) -> int:
             for i in range(10):
                 await send_sms("213550000000", f"Your code is {1000 + i}")
             cached = await guard.balance(clickatell)
-            say(f"   cached balance {cached.amount} credits")
+            say(f"   cached balance {_money(cached.amount, 'credits')}")
             check(
-                "ten sends, one balance request, cache debited to 90",
+                "ten sends, one balance request, cache debited to 90.00 credits",
                 emu.count(Route.CLICKATELL_GETBALANCE) == 1
                 and cached.amount == Decimal(90) == emu.balance(DEMO_CLICKATELL_USER),
             )
 
-        # -- 4. an outage ---------------------------------------------------
-        say("\n4. OneClickDZ answers 503 to every balance request:")
+        # -- 5. an outage ---------------------------------------------------
+        say("\n5. OneClickDZ answers 503 to every balance request:")
         emu.fail(
             Route.ONECLICKDZ_BALANCE,
             Fault.oneclickdz(503, "SERVICE_UNAVAILABLE", "Upstream timeout"),
@@ -147,8 +204,15 @@ async def run_demo(*, quiet: bool = False) -> int:
             except BalanceUnavailable as exc:
                 say(f"   fail closed (default): {exc}")
                 check("on_unavailable='closed' refuses", True)
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("   logged %(levelname)s: %(message)s"))
+        handler: logging.Handler
+        if quiet:
+            # Also keeps Python's last-resort handler from printing it.
+            handler = logging.NullHandler()
+        else:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(
+                logging.Formatter("   logged %(levelname)s: %(message)s")
+            )
         log = logging.getLogger("guard")
         log.addHandler(handler)
         try:
@@ -163,8 +227,9 @@ async def run_demo(*, quiet: bool = False) -> int:
         emu.clear_faults()
 
     failed = [what for what, ok in checks if not ok]
-    print(
-        f"guard demo: {len(checks) - len(failed)} of {len(checks)} checks passed"
-        + (f"; failed: {'; '.join(failed)}" if failed else "")
-    )
-    return 1 if failed else 0
+    summary = f"guard demo: {len(checks) - len(failed)} of {len(checks)} checks passed"
+    if failed:
+        print(f"{summary}; failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    say(summary)
+    return 0

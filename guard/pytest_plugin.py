@@ -35,13 +35,13 @@ from guard._guard import BalanceGuard
 from guard._money import to_amount
 from guard._require import set_default_guard
 from guard.providers import Clickatell, OneClickDZ
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
     from decimal import Decimal
 
-    from guard.testing._emulator import Emulator, Fault, RequestRecord, Route
+    from guard.testing import Emulator, Fault, RequestRecord, Route
     from guard.typing import AmountLike, Provider
 
 __all__ = ["GuardEmulator", "LowFunds"]
@@ -250,13 +250,13 @@ def _check_markers(request: pytest.FixtureRequest) -> None:
 
 
 def _make_emulator() -> Emulator:
-    from guard.testing._emulator import Emulator
+    from guard.testing import Emulator
 
     return Emulator.with_demo_accounts()
 
 
 def _handle(emu: Emulator) -> GuardEmulator:
-    from guard.testing._emulator import (
+    from guard.testing import (
         DEMO_CLICKATELL_API_ID,
         DEMO_CLICKATELL_PASSWORD,
         DEMO_CLICKATELL_USER,

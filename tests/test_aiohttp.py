@@ -24,7 +24,7 @@ from guard.errors import (
     GuardError,
     ProviderAuthError,
 )
-from guard.testing._emulator import Fault, Route
+from guard.testing import Fault, Route
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

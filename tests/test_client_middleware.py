@@ -21,7 +21,7 @@ from guard.aiohttp import (
     oneclickdz_rules,
 )
 from guard.errors import ConfigurationError
-from guard.testing._emulator import Fault, Route
+from guard.testing import Fault, Route
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -1,14 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -19,7 +14,7 @@ import pytest
 from guard import testing
 from guard.errors import BalanceUnavailable
 from guard.providers import Clickatell, OneClickDZ
-from guard.testing._emulator import (
+from guard.testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
     DEMO_CLICKATELL_USER,
@@ -31,8 +26,6 @@ from guard.testing._emulator import (
     OneClickDZAccount,
     Plan,
     Route,
-    main,
-    serve,
 )
 
 if TYPE_CHECKING:
@@ -821,7 +814,7 @@ class TestClickatell:
     ) -> None:
         """A session outliving its account is expired."""
         session_id = (await ct("auth")).removeprefix("OK: ")
-        del emu._clickatell[USER]
+        del emu._clickatell.accounts[USER]
 
         assert "ERR: 003, Session ID expired" == await ct(
             "getbalance", creds=False, session_id=session_id
@@ -988,6 +981,39 @@ class TestClickatell:
 
 
 class TestFaults:
+    async def test_scripted_oneclickdz_error_is_the_emulated_one(
+        self, emu: Emulator, api: Callable[..., Any], account: OneClickDZAccount
+    ) -> None:
+        """Fault.oneclickdz answers the same envelope as a real refusal."""
+        real_status, real, _ = await api("GET", "/v3/account/balance", key="nope")
+        emu.fail(
+            Route.ONECLICKDZ_BALANCE,
+            Fault.oneclickdz(
+                401,
+                real["error"]["code"],
+                real["error"]["message"],
+                details=real["error"]["details"],
+            ),
+        )
+
+        status, scripted, _ = await api("GET", "/v3/account/balance", key="nope")
+
+        assert (real_status, real.keys()) == (status, scripted.keys())
+        assert real["error"] == scripted["error"]
+        assert scripted["requestId"].startswith("req_")
+
+    async def test_scripted_clickatell_error_is_the_emulated_one(
+        self, emu: Emulator, ct: Callable[..., Any], ct_account: ClickatellAccount
+    ) -> None:
+        """Fault.clickatell_err answers the same line as a real refusal."""
+        real = await ct("getbalance", password="wrong")
+        emu.fail(
+            Route.CLICKATELL_GETBALANCE,
+            Fault.clickatell_err(1, "Authentication failed"),
+        )
+
+        assert real == await ct("getbalance", password="wrong")
+
     async def test_status_body_headers(
         self, emu: Emulator, session: aiohttp.ClientSession
     ) -> None:
@@ -1221,63 +1247,3 @@ class TestLog:
         assert (3, 2, 1) == counts
         assert 0 == emu.count()
         assert [] == emu.requests
-
-
-class TestServe:
-    async def test_serve(self) -> None:
-        """serve prints the URL and demo credentials, and stops on request."""
-        out = io.StringIO()
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(until=stop, out=out))
-        while "Ctrl+C" not in out.getvalue():
-            await asyncio.sleep(0.005)
-
-        stop.set()
-        await task
-
-        banner = out.getvalue()
-        assert re.search(r"listening on http://127\.0\.0\.1:\d+", banner)
-        for secret in (
-            DEMO_ONECLICKDZ_KEY,
-            DEMO_CLICKATELL_USER,
-            DEMO_CLICKATELL_PASSWORD,
-            DEMO_CLICKATELL_API_ID,
-        ):
-            assert secret in banner
-
-    def test_main_port_in_use(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """main exits 1 with a message when the port is taken."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.listen()
-            port = sock.getsockname()[1]
-
-            assert 1 == main(["--port", str(port)])
-
-        assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
-
-    @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-    def test_main_until_interrupted(self) -> None:
-        """python's main runs until Ctrl+C and exits cleanly."""
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from guard.testing._emulator import main; main([])",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONWARNINGS": "error"},
-        )
-        assert proc.stdout is not None
-        banner = []
-        for line in proc.stdout:
-            banner.append(line)
-            if line.startswith("Press Ctrl+C"):
-                break
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
-
-        assert 0 == proc.returncode
-        assert "listening on http://127.0.0.1:" in banner[0]
-        assert DEMO_ONECLICKDZ_KEY in "".join(banner)

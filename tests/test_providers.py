@@ -12,7 +12,7 @@ from aiohttp import web
 
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 from guard.providers import Clickatell, OneClickDZ
-from guard.testing._emulator import Emulator, Fault, Route
+from guard.testing import Emulator, Fault, Route
 from guard.typing import Provider
 
 if TYPE_CHECKING:

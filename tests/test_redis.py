@@ -28,8 +28,7 @@ from guard import (
 )
 from guard._redis import RedisStore
 from guard.providers import OneClickDZ
-from guard.testing._emulator import Emulator, Fault, Plan
-from guard.testing._memory import InMemoryProvider
+from guard.testing import Emulator, Fault, InMemoryProvider, Plan
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

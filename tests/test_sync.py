@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from guard import BalanceGuard, InsufficientBalance, _sync, require_balance
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

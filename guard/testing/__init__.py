@@ -10,26 +10,43 @@ in-memory provider.
         emu.add_oneclickdz("key", balance=1000)
         provider = emu.oneclickdz("key")
         emu.fail(Route.ONECLICKDZ_BALANCE, Fault.oneclickdz(503, "SERVICE_UNAVAILABLE"))
+
+Route names (`Route`) are also the aiohttp resource names, so ``emu.app`` can
+be served by pytest-aiohttp's ``aiohttp_server`` as well.
 """
 
 from __future__ import annotations
 
-from ._emulator import (
-    ClickatellAccount,
+from ._clickatell import ClickatellAccount, SentMessage
+from ._core import (
+    DEMO_CLICKATELL_API_ID,
+    DEMO_CLICKATELL_PASSWORD,
+    DEMO_CLICKATELL_USER,
+    DEMO_ONECLICKDZ_KEY,
+    EMULATOR_KEY,
     Emulator,
-    Fault,
-    OneClickDZAccount,
-    RequestRecord,
-    Route,
 )
+from ._faults import Fault
+from ._log import RequestRecord
 from ._memory import InMemoryProvider
+from ._oneclickdz import OneClickDZAccount, Plan, Topup, Transaction
+from ._routes import Route
 
 __all__ = [
     "ClickatellAccount",
+    "DEMO_CLICKATELL_API_ID",
+    "DEMO_CLICKATELL_PASSWORD",
+    "DEMO_CLICKATELL_USER",
+    "DEMO_ONECLICKDZ_KEY",
+    "EMULATOR_KEY",
     "Emulator",
     "Fault",
     "InMemoryProvider",
     "OneClickDZAccount",
+    "Plan",
     "RequestRecord",
     "Route",
+    "SentMessage",
+    "Topup",
+    "Transaction",
 ]

@@ -1,0 +1,640 @@
+"""
+The emulated OneClickDZ (Flexy API v3): accounts, plans, the ledger,
+top-ups, the IP lockout after bad keys, and its routes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import secrets
+from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+
+import attrs
+from aiohttp import web
+
+from ._common import (
+    JSON_TYPE,
+    AmountInput,
+    Clock,
+    Refused,
+    dumps,
+    iso,
+    new_id,
+    request_id,
+    to_decimal,
+)
+from ._routes import Route
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Iterable, Mapping
+
+    from ._core import Emulator
+
+KeyType: TypeAlias = Literal["PRODUCTION", "SANDBOX"]
+
+_MSSIDN = re.compile(r"0[567][0-9]{8}", re.ASCII)
+_CENT = Decimal("0.01")
+
+
+def error_body(
+    code: str, message: str, details: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """
+    The API's error envelope; every OneClickDZ error, scripted or not, is
+    built here.
+    """
+    error: dict[str, object] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = dict(details)
+    return {"success": False, "error": error, "requestId": request_id()}
+
+
+def refusal(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: Mapping[str, object] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Refused:
+    """
+    An error reply of the emulated routes, to raise.
+    """
+    body = error_body(code, message, details)
+    headers = {"X-Request-Id": str(body["requestId"]), **(headers or {})}
+    return Refused(
+        web.Response(
+            status=status, text=dumps(body), content_type=JSON_TYPE, headers=headers
+        )
+    )
+
+
+@attrs.define(frozen=True)
+class Transaction:
+    """
+    A OneClickDZ ledger entry, as ``/v3/account/transactions`` lists it.
+    """
+
+    id: str
+    type: str
+    operation: str
+    amount: Decimal
+    old_balance: Decimal
+    new_balance: Decimal
+    objid: str | None
+    note: str
+    time: dt.datetime
+
+    def to_json(self) -> dict[str, object]:
+        """
+        The API's JSON shape of this entry.
+        """
+        return {
+            "_id": self.id,
+            "type": self.type,
+            "operation": self.operation,
+            "amount": self.amount,
+            "oldBalance": self.old_balance,
+            "newBalance": self.new_balance,
+            "objid": self.objid,
+            "note": self.note,
+            "time": iso(self.time),
+        }
+
+
+@attrs.define(frozen=True)
+class Plan:
+    """
+    A OneClickDZ mobile plan: dynamic (*min_amount* to *max_amount*) or fixed
+    (*amount*). The emulator charges ``amount * cost`` rounded to the cent.
+    """
+
+    code: str
+    name: str
+    operator: str
+    cost: Decimal = Decimal(1)
+    min_amount: Decimal | None = None
+    max_amount: Decimal | None = None
+    amount: Decimal | None = None
+    enabled: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        """
+        The API's JSON shape of this plan.
+        """
+        data: dict[str, object] = {
+            "code": self.code,
+            "name": self.name,
+            "operator": self.operator,
+            "cost": self.cost,
+            "isEnabled": self.enabled,
+        }
+        if self.amount is None:
+            data["min_amount"] = self.min_amount
+            data["max_amount"] = self.max_amount
+        else:
+            data["amount"] = self.amount
+        return data
+
+
+DEFAULT_PLANS: Final = (
+    *(
+        Plan(
+            f"PREPAID_{operator.upper()}",
+            f"{operator.title()} prepaid",
+            operator,
+            min_amount=Decimal(50),
+            max_amount=Decimal(5000),
+        )
+        for operator in ("djezzy", "mobilis", "ooredoo")
+    ),
+    Plan("DJEZZY_HADAYA_1000", "Djezzy Hadaya 1000", "djezzy", amount=Decimal(1000)),
+)
+"""
+The plans an `Emulator` offers by default: ``PREPAID_DJEZZY``,
+``PREPAID_MOBILIS`` and ``PREPAID_OOREDOO`` (50 to 5000 DZD) and the fixed
+``DJEZZY_HADAYA_1000``, all charged at face value.
+"""
+
+
+@attrs.define(eq=False)
+class Topup:
+    """
+    A OneClickDZ mobile top-up the emulator accepted.
+
+    Each check by id or ref moves it one step along *statuses*; the last one
+    sticks. Reaching ``REFUNDED`` credits *charged* back once.
+    """
+
+    id: str
+    ref: str
+    plan_code: str
+    mssidn: str
+    amount: Decimal
+    charged: Decimal
+    created_at: dt.datetime
+    statuses: tuple[str, ...]
+    checks: int = 0
+    refunded: bool = False
+
+    @property
+    def status(self) -> str:
+        """
+        The status the last check reported (the first one before any check).
+        """
+        return self.statuses[max(0, min(self.checks, len(self.statuses)) - 1)]
+
+    def to_json(self) -> dict[str, object]:
+        """
+        The API's JSON shape of this top-up.
+        """
+        return {
+            "_id": self.id,
+            "ref": self.ref,
+            "status": self.status,
+            "plan_code": self.plan_code,
+            "MSSIDN": self.mssidn,
+            "topup_amount": self.amount,
+            "balance_amount": self.charged,
+            "created_at": iso(self.created_at),
+        }
+
+
+@attrs.define(eq=False)
+class OneClickDZAccount:
+    """
+    An emulated OneClickDZ API key and its balance; change the fields freely.
+
+    Attributes:
+        api_key: The ``X-Access-Token`` value.
+        balance: The balance in DZD.
+        key_type: ``"PRODUCTION"``, or ``"SANDBOX"`` whose sends never debit.
+        disabled: Answer ``403 API_DISABLED``.
+        allowed_ips: When not empty, other client addresses get
+            ``403 IP_NOT_ALLOWED``.
+        username: What ``/v3/validate`` reports.
+        transactions: The ledger, oldest first.
+        topups: Accepted top-ups, oldest first.
+    """
+
+    api_key: str = attrs.field(repr=False)
+    balance: Decimal
+    key_type: KeyType = "PRODUCTION"
+    disabled: bool = False
+    allowed_ips: tuple[str, ...] = ()
+    username: str = "emulated-user"
+    transactions: list[Transaction] = attrs.field(factory=list, repr=False)
+    topups: list[Topup] = attrs.field(factory=list, repr=False)
+
+    @property
+    def sandbox(self) -> bool:
+        """
+        Whether this is a sandbox key.
+        """
+        return self.key_type == "SANDBOX"
+
+
+def _invalid(field: str, value: object, message: str) -> Refused:
+    details = {"field": field, "value": value}
+    return refusal(400, "ERR_VALIDATION", message, details=details)
+
+
+class OneClickDZServer:
+    """
+    The OneClickDZ half of an `Emulator`: its accounts, the bad-key counts
+    and IP blocks, and the route handlers. Options are read from *emu* on
+    every request, so tests may change them at any time.
+    """
+
+    def __init__(self, emu: Emulator, clock: Clock, lock: asyncio.Lock) -> None:
+        self._emu = emu
+        self._clock = clock
+        # Every debit and credit happens under the emulator's lock, so the
+        # balances stay exact however callers race.
+        self._lock = lock
+        self.accounts: dict[str, OneClickDZAccount] = {}
+        self._failures: dict[str, list[float]] = {}
+        self._blocked: dict[str, float] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        get = app.router.add_get
+        get("/v3/account/balance", self._balance, name=Route.ONECLICKDZ_BALANCE)
+        get(
+            "/v3/account/transactions",
+            self._transactions,
+            name=Route.ONECLICKDZ_TRANSACTIONS,
+        )
+        app.router.add_post("/v3/mobile/send", self._send, name=Route.ONECLICKDZ_SEND)
+        for by, name in (
+            ("ref", Route.ONECLICKDZ_CHECK_REF),
+            ("id", Route.ONECLICKDZ_CHECK_ID),
+        ):
+            get(
+                f"/v3/mobile/check-{by}/{{{by}}}",
+                partial(self._check, by=by),
+                name=name,
+            )
+        get("/v3/mobile/plans", self._plans, name=Route.ONECLICKDZ_PLANS)
+        get("/v3/validate", self._validate, name=Route.ONECLICKDZ_VALIDATE)
+        get("/v3/ping", self._ping, name=Route.ONECLICKDZ_PING)
+        # The real API's router (Fastify) answers unknown paths with JSON.
+        app.router.add_route("*", "/v3/{tail:.*}", self._not_found)
+
+    # -- accounts --
+
+    def add(
+        self,
+        api_key: str,
+        balance: AmountInput,
+        *,
+        key_type: KeyType,
+        disabled: bool,
+        allowed_ips: Iterable[str],
+        username: str,
+    ) -> OneClickDZAccount:
+        if not api_key:
+            msg = "api_key must not be empty"
+            raise ValueError(msg)
+        if api_key in self.accounts:
+            msg = "a OneClickDZ account with this api_key exists"
+            raise ValueError(msg)
+        if key_type not in ("PRODUCTION", "SANDBOX"):
+            msg = f"key_type must be 'PRODUCTION' or 'SANDBOX', not {key_type!r}"
+            raise ValueError(msg)
+        opening = to_decimal(balance, "balance")
+        account = OneClickDZAccount(
+            api_key,
+            Decimal(0),
+            key_type=key_type,
+            disabled=disabled,
+            allowed_ips=tuple(allowed_ips),
+            username=username,
+        )
+        self.accounts[api_key] = account
+        # A starting balance shows in the ledger as a deposit.
+        self.adjust(account, opening)
+        return account
+
+    def adjust(self, account: OneClickDZAccount, delta: Decimal) -> None:
+        if delta:
+            self._post(
+                account,
+                "DEPOSIT" if delta > 0 else "WITHDRAW",
+                delta,
+                objid=None,
+                note="set by the emulator",
+            )
+
+    def _post(
+        self,
+        account: OneClickDZAccount,
+        kind: str,
+        delta: Decimal,
+        *,
+        objid: str | None,
+        note: str,
+    ) -> None:
+        old = account.balance
+        account.balance = old + delta
+        account.transactions.append(
+            Transaction(
+                new_id(),
+                kind,
+                "CREDIT" if delta > 0 else "DEBIT",
+                abs(delta),
+                old,
+                account.balance,
+                objid,
+                note,
+                self._clock.wall(),
+            )
+        )
+
+    def unblock(self) -> None:
+        self._blocked.clear()
+        self._failures.clear()
+
+    # -- replies --
+
+    def _ok(self, data: Mapping[str, object], *, meta: bool = True) -> web.Response:
+        doc: dict[str, object] = {"success": True, "data": dict(data)}
+        headers = {}
+        if meta:
+            rid = request_id()
+            doc["meta"] = {"timestamp": iso(self._clock.wall())}
+            doc["requestId"] = rid
+            headers["X-Request-Id"] = rid
+        return web.Response(text=dumps(doc), content_type=JSON_TYPE, headers=headers)
+
+    def _authenticate(self, request: web.Request) -> OneClickDZAccount:
+        emu = self._emu
+        ip = request.remote or ""
+        now = self._clock.now()
+        until = self._blocked.get(ip)
+        if until is not None:
+            if now < until:
+                raise refusal(
+                    403,
+                    "IP_BLOCKED",
+                    "Too many invalid attempts; this IP is blocked",
+                    headers={"Retry-After": str(math.ceil(until - now))},
+                )
+            del self._blocked[ip]
+        key = request.headers.get("X-Access-Token")
+        if not key:
+            raise refusal(
+                emu.missing_token_status,
+                "MISSING_ACCESS_TOKEN",
+                "The X-Access-Token header is required",
+            )
+        account = self.accounts.get(key)
+        if account is None:
+            recent = [
+                t for t in self._failures.get(ip, []) if now - t < emu.ip_block_seconds
+            ]
+            recent.append(now)
+            left = max(0, emu.auth_failure_limit - len(recent))
+            if left == 0:
+                self._blocked[ip] = now + emu.ip_block_seconds
+                self._failures.pop(ip, None)
+            else:
+                self._failures[ip] = recent
+            raise refusal(
+                401,
+                emu.invalid_token_code,
+                "Invalid access token",
+                details={"attemptsLeft": left},
+            )
+        if account.disabled:
+            raise refusal(403, "API_DISABLED", "This API key is disabled")
+        if account.allowed_ips and ip not in account.allowed_ips:
+            raise refusal(
+                403,
+                "IP_NOT_ALLOWED",
+                "This IP is not allowed for this API key",
+                details={"ip": ip},
+            )
+        return account
+
+    # -- routes (a `Refused` raised here is answered by the emulator core) --
+
+    async def _balance(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        return self._ok({"balance": account.balance})
+
+    async def _send(self, request: web.Request) -> web.Response:
+        emu = self._emu
+        account = self._authenticate(request)
+        plan, mssidn, amount, ref = self._read_send(await request.read())
+        charged = (amount * plan.cost).quantize(_CENT, rounding=ROUND_HALF_UP)
+        async with self._lock:
+            if ref is not None and any(t.ref == ref for t in account.topups):
+                raise refusal(
+                    403,
+                    "DUPLICATED_REF",
+                    "This ref was already used",
+                    details={"ref": ref},
+                )
+            if not account.sandbox and account.balance < charged:
+                raise refusal(
+                    403,
+                    emu.insufficient_balance_code,
+                    "Insufficient balance",
+                    details={"required": charged, "available": account.balance},
+                )
+            topup = Topup(
+                new_id(),
+                ref if ref is not None else f"emu-{secrets.token_hex(6)}",
+                plan.code,
+                mssidn,
+                amount,
+                Decimal(0) if account.sandbox else charged,
+                self._clock.wall(),
+                emu.topup_statuses or ("FULFILLED",),
+            )
+            account.topups.append(topup)
+            if not account.sandbox:
+                self._post(
+                    account, "FLEXY", -charged, objid=topup.id, note=f"Top-up {mssidn}"
+                )
+        data: dict[str, object] = {"topupId": topup.id, "topupRef": topup.ref}
+        if emu.send_new_balance:
+            data["newBalance"] = account.balance
+        return self._ok(data)
+
+    def _read_send(self, raw: bytes) -> tuple[Plan, str, Decimal, str | None]:
+        try:
+            doc = json.loads(raw, parse_float=Decimal)
+        except (ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            raise _invalid("body", None, "body must be a JSON object")
+        code = doc.get("plan_code")
+        if not isinstance(code, str) or not code:
+            raise _invalid(
+                "plan_code", code, "body must have required property 'plan_code'"
+            )
+        plan = self._emu.plans.get(code)
+        if plan is None or not plan.enabled:
+            raise _invalid("plan_code", code, "unknown or disabled plan_code")
+        mssidn = doc.get("MSSIDN")
+        if not isinstance(mssidn, str) or not _MSSIDN.fullmatch(mssidn):
+            raise _invalid(
+                "MSSIDN", mssidn, 'body/MSSIDN must match pattern "^0[567][0-9]{8}$"'
+            )
+        amount = doc.get("amount")
+        if amount is not None and (
+            isinstance(amount, bool) or not isinstance(amount, int | Decimal)
+        ):
+            raise _invalid("amount", amount, "body/amount must be number")
+        if plan.amount is not None:
+            if amount is not None and Decimal(amount) != plan.amount:
+                raise _invalid(
+                    "amount", amount, f"amount must be {plan.amount} for this plan"
+                )
+            value = plan.amount
+        else:
+            if amount is None:
+                raise _invalid("amount", None, "amount is required for dynamic plans")
+            value = Decimal(amount)
+            low = plan.min_amount if plan.min_amount is not None else Decimal(0)
+            high = plan.max_amount
+            if (
+                not value.is_finite()
+                or value < low
+                or (high is not None and value > high)
+            ):
+                raise _invalid(
+                    "amount", amount, f"amount must be between {low} and {high}"
+                )
+        ref = doc.get("ref")
+        if ref is not None and (not isinstance(ref, str) or not ref):
+            raise _invalid("ref", ref, "body/ref must be a non-empty string")
+        return plan, mssidn, value, ref
+
+    async def _check(self, request: web.Request, by: str) -> web.Response:
+        account = self._authenticate(request)
+        wanted = request.match_info[by]
+        topup = next((t for t in account.topups if getattr(t, by) == wanted), None)
+        if topup is None:
+            raise refusal(404, "NOT_FOUND", "Top-up not found")
+        async with self._lock:
+            topup.checks += 1
+            if topup.status == "REFUNDED" and not topup.refunded:
+                topup.refunded = True
+                if topup.charged:
+                    self._post(
+                        account,
+                        "REFUND-FLEXY",
+                        topup.charged,
+                        objid=topup.id,
+                        note=f"Refund of top-up {topup.mssidn}",
+                    )
+        data = topup.to_json()
+        if topup.status == "REFUNDED":
+            data["refund_message"] = "The operator refused the top-up"
+        return self._ok(data)
+
+    async def _transactions(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        page, size, start, end = _read_listing(request.query)
+        items = [
+            t
+            for t in reversed(account.transactions)
+            if start is None or end is None or start <= t.time <= end
+        ]
+        first = (page - 1) * size
+        return self._ok(
+            {
+                "items": [t.to_json() for t in items[first : first + size]],
+                "pagination": {
+                    "page": page,
+                    "pageSize": size,
+                    "totalPages": math.ceil(len(items) / size),
+                    "totalResults": len(items),
+                },
+            }
+        )
+
+    async def _plans(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        plans = list(self._emu.plans.values())
+        return self._ok(
+            {
+                "dynamicPlans": [p.to_json() for p in plans if p.amount is None],
+                "fixedPlans": [p.to_json() for p in plans if p.amount is not None],
+            }
+        )
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        return self._ok(
+            {
+                "username": account.username,
+                "apiKey": {
+                    "key": account.api_key,
+                    "isEnabled": not account.disabled,
+                    "type": account.key_type,
+                    "allowedips": list(account.allowed_ips),
+                    "scope": "READ-WRITE",
+                },
+            },
+            meta=False,
+        )
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        operators = self._emu.operators
+        healthy = all(state == "up" for state in operators.values())
+        return self._ok(
+            {"api": "ok" if healthy else "error", "operators": dict(operators)}
+        )
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=404,
+            text=dumps(
+                {
+                    "message": f"Route {request.method}:{request.path} not found",
+                    "error": "Not Found",
+                    "statusCode": 404,
+                }
+            ),
+            content_type=JSON_TYPE,
+        )
+
+
+def _read_listing(
+    query: Mapping[str, str],
+) -> tuple[int, int, dt.datetime | None, dt.datetime | None]:
+    numbers = []
+    for field, default, high in (("page", 1, 10**9), ("pageSize", 20, 100)):
+        text = query.get(field, str(default))
+        digits = text.isascii() and text.isdigit() and len(text) <= 10
+        if not (digits and 1 <= int(text) <= high):
+            raise _invalid(field, text, f"{field} must be an integer from 1 to {high}")
+        numbers.append(int(text))
+    bounds: list[dt.datetime | None] = []
+    for field in ("from", "to"):
+        given = query.get(field)
+        if given is None:
+            bounds.append(None)
+            continue
+        try:
+            when = dt.datetime.fromisoformat(given)
+        except ValueError:
+            raise _invalid(field, given, f"{field} must be an ISO-8601 date") from None
+        bounds.append(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    start, end = bounds
+    if (start is None) != (end is None):
+        raise _invalid(
+            "from" if start is None else "to",
+            None,
+            "from and to must be given together",
+        )
+    return numbers[0], numbers[1], start, end
