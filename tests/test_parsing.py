@@ -9,15 +9,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from guard._parsing import (
-    _checked,
-    clean_text,
-    parse_clickatell_balance,
-    parse_clickatell_err,
-    parse_oneclickdz_balance,
-    parse_retry_after,
-)
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+from guard.providers._clickatell import parse_balance as parse_clickatell_balance
+from guard.providers._clickatell import parse_err as parse_clickatell_err
+from guard.providers._http import checked_balance, clean_text, parse_retry_after
+from guard.providers._oneclickdz import parse_balance as parse_oneclickdz_balance
 
 GUARD_ERRORS = (BalanceUnavailable, ProviderAuthError, ProviderResponseError)
 
@@ -148,7 +144,7 @@ class TestChecked:
     def test_not_finite(self, value: Decimal) -> None:
         """Non-finite balances are refused even if a decoder let one through."""
         with pytest.raises(ProviderResponseError, match="finite"):
-            _checked(value, "x", 200)
+            checked_balance(value, "x", 200)
 
 
 class TestOneClickDZ:

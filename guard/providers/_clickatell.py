@@ -1,0 +1,327 @@
+"""
+Clickatell's legacy HTTP API: its paths and form fields, how its balance
+answers read, the `Clickatell` provider, and the client-middleware rule for
+``sendmsg``.
+
+SMS parts are counted by `guard._sms`, which the emulator shares: it is
+carrier knowledge (GSM 03.38), not Clickatell's wire format.
+
+Wire details and sources: ``shared/providers.md``, section 2.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from guard._amount import to_amount
+from guard._sms import sms_parts
+from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+
+from ._http import (
+    account_digest,
+    check_base_url,
+    check_credential,
+    check_timeout,
+    checked_balance,
+    clean_text,
+    parse_retry_after,
+    request,
+    same_secret,
+    strip_slash,
+    under_base,
+)
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Iterable, Sequence
+
+    import aiohttp
+
+    from guard._aiohttp_client import SpendAmount, SpendRequest, SpendRule
+    from guard._guard import Settle
+    from guard.typing import AmountLike, Provider
+
+__all__ = [
+    "AUTH_CODES",
+    "BALANCE_PATH",
+    "Clickatell",
+    "DEFAULT_BASE_URL",
+    "NAME",
+    "SENDMSG_PATH",
+    "TRANSIENT_CODES",
+    "clickatell_rules",
+    "parse_balance",
+    "parse_err",
+]
+
+NAME: Final = "clickatell"
+"""
+The provider name, in cache keys, events and errors.
+"""
+
+DEFAULT_BASE_URL: Final = "https://api.clickatell.com"
+BALANCE_PATH: Final = "/http/getbalance"
+SENDMSG_PATH: Final = "/http/sendmsg"
+
+AUTH_CODES: Final = frozenset({1, 2, 4, 7, 108})
+"""
+Legacy ``ERR:`` codes that refuse the credentials or account.
+"""
+
+TRANSIENT_CODES: Final = frozenset({901})
+"""
+Legacy ``ERR:`` codes worth retrying.
+"""
+
+_CREDIT = re.compile(
+    r"^\s*Credits?\s*:\s*(-?[0-9]+(?:\.[0-9]+)?)\s*$", re.ASCII | re.IGNORECASE
+)
+_ERR = re.compile(r"^\s*ERR\s*:\s*(.*)$", re.ASCII | re.IGNORECASE | re.DOTALL)
+_CODE = re.compile(r"[0-9]{1,6}", re.ASCII)
+
+
+# --- Parsing ------------------------------------------------------------------
+
+
+def parse_err(line: str) -> tuple[int, str] | None:
+    """
+    Split a Clickatell ``ERR: <code>, <text>`` line.
+
+    The first comma separates the code from the text; a trailing
+    ``To: <msisdn>`` stays in the text.
+
+    Returns:
+        ``(code, text)`` with the code as an `int` (``001`` and ``0001`` are
+        both 1), or `None` when *line* is not an ``ERR:`` line with a numeric
+        code.
+    """
+    match = _ERR.match(line)
+    if match is None:
+        return None
+    code, _, text = match[1].partition(",")
+    code = code.strip()
+    if not _CODE.fullmatch(code):
+        return None
+    return int(code), text.strip()
+
+
+def parse_balance(
+    status: int,
+    body: bytes,
+    *,
+    retry_after: str | None = None,
+    redact: Iterable[str] = (),
+    now: dt.datetime | None = None,
+) -> Decimal:
+    """
+    Read the answer to Clickatell legacy ``/http/getbalance``.
+
+    Clickatell answers HTTP 200 for both balances and ``ERR:`` lines, so any
+    other status is transport trouble. The first non-empty line is either
+    ``Credit: <n>`` or ``Credits: <n>`` (any case, any decimals, surrounding
+    whitespace) or an ``ERR:`` line.
+
+    Args:
+        status: The HTTP status.
+        body: The body, possibly cut short by the caller's size cap.
+        retry_after: The ``Retry-After`` header, if any.
+        redact: Secrets to mask should the provider echo them.
+        now: The current time, for an HTTP-date ``Retry-After``.
+
+    Returns:
+        The exact balance in credits.
+
+    Raises:
+        ProviderAuthError: ``ERR`` 001, 002, 004, 007 or 108.
+        ProviderResponseError: Any other ``ERR`` code, or an unreadable body.
+        BalanceUnavailable: A non-200 status or ``ERR: 901``.
+    """
+    provider = NAME
+    if status != 200:
+        raise BalanceUnavailable(
+            f"unexpected HTTP {status}",
+            provider=provider,
+            status=status,
+            retry_after=parse_retry_after(retry_after, now=now),
+        )
+    text = body.decode("utf-8", errors="replace")
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        raise ProviderResponseError("empty body", provider=provider, status=status)
+
+    match = _CREDIT.match(line)
+    if match is not None:
+        return checked_balance(Decimal(match[1]), provider, status)
+
+    err = parse_err(line)
+    if err is None:
+        raise ProviderResponseError(
+            f"unexpected body: {clean_text(line, redact)!r}",
+            provider=provider,
+            status=status,
+        )
+    number, message = err
+    code = f"{number:03d}"
+    reason = f"{clean_text(message, redact) or 'no description'}"
+    if number in AUTH_CODES:
+        raise ProviderAuthError(reason, provider=provider, code=code, status=status)
+    if number in TRANSIENT_CODES:
+        raise BalanceUnavailable(
+            f"ERR {code}: {reason}",
+            provider=provider,
+            status=status,
+            retry_after=parse_retry_after(retry_after, now=now),
+        )
+    raise ProviderResponseError(reason, provider=provider, code=code, status=status)
+
+
+# --- The provider -------------------------------------------------------------
+
+
+@attrs.define(frozen=True)
+class Clickatell:
+    """
+    A Clickatell account on the legacy HTTP API, counted in credits.
+
+    Credentials go in a POST form body, never in the URL.
+
+    Args:
+        user: The Developers' Central user name.
+        password: The account password; never shown.
+        api_id: The HTTP API id; never shown.
+        base_url: Where the API lives; point it at the emulator in tests.
+        timeout: Seconds one balance request may take in total.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: A credential is empty or malformed, *base_url* is not an
+            http(s) URL, or *timeout* is not positive.
+    """
+
+    user: str = attrs.field(validator=check_credential)
+    password: str = attrs.field(repr=False, validator=check_credential)
+    api_id: str = attrs.field(repr=False, validator=check_credential)
+    base_url: str = attrs.field(
+        default=DEFAULT_BASE_URL,
+        kw_only=True,
+        converter=strip_slash,
+        validator=check_base_url,
+    )
+    timeout: float = attrs.field(default=10.0, kw_only=True, validator=check_timeout)
+
+    @property
+    def name(self) -> str:
+        """
+        ``"clickatell"``.
+        """
+        return NAME
+
+    @property
+    def currency(self) -> str:
+        """
+        ``"credits"``.
+        """
+        return "credits"
+
+    @property
+    def account_id(self) -> str:
+        """
+        24 hex characters identifying user and API id at *base_url*.
+        """
+        return account_digest(NAME, self.base_url, self.user, self.api_id)
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        """
+        Ask ``POST /http/getbalance`` for the balance, once.
+
+        Args:
+            session: The session to send the request with.
+
+        Returns:
+            The balance in credits, exactly as the provider wrote it.
+
+        Raises:
+            guard.ProviderAuthError: ``ERR`` 001, 002, 004, 007 or 108.
+            guard.ProviderResponseError: Another ``ERR`` code or an
+                unreadable body.
+            guard.BalanceUnavailable: Network trouble, timeout, a non-200
+                status or ``ERR: 901``.
+        """
+        redact = (self.password, self.api_id)
+        status, body, retry_after = await request(
+            NAME,
+            session,
+            "POST",
+            f"{self.base_url}{BALANCE_PATH}",
+            limit=self.timeout,
+            redact=redact,
+            headers={"Accept": "text/plain"},
+            # SECURITY: a form body, so credentials stay out of URLs and logs.
+            data={"user": self.user, "password": self.password, "api_id": self.api_id},
+        )
+        return parse_balance(status, body, retry_after=retry_after, redact=redact)
+
+
+# --- The client-middleware rule -----------------------------------------------
+
+
+def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
+    params = request.params()
+    user, api_id = params.get("user"), params.get("api_id")
+    here = [
+        p
+        for p in providers
+        if isinstance(p, Clickatell) and under_base(request.url, p.base_url)
+    ]
+    if user is None and api_id is None and len(here) == 1:
+        # A session_id send names no account: the only one at this URL it is.
+        return here[0]
+    for provider in here:
+        assert isinstance(provider, Clickatell)
+        if user == provider.user and same_secret(api_id, provider.api_id):
+            return provider
+    return None
+
+
+def _amount(credits_per_part: Decimal) -> SpendAmount:
+    def amount(request: SpendRequest) -> AmountLike:
+        params = request.params()
+        recipients = [n for n in params.get("to", "").split(",") if n.strip()]
+        text = params.get("text")
+        if not recipients or text is None:
+            return 0  # Refused by Clickatell without a charge.
+        return len(recipients) * sms_parts(text) * credits_per_part
+
+    return amount
+
+
+def clickatell_rules(
+    *, credits_per_part: AmountLike = 1, settle: Settle | None = None
+) -> tuple[SpendRule, ...]:
+    """
+    The rule for Clickatell legacy ``sendmsg`` (GET query or POST form):
+    recipients x SMS parts of ``text`` x *credits_per_part*, on the
+    `Clickatell` provider whose *base_url*, ``user`` and ``api_id`` the
+    request uses.
+
+    Parts are counted as carriers do: GSM-7 (160, or 153 per part) or UCS-2
+    (70, or 67 per part). A ``unicode=1`` hex text is counted as sent, which
+    overestimates it.
+    """
+    # Imported here: the middleware module imports this one for its defaults.
+    from guard._aiohttp_client import SpendRule
+
+    per_part = to_amount(credits_per_part, name="credits_per_part")
+    return (
+        SpendRule(
+            ("GET", "POST"),
+            SENDMSG_PATH,
+            _account,
+            _amount(per_part),
+            settle=settle,
+        ),
+    )
