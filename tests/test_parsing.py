@@ -291,6 +291,16 @@ class TestOneClickDZ:
             (
                 403,
                 b'{"success":false,"error":{"code":"INSUFFICIENT_BALANCE"}}',
+                ProviderResponseError,
+            ),
+            (
+                403,
+                b'{"success":false,"error":{"code":"DUPLICATED_REF"}}',
+                ProviderResponseError,
+            ),
+            (
+                403,
+                b'{"success":false,"error":{"code":"SOMETHING_NEW"}}',
                 ProviderAuthError,
             ),
             (
@@ -305,7 +315,7 @@ class TestOneClickDZ:
     def test_by_status(
         self, status: int, body: bytes, error: type[BalanceUnavailable]
     ) -> None:
-        """Bodies without a known code are classified by status."""
+        """Bodies without a known code are classified by status; 403 codes by code."""
         with pytest.raises(BalanceUnavailable) as ei:
             parse_oneclickdz_balance(status, body)
 
@@ -417,12 +427,32 @@ class TestClickatell:
         assert 3.0 == ei.value.retry_after
         assert "901" in str(ei.value)
 
+    def test_session_expired_is_transient(self) -> None:
+        """ERR 003 is retried: the next request authenticates afresh."""
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_clickatell_balance(200, b"ERR: 003, Session ID expired")
+
+        assert BalanceUnavailable is type(ei.value)
+        assert ei.value.retry_after is None
+
+    @pytest.mark.parametrize(
+        ("until", "expected"), [(1_700_000_060, 60.0), (1_699_999_000, 0.0)]
+    )
+    def test_mt_limit_waits_until_its_time(self, until: int, expected: float) -> None:
+        """ERR 130 is transient, and waits until the time it names."""
+        now = dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
+        body = f"ERR: 130, Maximum MT limit exceeded until {until}".encode()
+
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_clickatell_balance(200, body, retry_after="5", now=now)
+
+        assert BalanceUnavailable is type(ei.value)
+        assert expected == ei.value.retry_after
+
     @pytest.mark.parametrize(
         ("body", "code"),
         [
-            (b"ERR: 003, Session ID expired", "003"),
             (b"ERR: 101, Invalid or missing parameters", "101"),
-            (b"ERR: 130, Maximum MT limit exceeded until 1700000000", "130"),
             (b"ERR: 301, No credit left", "301"),
             (b"ERR: 12345, Something new", "12345"),
             (b"ERR: 114", "114"),

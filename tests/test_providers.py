@@ -636,11 +636,6 @@ class TestClickatellFetch:
     @pytest.mark.parametrize(
         ("fault", "code"),
         [
-            (Fault.clickatell_err(3, "Session ID expired"), "003"),
-            (
-                Fault.clickatell_err(130, "Maximum MT limit exceeded until 1700000000"),
-                "130",
-            ),
             (
                 Fault.clickatell_err(101, "Invalid or missing parameters", digits=4),
                 "101",

@@ -11,6 +11,7 @@ Wire details and sources: ``shared/providers.md``, section 2.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
@@ -36,7 +37,6 @@ from ._http import (
 )
 
 if TYPE_CHECKING:
-    import datetime as dt
     from collections.abc import Iterable, Sequence
 
     import aiohttp
@@ -72,9 +72,11 @@ AUTH_CODES: Final = frozenset({1, 2, 4, 7, 108})
 Legacy ``ERR:`` codes that refuse the credentials or account.
 """
 
-TRANSIENT_CODES: Final = frozenset({901})
+TRANSIENT_CODES: Final = frozenset({3, 130, 901})
 """
-Legacy ``ERR:`` codes worth retrying.
+Legacy ``ERR:`` codes worth retrying: 003 session expired (guard sends its
+credentials with every request, so a retry authenticates afresh), 130 MT
+limit reached until a time, 901 internal error.
 """
 
 _CREDIT = re.compile(
@@ -82,6 +84,7 @@ _CREDIT = re.compile(
 )
 _ERR = re.compile(r"^\s*ERR\s*:\s*(.*)$", re.ASCII | re.IGNORECASE | re.DOTALL)
 _CODE = re.compile(r"[0-9]{1,6}", re.ASCII)
+_UNTIL = re.compile(r"\buntil\s+([0-9]{1,12})\b", re.ASCII | re.IGNORECASE)
 
 
 # --- Parsing ------------------------------------------------------------------
@@ -107,6 +110,17 @@ def parse_err(line: str) -> tuple[int, str] | None:
     if not _CODE.fullmatch(code):
         return None
     return int(code), text.strip()
+
+
+def _wait(
+    message: str, retry_after: str | None, now: dt.datetime | None
+) -> float | None:
+    # ERR 130 says "until <UNIX timestamp>"; the engine caps what it waits.
+    until = _UNTIL.search(message)
+    if until is None:
+        return parse_retry_after(retry_after, now=now)
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    return max(0.0, float(until[1]) - now.timestamp())
 
 
 def parse_balance(
@@ -174,7 +188,7 @@ def parse_balance(
             f"ERR {code}: {reason}",
             provider=provider,
             status=status,
-            retry_after=parse_retry_after(retry_after, now=now),
+            retry_after=_wait(message, retry_after, now),
         )
     raise ProviderResponseError(reason, provider=provider, code=code, status=status)
 

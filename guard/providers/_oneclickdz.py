@@ -41,13 +41,16 @@ if TYPE_CHECKING:
     from guard.typing import AmountLike, Provider
 
 __all__ = [
+    "AUTH_CODES",
     "BALANCE_PATH",
     "DEFAULT_BASE_URL",
     "IP_BLOCK_SECONDS",
     "NAME",
+    "OTHER_CODES",
     "OneClickDZ",
     "SEND_PATH",
     "TOKEN_HEADER",
+    "TRANSIENT_CODES",
     "oneclickdz_rules",
     "parse_balance",
 ]
@@ -92,6 +95,21 @@ TRANSIENT_CODES: Final = frozenset(
 )
 """
 Error codes worth retrying.
+"""
+
+OTHER_CODES: Final = frozenset(
+    {
+        "NO_BALANCE",
+        "INSUFFICIENT_BALANCE",
+        "DUPLICATED_REF",
+        "ERR_VALIDATION",
+        "NOT_FOUND",
+    }
+)
+"""
+Documented error codes that are neither auth nor transient. 403 carries some
+of them too, so their code, not the status, decides: a low balance or a
+reused ref must not start an auth cooldown.
 """
 
 IP_BLOCK_SECONDS: Final = 900.0
@@ -229,6 +247,13 @@ def parse_balance(
             provider=provider,
             status=status,
             retry_after=wait,
+        )
+    if code in OTHER_CODES:
+        raise ProviderResponseError(
+            f"{code}: {text or 'unexpected answer'} (HTTP {status})",
+            provider=provider,
+            code=code,
+            status=status,
         )
     if status == 200 and code is None:
         if doc is _NOT_JSON:
