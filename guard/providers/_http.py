@@ -32,16 +32,15 @@ __all__ = [
     "BODY_LIMIT",
     "MAX_BALANCE_DIGITS",
     "account_digest",
-    "check_base_url",
     "check_credential",
     "check_timeout",
     "checked_balance",
     "clean_text",
+    "normalise_base_url",
     "parse_retry_after",
     "read_capped",
     "request",
     "same_secret",
-    "strip_slash",
     "under_base",
 ]
 
@@ -65,10 +64,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\s]+")
 # --- Construction checks -------------------------------------------------------
 
 
-def strip_slash(value: object) -> object:
-    return value.rstrip("/") if isinstance(value, str) else value
-
-
 def check_credential(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
@@ -88,17 +83,29 @@ def check_credential(
         raise ValueError(msg)
 
 
-def check_base_url(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
+def normalise_base_url(value: object) -> str:
+    """
+    Check *value* is an http(s) base URL and return its one spelling.
+
+    Scheme and host are lower-cased, the host IDNA-encoded, a default port
+    and trailing slashes dropped: ``HTTP://API.Example:80/`` and
+    ``http://api.example`` are one account, so one set of holds.
+
+    Raises:
+        TypeError: *value* is not a str.
+        ValueError: It is not an absolute http(s) URL, or it carries
+            credentials, a query or a fragment.
+    """
     if not isinstance(value, str):
         msg = f"base_url must be a str, not {type(value).__name__}"
         raise TypeError(msg)
     try:
         url = URL(value)
+        host = url.raw_host  # lower case, IDNA-encoded
+        port = url.explicit_port
     except ValueError:
-        url = URL()
-    if url.scheme not in ("http", "https") or not url.host:
+        url, host, port = URL(), None, None
+    if url.scheme.lower() not in ("http", "https") or not host:
         msg = "base_url must be an absolute http:// or https:// URL"
         raise ValueError(msg)
     # SECURITY: userinfo in the URL would end up in logs and reprs.
@@ -108,6 +115,13 @@ def check_base_url(
     if url.query_string or url.fragment:
         msg = "base_url must not have a query or fragment"
         raise ValueError(msg)
+    origin = URL.build(
+        scheme=url.scheme.lower(),
+        host=host,
+        port=None if url.is_default_port() else port,
+    )
+    # The path keeps its own encoding; only trailing slashes go.
+    return str(origin) + url.raw_path.rstrip("/")
 
 
 def check_timeout(

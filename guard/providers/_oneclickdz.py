@@ -18,15 +18,14 @@ from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponse
 
 from ._http import (
     account_digest,
-    check_base_url,
     check_credential,
     check_timeout,
     checked_balance,
     clean_text,
+    normalise_base_url,
     parse_retry_after,
     request,
     same_secret,
-    strip_slash,
     under_base,
 )
 
@@ -299,8 +298,7 @@ class OneClickDZ:
     base_url: str = attrs.field(
         default=DEFAULT_BASE_URL,
         kw_only=True,
-        converter=strip_slash,
-        validator=check_base_url,
+        converter=normalise_base_url,
     )
     timeout: float = attrs.field(default=10.0, kw_only=True, validator=check_timeout)
 
