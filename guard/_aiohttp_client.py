@@ -96,15 +96,34 @@ class SpendRequest:
             raise ValueError("the request body is streamed: guard cannot read it")
         return json.loads(self.body, parse_float=Decimal)
 
+    def media_type(self) -> str:
+        """
+        The body's media type, lower case, without parameters: media types
+        are case-insensitive (RFC 9110, 8.3.1), as servers read them.
+        """
+        content_type = self.headers.get("Content-Type", "")
+        return str(content_type).partition(";")[0].strip().lower()
+
     def form(self) -> MultiDictProxy[str]:
         """
         Decode a form-encoded body (empty for any other body).
+
+        Raises:
+            ValueError: The body is ``multipart/form-data``, which servers
+                read as a form but guard cannot.
         """
         fields: MultiDict[str] = MultiDict()
-        content_type = self.headers.get("Content-Type", "")
-        if self.body is not None and content_type.startswith(_FORM):
+        media_type = self.media_type()
+        if self.body is not None and media_type == _FORM:
             fields.extend(
                 parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            )
+        elif self.body and media_type == "multipart/form-data":
+            # SECURITY: the server would read these fields; guard would see
+            # none and let a spend through as free.
+            raise ValueError(
+                "the body is multipart/form-data, which guard cannot read; "
+                "send the form url-encoded (data= a dict)"
             )
         return MultiDictProxy(fields)
 
@@ -173,7 +192,8 @@ class SpendRule:
 
     Attributes:
         method: The HTTP method, or several (``("GET", "POST")``).
-        path: A ``str`` the URL path ends with (``"/v3/mobile/send"``), or a
+        path: A ``str`` the URL path ends with (``"/v3/mobile/send"``;
+            case and trailing slashes ignored), or a
             compiled regular expression searched in it.
         provider: The `guard.typing.Provider` it spends, or a
             `ProviderMatcher` choosing among the middleware's providers.
@@ -198,7 +218,10 @@ class SpendRule:
         if method.upper() not in self.method:
             return False
         if isinstance(self.path, str):
-            return url.path.endswith(self.path)
+            # Erring on the guarded side: many servers ignore a trailing
+            # slash or the path's case, and an unmatched spend goes unguarded.
+            path = url.path.rstrip("/").casefold() or "/"
+            return path.endswith(self.path.rstrip("/").casefold() or "/")
         return self.path.search(url.path) is not None
 
     def account(

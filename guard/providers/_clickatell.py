@@ -281,9 +281,27 @@ class Clickatell:
 # --- The client-middleware rule -----------------------------------------------
 
 
+def _values(request: SpendRequest, name: str) -> list[str]:
+    """
+    Every value of parameter *name*, query and form, its name in any case.
+
+    Erring on the guarded side: a server may read the name in any case and
+    the first or the last of duplicates, so guard reads them all.
+    """
+    return [v for k, v in request.params().items() if k.casefold() == name]
+
+
+def _one(request: SpendRequest, name: str) -> str | None:
+    values = set(_values(request, name))
+    if len(values) > 1:
+        # SECURITY: which account the API charges is not ours to guess.
+        msg = f"Clickatell sendmsg with several different {name!r} values: refused"
+        raise ValueError(msg)
+    return values.pop() if values else None
+
+
 def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
-    params = request.params()
-    user, api_id = params.get("user"), params.get("api_id")
+    user, api_id = _one(request, "user"), _one(request, "api_id")
     here = [
         p
         for p in providers
@@ -301,12 +319,14 @@ def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider |
 
 def _amount(credits_per_part: Decimal) -> SpendAmount:
     def amount(request: SpendRequest) -> AmountLike:
-        params = request.params()
-        recipients = [n for n in params.get("to", "").split(",") if n.strip()]
-        text = params.get("text")
-        if not recipients or text is None:
+        recipients = [
+            n for to in _values(request, "to") for n in to.split(",") if n.strip()
+        ]
+        texts = _values(request, "text")
+        if not recipients or not texts:
             return 0  # Refused by Clickatell without a charge.
-        return len(recipients) * sms_parts(text) * credits_per_part
+        parts = max(sms_parts(text) for text in texts)
+        return len(recipients) * parts * credits_per_part
 
     return amount
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
@@ -355,7 +355,13 @@ class OneClickDZ:
 
 
 def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
-    token = request.headers.get(TOKEN_HEADER)
+    tokens = {str(t).strip() for t in request.headers.getall(TOKEN_HEADER, ())}
+    if len(tokens) > 1:
+        # SECURITY: which one the API reads is not ours to guess.
+        msg = f"OneClickDZ send with several {TOKEN_HEADER} headers: refused"
+        raise ValueError(msg)
+    # The server trims the header value (HTTP optional whitespace); so do we.
+    token = tokens.pop() if tokens else None
     for provider in providers:
         if (
             isinstance(provider, OneClickDZ)
@@ -366,6 +372,15 @@ def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider |
     return None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        # Parsers disagree on which duplicate wins; guard won't guess.
+        msg = "duplicate keys"
+        raise ValueError(msg)
+    return doc
+
+
 def _amount(request: SpendRequest) -> AmountLike:
     if request.body is None:
         raise ValueError(
@@ -373,10 +388,14 @@ def _amount(request: SpendRequest) -> AmountLike:
             "amount; send it with json="
         )
     try:
-        doc = request.json()
-    except ValueError:
+        # The API reads JSON whatever the Content-Type says; so does guard.
+        doc = json.loads(
+            request.body, parse_float=Decimal, object_pairs_hook=_unique_keys
+        )
+    except (ValueError, RecursionError):
         raise ValueError(
-            "OneClickDZ send: the body is not JSON, so guard cannot read its amount"
+            "OneClickDZ send: the body is not JSON with unique keys, so guard "
+            "cannot read its amount"
         ) from None
     amount = doc.get("amount") if isinstance(doc, dict) else None
     if amount is None:
