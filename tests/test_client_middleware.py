@@ -63,7 +63,7 @@ class TestOneClickDZ:
                 async with session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body(300),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 ) as response:
                     assert 200 == response.status
 
@@ -83,7 +83,7 @@ class TestOneClickDZ:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body("500"),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert (Decimal(500), Decimal(100)) == (
@@ -104,7 +104,7 @@ class TestOneClickDZ:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=body,
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
@@ -170,7 +170,7 @@ class TestOneClickDZ:
                     f"{oneclick.base_url}/v3/mobile/send",
                     data=body(),
                     headers={
-                        "X-Access-Token": oneclick.api_key,
+                        "X-Access-Token": oneclick.api_key.reveal(),
                         "Content-Type": "application/json",
                     },
                 )
@@ -194,7 +194,7 @@ class TestOneClickDZ:
         middleware = guard_client_middleware(
             guard, providers=[oneclick], rules=oneclickdz_rules(settle="debit")
         )
-        headers = {"X-Access-Token": oneclick.api_key}
+        headers = {"X-Access-Token": oneclick.api_key.reveal()}
         url = f"{oneclick.base_url}/v3/mobile/send"
         async with session_for(middleware) as session:
             for _ in range(2):
@@ -234,8 +234,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         form = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": recipients,
             "text": text,
         }
@@ -262,8 +262,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         params = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001",
             "text": GSM_161,
         }
@@ -283,8 +283,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         fields = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001,213550000002,213550000003",
             "text": "hi",
         }
@@ -305,7 +305,7 @@ class TestClickatell:
                     f"{clickatell.base_url}/http/sendmsg", data=data, headers=headers
                 )
 
-        assert clickatell.password not in str(info.value)
+        assert clickatell.password.reveal() not in str(info.value)
         assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
         assert Decimal(2) == guard_emulator.balance(clickatell)
 
@@ -319,8 +319,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell], rules=rules)
         form = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001",
             "text": GSM_161,
         }
@@ -351,7 +351,7 @@ class TestRules:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body(300),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
             ).release()
 
@@ -375,7 +375,7 @@ class TestRules:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json={"plan_code": "DJEZZY_HADAYA_1000", "MSSIDN": "0770000000"},
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
@@ -426,8 +426,8 @@ def clickatell_fields(
     clickatell = guard_emulator.clickatell
     return [
         ("user", clickatell.user),
-        ("password", clickatell.password),
-        ("api_id", clickatell.api_id),
+        ("password", clickatell.password.reveal()),
+        ("api_id", clickatell.api_id.reveal()),
         ("to", to),
         ("text", text),
     ]
@@ -557,7 +557,7 @@ class TestSpellingsOfASpend:
                     data=[*fields, ("api_id", "9999999")],
                 )
 
-        assert clickatell.api_id not in str(info.value)
+        assert clickatell.api_id.reveal() not in str(info.value)
         assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
 
     async def test_multipart_bytes_refused(
@@ -605,7 +605,7 @@ class TestSpellingsOfASpend:
                     f"{oneclick.base_url}/V3/Mobile/Send/",
                     data=json.dumps(send_body(300)).encode(),
                     headers={
-                        "x-access-token": f" {oneclick.api_key} ",
+                        "x-access-token": f" {oneclick.api_key.reveal()} ",
                         "Content-Type": content_type,
                     },
                 )
@@ -625,7 +625,7 @@ class TestSpellingsOfASpend:
                     f"{oneclick.base_url}/v3/mobile/send",
                     data=body,
                     headers={
-                        "X-Access-Token": oneclick.api_key,
+                        "X-Access-Token": oneclick.api_key.reveal(),
                         "Content-Type": "application/json",
                     },
                 )
@@ -639,7 +639,7 @@ class TestSpellingsOfASpend:
         oneclick = guard_emulator.oneclickdz
         middleware = guard_client_middleware(guard, providers=[oneclick])
         headers = CIMultiDict(
-            [("X-Access-Token", oneclick.api_key), ("X-Access-Token", "other")]
+            [("X-Access-Token", oneclick.api_key.reveal()), ("X-Access-Token", "other")]
         )
         async with session_for(middleware) as session:
             with pytest.raises(ValueError, match="several X-Access-Token") as info:
@@ -649,5 +649,5 @@ class TestSpellingsOfASpend:
                     headers=headers,
                 )
 
-        assert oneclick.api_key not in str(info.value)
+        assert oneclick.api_key.reveal() not in str(info.value)
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)

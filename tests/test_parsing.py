@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 from guard.providers._clickatell import parse_balance as parse_clickatell_balance
 from guard.providers._clickatell import parse_err as parse_clickatell_err
-from guard.providers._http import checked_balance, clean_text, parse_retry_after
+from guard.providers._http import (
+    Secret,
+    checked_balance,
+    clean_text,
+    parse_retry_after,
+)
 from guard.providers._oneclickdz import parse_balance as parse_oneclickdz_balance
 
 GUARD_ERRORS = (BalanceUnavailable, ProviderAuthError, ProviderResponseError)
@@ -127,7 +132,7 @@ class TestCleanText:
     def test_redacts(self) -> None:
         """Secrets are replaced wherever they occur."""
         assert "bad key [secure] ([secure])" == clean_text(
-            "bad key s3cret (s3cret)", ["s3cret", ""]
+            "bad key s3cret (s3cret)", [Secret("s3cret"), Secret("")]
         )
 
     def test_collapses_and_cuts(self) -> None:
@@ -339,7 +344,7 @@ class TestOneClickDZ:
         )
 
         with pytest.raises(ProviderAuthError) as ei:
-            parse_oneclickdz_balance(401, body, redact=["sk_live_123"])
+            parse_oneclickdz_balance(401, body, redact=[Secret("sk_live_123")])
 
         assert "sk_live_123" not in str(ei.value)
         assert "sk_live_123" not in repr(ei.value)
@@ -500,7 +505,7 @@ class TestClickatell:
         """A password the provider echoes back never reaches the message."""
         with pytest.raises(ProviderResponseError) as ei:
             parse_clickatell_balance(
-                200, b"ERR: 101, bad password hunter2", redact=["hunter2"]
+                200, b"ERR: 101, bad password hunter2", redact=[Secret("hunter2")]
             )
 
         assert "hunter2" not in str(ei.value)

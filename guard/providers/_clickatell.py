@@ -23,6 +23,7 @@ from guard._sms import sms_parts
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 
 from ._http import (
+    Secret,
     account_digest,
     check_credential,
     check_timeout,
@@ -31,7 +32,7 @@ from ._http import (
     normalise_base_url,
     parse_retry_after,
     request,
-    same_secret,
+    to_secret,
     under_base,
 )
 
@@ -127,7 +128,7 @@ def parse_balance(
     body: bytes,
     *,
     retry_after: str | None = None,
-    redact: Iterable[str] = (),
+    redact: Iterable[Secret] = (),
     now: dt.datetime | None = None,
 ) -> Decimal:
     """
@@ -204,8 +205,10 @@ class Clickatell:
 
     Args:
         user: The Developers' Central user name.
-        password: The account password; never shown.
-        api_id: The HTTP API id; never shown.
+        password: The account password, a str or a `Secret`; kept as a
+            `Secret`, never shown.
+        api_id: The HTTP API id, a str or a `Secret`; kept as a `Secret`,
+            never shown.
         base_url: Where the API lives; point it at the emulator in tests.
         timeout: Seconds one balance request may take in total.
 
@@ -216,8 +219,12 @@ class Clickatell:
     """
 
     user: str = attrs.field(validator=check_credential)
-    password: str = attrs.field(repr=False, validator=check_credential)
-    api_id: str = attrs.field(repr=False, validator=check_credential)
+    password: Secret = attrs.field(
+        repr=False, converter=to_secret, validator=check_credential
+    )
+    api_id: Secret = attrs.field(
+        repr=False, converter=to_secret, validator=check_credential
+    )
     base_url: str = attrs.field(
         default=DEFAULT_BASE_URL,
         kw_only=True,
@@ -312,7 +319,7 @@ def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider |
         return here[0]
     for provider in here:
         assert isinstance(provider, Clickatell)
-        if user == provider.user and same_secret(api_id, provider.api_id):
+        if user == provider.user and provider.api_id.matches(api_id):
             return provider
     return None
 

@@ -13,9 +13,12 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
+import html
+import json
 import math
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast, final
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 from yarl import URL
@@ -23,13 +26,14 @@ from yarl import URL
 from guard.errors import BalanceUnavailable, ProviderResponseError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from decimal import Decimal
 
     import attrs
 
 __all__ = [
     "BODY_LIMIT",
+    "Secret",
     "MAX_BALANCE_DIGITS",
     "account_digest",
     "check_credential",
@@ -40,7 +44,7 @@ __all__ = [
     "parse_retry_after",
     "read_capped",
     "request",
-    "same_secret",
+    "to_secret",
     "under_base",
 ]
 
@@ -61,6 +65,136 @@ _RETRY_SECONDS = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\s]+")
 
 
+# --- Secrets -------------------------------------------------------------------
+
+_MASK: Final = "[secure]"
+_HEX_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\\\u[0-9A-Fa-f]{4}")
+
+
+def _any_case(match: re.Match[str]) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in match[0])
+
+
+@final
+class Secret:
+    """
+    A credential that shows as ``[secure]`` in every repr, str, format, log
+    line and pickle attempt, so that error reporters capturing frame locals
+    (Sentry, ``traceback.TracebackException(capture_locals=True)``) never
+    ship it.
+
+    guard unwraps it only where a request is built. Two secrets are equal
+    when their values are (compared in constant time); a secret never equals
+    a str, so ``==`` is no oracle for guessing one.
+
+    Args:
+        value: The credential.
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("_pattern", "_value")
+
+    _value: str
+    _pattern: re.Pattern[str] | None
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(cast("object", value), str):
+            msg = f"Secret takes a str, not {type(value).__name__}"
+            raise TypeError(msg)
+        object.__setattr__(self, "_value", value)
+        object.__setattr__(self, "_pattern", None)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        msg = "Secret is immutable"
+        raise AttributeError(msg)
+
+    def __repr__(self) -> str:
+        return f"Secret({_MASK!r})"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> NoReturn:
+        # SECURITY: a pickle is bytes anyone holding it can read.
+        msg = "a guard Secret (and a provider holding one) cannot be pickled"
+        raise TypeError(msg)
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Secret:
+        return self
+
+    def reveal(self) -> str:
+        """
+        The credential itself. Call it only where it goes on the wire.
+        """
+        return self._value
+
+    def matches(self, given: str | None) -> bool:
+        """
+        Tell whether *given* is this credential, in constant time.
+        """
+        return given is not None and hmac.compare_digest(
+            given.encode(), self._value.encode()
+        )
+
+    def mask(self, text: str) -> str:
+        """
+        Replace every spelling of this credential in *text* by ``[secure]``.
+
+        A provider or proxy may echo what it was sent in any of the
+        encodings a body uses: literal, form-encoded (``+`` or ``%20``),
+        percent-encoded (either case of hex), JSON-escaped (with or without
+        ``ensure_ascii``, ``/`` escaped or not) or HTML-escaped.
+        """
+        if not self._value:
+            return text
+        pattern = self._pattern
+        if pattern is None:
+            pattern = _pattern_of(self._value)
+            object.__setattr__(self, "_pattern", pattern)
+        return pattern.sub(_MASK, text)
+
+
+def _pattern_of(value: str) -> re.Pattern[str]:
+    forms = {
+        value,
+        quote_plus(value, safe=""),
+        quote(value, safe=""),
+        quote(value),
+        html.escape(value),
+        html.escape(value, quote=False),
+        html.escape(value).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+    }
+    for ascii_only in (True, False):
+        escaped = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    # Longest first, so a longer spelling is masked whole.
+    alternatives = (
+        _HEX_ESCAPE.sub(_any_case, re.escape(form))
+        for form in sorted(forms, key=len, reverse=True)
+    )
+    return re.compile("|".join(alternatives))
+
+
+def to_secret(value: str | Secret) -> Secret:
+    """
+    Wrap a str credential in a `Secret`; anything else is left for the
+    field's validator to refuse by name.
+    """
+    return Secret(value) if isinstance(value, str) else value
+
+
 # --- Construction checks -------------------------------------------------------
 
 
@@ -69,18 +203,31 @@ def check_credential(
 ) -> None:
     # SECURITY: messages name the parameter and never echo the value.
     name = attribute.name
-    if not isinstance(value, str):
+    if isinstance(value, Secret):
+        problem = _credential_problem(value)
+    elif isinstance(value, str):
+        problem = _text_problem(value)
+    else:
         msg = f"{name} must be a str, not {type(value).__name__}"
         raise TypeError(msg)
+    if problem is not None:
+        msg = f"{name} must not {problem}"
+        raise ValueError(msg)
+
+
+def _credential_problem(secret: Secret) -> str | None:
+    # Kept apart so that a traceback of the ValueError above shows no value.
+    return _text_problem(secret.reveal())
+
+
+def _text_problem(value: str) -> str | None:
     if not value:
-        msg = f"{name} must not be empty"
-        raise ValueError(msg)
+        return "be empty"
     if value != value.strip():
-        msg = f"{name} must not start or end with whitespace"
-        raise ValueError(msg)
+        return "start or end with whitespace"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        msg = f"{name} must not contain control characters"
-        raise ValueError(msg)
+        return "contain control characters"
+    return None
 
 
 def normalise_base_url(value: object) -> str:
@@ -135,13 +282,16 @@ def check_timeout(
         raise ValueError(msg)
 
 
-def account_digest(*parts: str) -> str:
+def account_digest(*parts: str | Secret) -> str:
     """
     24 hex characters naming an account; not reversible.
     """
     # Domain-separated and NUL-joined, so ("ab", "c") and ("a", "bc") differ.
-    data = "\0".join(("guard.account.v1", *parts)).encode()
-    return hashlib.sha256(data).hexdigest()[:_ACCOUNT_ID_LENGTH]
+    digest = hashlib.sha256(b"guard.account.v1")
+    for part in parts:
+        text = part.reveal() if isinstance(part, Secret) else part
+        digest.update(b"\0" + text.encode())
+    return digest.hexdigest()[:_ACCOUNT_ID_LENGTH]
 
 
 def under_base(url: URL, base_url: str) -> bool:
@@ -158,14 +308,26 @@ def under_base(url: URL, base_url: str) -> bool:
     )
 
 
-def same_secret(given: str | None, expected: str) -> bool:
-    """
-    Tell whether *given* is the credential *expected*, in constant time.
-    """
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
 # --- The request -------------------------------------------------------------
+
+
+class _Sealed(str):
+    """
+    A revealed credential on its way to the wire: a real str for aiohttp,
+    masked in the repr that error reporters capture from frame locals.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(_MASK)
+
+
+def _sealed(fields: Mapping[str, str | Secret]) -> dict[str, str]:
+    return {
+        name: _Sealed(value.reveal()) if isinstance(value, Secret) else value
+        for name, value in fields.items()
+    }
 
 
 async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
@@ -190,11 +352,16 @@ async def request(
     url: str,
     *,
     limit: float,
-    redact: tuple[str, ...],
-    **kwargs: Any,
+    redact: tuple[Secret, ...],
+    headers: Mapping[str, str | Secret],
+    data: Mapping[str, str | Secret] | None = None,
 ) -> tuple[int, bytes, str | None]:
     """
     Make one request and return ``(status, body, Retry-After)``.
+
+    *headers* and *data* (a form) may hold `Secret` values: they are
+    unwrapped here, into strings whose repr stays masked in aiohttp's own
+    frames too.
 
     Network trouble becomes `BalanceUnavailable`; a 200 body over the cap
     becomes `ProviderResponseError`.
@@ -208,7 +375,9 @@ async def request(
             allow_redirects=False,
             # The status is ours to read, whatever the session's default.
             raise_for_status=False,
-            **kwargs,
+            # SECURITY: the one place credentials are unwrapped.
+            headers=_sealed(headers),
+            data=None if data is None else _sealed(data),
         ) as response:
             body, complete = await read_capped(response)
             status = response.status
@@ -263,18 +432,17 @@ def parse_retry_after(
     return max(0.0, (when - now).total_seconds())
 
 
-def clean_text(text: str, redact: Iterable[str] = ()) -> str:
+def clean_text(text: str, redact: Iterable[Secret] = ()) -> str:
     """
     Make provider-supplied *text* safe for one log line or exception message.
 
-    Control characters and runs of whitespace become one space, every string
-    of *redact* is replaced by ``[secure]``, and the result is cut to 200
-    characters.
+    Every spelling of every secret of *redact* is replaced by ``[secure]``
+    (see `Secret.mask`), control characters and runs of whitespace become
+    one space, and the result is cut to 200 characters.
     """
     for secret in redact:
-        if secret:
-            # SECURITY: a provider (or a proxy) may echo what it was sent.
-            text = text.replace(secret, "[secure]")
+        # SECURITY: a provider (or a proxy) may echo what it was sent.
+        text = secret.mask(text)
     text = _CONTROL.sub(" ", text).strip()
     if len(text) > _MESSAGE_LIMIT:
         text = text[: _MESSAGE_LIMIT - 1] + "…"

@@ -17,6 +17,7 @@ import attrs
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 
 from ._http import (
+    Secret,
     account_digest,
     check_credential,
     check_timeout,
@@ -25,7 +26,7 @@ from ._http import (
     normalise_base_url,
     parse_retry_after,
     request,
-    same_secret,
+    to_secret,
     under_base,
 )
 
@@ -200,7 +201,7 @@ def parse_balance(
     body: bytes,
     *,
     retry_after: str | None = None,
-    redact: Iterable[str] = (),
+    redact: Iterable[Secret] = (),
     now: dt.datetime | None = None,
 ) -> Decimal:
     """
@@ -261,6 +262,9 @@ def parse_balance(
             )
         return _balance_of(doc, status)
 
+    if code is not None:
+        # SECURITY: an unknown code is provider text too; it may echo a key.
+        code = clean_text(code, redact)
     detail = f"{code}: " if code else ""
     reason = f"{detail}{text or 'unexpected answer'} (HTTP {status})"
     if status >= 500 or status in _STATUS_TRANSIENT:
@@ -283,8 +287,9 @@ class OneClickDZ:
     A OneClickDZ (Flexy API v3) account, billed in Algerian dinars.
 
     Args:
-        api_key: The ``X-Access-Token`` key (sandbox or production); never
-            shown in a repr or message.
+        api_key: The ``X-Access-Token`` key (sandbox or production), a str
+            or a `Secret`; kept as a `Secret` (``api_key.reveal()`` gives it
+            back), never shown in a repr or message.
         base_url: Where the API lives; point it at the emulator in tests.
         timeout: Seconds one balance request may take in total.
 
@@ -294,7 +299,9 @@ class OneClickDZ:
             http(s) URL, or *timeout* is not positive.
     """
 
-    api_key: str = attrs.field(repr=False, validator=check_credential)
+    api_key: Secret = attrs.field(
+        repr=False, converter=to_secret, validator=check_credential
+    )
     base_url: str = attrs.field(
         default=DEFAULT_BASE_URL,
         kw_only=True,
@@ -366,7 +373,7 @@ def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider |
         if (
             isinstance(provider, OneClickDZ)
             and under_base(request.url, provider.base_url)
-            and same_secret(token, provider.api_key)
+            and provider.api_key.matches(token)
         ):
             return provider
     return None
