@@ -39,6 +39,7 @@ SECRETS = [
     "clé ✓ ünï & ß",
     'a\'b<script>"c"</script>',
     "emoji 🔑 + tab-free",
+    "(paren)*star*!bang!~tilde'",
 ]
 
 
@@ -65,7 +66,9 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "json-utf8": lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
     "json-escaped-slash": lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
     "json-upper-hex": lambda s: json.dumps(s)[1:-1].replace("\\u00e9", "\\u00E9"),
+    "uri-component": lambda s: quote(s, safe="~()*!'"),
     "html": html.escape,
+    "html-decimal": lambda s: "".join(f"&#{ord(c)};" for c in s),
     "html-no-quote": lambda s: html.escape(s, quote=False),
 }
 

@@ -13,12 +13,9 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
-import html
-import json
 import math
 import re
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast, final
-from urllib.parse import quote, quote_plus
 
 import aiohttp
 from yarl import URL
@@ -68,11 +65,51 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\s]+")
 # --- Secrets -------------------------------------------------------------------
 
 _MASK: Final = "[secure]"
-_HEX_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\\\u[0-9A-Fa-f]{4}")
+_JSON_SHORT: Final = {'"': '\\"', "\\": "\\\\", "/": "\\/"}
+_HTML_NAMED: Final = {
+    "&": ("&amp;",),
+    "<": ("&lt;",),
+    ">": ("&gt;",),
+    '"': ("&quot;",),
+    "'": ("&apos;",),
+}
 
 
-def _any_case(match: re.Match[str]) -> str:
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in match[0])
+def _hex(digits: str) -> str:
+    # Escapes may spell hex digits in either case.
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in digits)
+
+
+def _spellings(char: str) -> str:
+    """
+    A regex for *char* in any of the escapes a body may give it.
+    """
+    utf8 = char.encode()
+    forms = [
+        re.escape(char),
+        # Percent- and form-encoding, whatever set of characters the
+        # encoder leaves alone (quote, quote_plus, encodeURIComponent...).
+        "".join(f"%{_hex(f'{byte:02x}')}" for byte in utf8),
+        # JSON: \uXXXX (a surrogate pair beyond the BMP).
+        _json_units(char),
+        # HTML: a decimal or hex character reference, or a named one.
+        f"&#0*{ord(char)};",
+        f"&#[xX]0*{_hex(f'{ord(char):x}')};",
+    ]
+    if char == " ":
+        forms.append(r"\+")  # form-encoding
+    if char in _JSON_SHORT:
+        forms.append(re.escape(_JSON_SHORT[char]))
+    forms.extend(_HTML_NAMED.get(char, ()))
+    return f"(?:{'|'.join(forms)})"
+
+
+def _json_units(char: str) -> str:
+    encoded = char.encode("utf-16-be")
+    units = [
+        int.from_bytes(encoded[i : i + 2], "big") for i in range(0, len(encoded), 2)
+    ]
+    return "".join(f"\\\\u{_hex(f'{unit:04x}')}" for unit in units)
 
 
 @final
@@ -167,24 +204,9 @@ class Secret:
 
 
 def _pattern_of(value: str) -> re.Pattern[str]:
-    forms = {
-        value,
-        quote_plus(value, safe=""),
-        quote(value, safe=""),
-        quote(value),
-        html.escape(value),
-        html.escape(value, quote=False),
-        html.escape(value).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
-    }
-    for ascii_only in (True, False):
-        escaped = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
-    # Longest first, so a longer spelling is masked whole.
-    alternatives = (
-        _HEX_ESCAPE.sub(_any_case, re.escape(form))
-        for form in sorted(forms, key=len, reverse=True)
-    )
-    return re.compile("|".join(alternatives))
+    # Each character in any of its spellings: this covers every encoder's
+    # choice of what to leave unescaped, and either case of hex digits.
+    return re.compile("".join(_spellings(char) for char in value))
 
 
 def to_secret(value: str | Secret) -> Secret:
@@ -299,12 +321,13 @@ def under_base(url: URL, base_url: str) -> bool:
     Tell whether *url* is on the API at *base_url* (same origin, path below).
     """
     base = URL(base_url)
-    prefix = base.path.rstrip("/") + "/"
+    # Path case ignored, as spend paths are: erring on the guarded side.
+    prefix = base.path.rstrip("/").casefold() + "/"
     return (
         url.scheme == base.scheme
         and url.host == base.host
         and url.port == base.port
-        and url.path.startswith(prefix)
+        and url.path.casefold().startswith(prefix)
     )
 
 
