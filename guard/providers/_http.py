@@ -1,6 +1,7 @@
 """
-What the provider modules share: argument checks, the bounded request with
-its capped body read, ``Retry-After`` parsing, and cleaning provider text for
+What the provider modules share: the `Secret` credential type, argument
+checks and the one spelling of a base URL, the bounded request with its
+capped body read, ``Retry-After`` parsing, and cleaning provider text for
 messages.
 
 Nothing here knows a provider's paths, headers or codes; those live in the
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_LIMIT",
-    "Secret",
     "MAX_BALANCE_DIGITS",
+    "Secret",
     "account_digest",
     "check_credential",
     "check_timeout",
