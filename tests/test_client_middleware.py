@@ -651,3 +651,22 @@ class TestSpellingsOfASpend:
 
         assert oneclick.api_key.reveal() not in str(info.value)
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_oneclickdz_form_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A OneClickDZ send as a form (any case of media type) is refused, unsent."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="not JSON"):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    data=urlencode(send_body(300)).encode(),
+                    headers={
+                        "X-Access-Token": oneclick.api_key.reveal(),
+                        "Content-Type": "Application/X-WWW-Form-Urlencoded",
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
