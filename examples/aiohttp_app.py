@@ -45,7 +45,7 @@ def make_app(oneclick: OneClickDZ) -> web.Application:
                 "MSSIDN": order["phone"],
                 "amount": order["amount"],
             },
-            headers={"X-Access-Token": oneclick.api_key},
+            headers={"X-Access-Token": oneclick.api_key.reveal()},
         ) as sent:
             return web.json_response(await sent.json(), status=sent.status)
 

@@ -6,7 +6,6 @@ Public through `guard.aiohttp`.
 
 from __future__ import annotations
 
-import hmac
 import inspect
 import json
 import logging
@@ -19,18 +18,18 @@ from urllib.parse import parse_qsl
 import attrs
 from aiohttp import payload as aiohttp_payload
 from multidict import MultiDict, MultiDictProxy
-from yarl import URL
 
 from guard._money import to_amount
 from guard._require import get_default_guard
-from guard._sms import sms_parts
 from guard.errors import ConfigurationError
-from guard.providers import Clickatell, OneClickDZ
+from guard.providers._clickatell import clickatell_rules
+from guard.providers._oneclickdz import oneclickdz_rules
 from guard.typing import Provider
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest, ClientResponse
     from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
+    from yarl import URL
 
     from guard._guard import BalanceGuard, Settle
     from guard.typing import AmountLike
@@ -96,15 +95,34 @@ class SpendRequest:
             raise ValueError("the request body is streamed: guard cannot read it")
         return json.loads(self.body, parse_float=Decimal)
 
+    def media_type(self) -> str:
+        """
+        The body's media type, lower case, without parameters: media types
+        are case-insensitive (RFC 9110, 8.3.1), as servers read them.
+        """
+        content_type = self.headers.get("Content-Type", "")
+        return str(content_type).partition(";")[0].strip().lower()
+
     def form(self) -> MultiDictProxy[str]:
         """
         Decode a form-encoded body (empty for any other body).
+
+        Raises:
+            ValueError: The body is ``multipart/form-data``, which servers
+                read as a form but guard cannot.
         """
         fields: MultiDict[str] = MultiDict()
-        content_type = self.headers.get("Content-Type", "")
-        if self.body is not None and content_type.startswith(_FORM):
+        media_type = self.media_type()
+        if self.body is not None and media_type == _FORM:
             fields.extend(
                 parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            )
+        elif self.body and media_type == "multipart/form-data":
+            # SECURITY: the server would read these fields; guard would see
+            # none and let a spend through as free.
+            raise ValueError(
+                "the body is multipart/form-data, which guard cannot read; "
+                "send the form url-encoded (data= a dict)"
             )
         return MultiDictProxy(fields)
 
@@ -173,7 +191,8 @@ class SpendRule:
 
     Attributes:
         method: The HTTP method, or several (``("GET", "POST")``).
-        path: A ``str`` the URL path ends with (``"/v3/mobile/send"``), or a
+        path: A ``str`` the URL path ends with (``"/v3/mobile/send"``;
+            case and trailing slashes ignored), or a
             compiled regular expression searched in it.
         provider: The `guard.typing.Provider` it spends, or a
             `ProviderMatcher` choosing among the middleware's providers.
@@ -198,7 +217,10 @@ class SpendRule:
         if method.upper() not in self.method:
             return False
         if isinstance(self.path, str):
-            return url.path.endswith(self.path)
+            # Erring on the guarded side: many servers ignore a trailing
+            # slash or the path's case, and an unmatched spend goes unguarded.
+            path = url.path.rstrip("/").casefold() or "/"
+            return path.endswith(self.path.rstrip("/").casefold() or "/")
         return self.path.search(url.path) is not None
 
     def account(
@@ -223,136 +245,6 @@ class SpendRule:
         if inspect.isawaitable(value):
             value = await value
         return to_amount(value)
-
-
-def _under(url: URL, base_url: str) -> bool:
-    base = URL(base_url)
-    prefix = base.path.rstrip("/") + "/"
-    return (
-        url.scheme == base.scheme
-        and url.host == base.host
-        and url.port == base.port
-        and url.path.startswith(prefix)
-    )
-
-
-def _same(given: str | None, expected: str) -> bool:
-    # SECURITY: constant-time comparison of credentials.
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _oneclickdz_account(
-    request: SpendRequest, providers: Sequence[Provider]
-) -> Provider | None:
-    token = request.headers.get("X-Access-Token")
-    for provider in providers:
-        if (
-            isinstance(provider, OneClickDZ)
-            and _under(request.url, provider.base_url)
-            and _same(token, provider.api_key)
-        ):
-            return provider
-    return None
-
-
-def _oneclickdz_amount(request: SpendRequest) -> AmountLike:
-    if request.body is None:
-        raise ValueError(
-            "OneClickDZ send: the body is streamed, so guard cannot read its "
-            "amount; send it with json="
-        )
-    try:
-        doc = request.json()
-    except ValueError:
-        raise ValueError(
-            "OneClickDZ send: the body is not JSON, so guard cannot read its amount"
-        ) from None
-    amount = doc.get("amount") if isinstance(doc, dict) else None
-    if amount is None:
-        raise ValueError(
-            "OneClickDZ send without an 'amount': guard cannot check it; "
-            "send the amount with fixed plans too"
-        )
-    if not isinstance(amount, int | Decimal | str) or isinstance(amount, bool):
-        raise TypeError(f"OneClickDZ send: 'amount' must be a number, not {amount!r}")
-    return amount
-
-
-def _clickatell_account(
-    request: SpendRequest, providers: Sequence[Provider]
-) -> Provider | None:
-    params = request.params()
-    user, api_id = params.get("user"), params.get("api_id")
-    here = [
-        p
-        for p in providers
-        if isinstance(p, Clickatell) and _under(request.url, p.base_url)
-    ]
-    if user is None and api_id is None and len(here) == 1:
-        # A session_id send names no account: the only one at this URL it is.
-        return here[0]
-    for provider in here:
-        assert isinstance(provider, Clickatell)
-        if user == provider.user and _same(api_id, provider.api_id):
-            return provider
-    return None
-
-
-def _clickatell_amount(credits_per_part: Decimal) -> SpendAmount:
-    def amount(request: SpendRequest) -> AmountLike:
-        params = request.params()
-        recipients = [n for n in params.get("to", "").split(",") if n.strip()]
-        text = params.get("text")
-        if not recipients or text is None:
-            return 0  # Refused by Clickatell without a charge.
-        return len(recipients) * sms_parts(text) * credits_per_part
-
-    return amount
-
-
-def oneclickdz_rules(*, settle: Settle | None = None) -> tuple[SpendRule, ...]:
-    """
-    The rule for OneClickDZ ``POST /v3/mobile/send``: the ``amount`` of the
-    JSON body, in DZD, on the `OneClickDZ` provider whose *base_url* and
-    ``X-Access-Token`` the request uses.
-
-    A send without ``amount`` (a fixed plan) is refused with `ValueError`:
-    guard cannot know its price.
-    """
-    return (
-        SpendRule(
-            "POST",
-            "/v3/mobile/send",
-            _oneclickdz_account,
-            _oneclickdz_amount,
-            settle=settle,
-        ),
-    )
-
-
-def clickatell_rules(
-    *, credits_per_part: AmountLike = 1, settle: Settle | None = None
-) -> tuple[SpendRule, ...]:
-    """
-    The rule for Clickatell legacy ``sendmsg`` (GET query or POST form):
-    recipients x SMS parts of ``text`` x *credits_per_part*, on the
-    `Clickatell` provider whose *base_url*, ``user`` and ``api_id`` the
-    request uses.
-
-    Parts are counted as carriers do: GSM-7 (160, or 153 per part) or UCS-2
-    (70, or 67 per part). A ``unicode=1`` hex text is counted as sent, which
-    overestimates it.
-    """
-    per_part = to_amount(credits_per_part, name="credits_per_part")
-    return (
-        SpendRule(
-            ("GET", "POST"),
-            "/http/sendmsg",
-            _clickatell_account,
-            _clickatell_amount(per_part),
-            settle=settle,
-        ),
-    )
 
 
 def default_rules(

@@ -70,6 +70,9 @@ class Reservation:
 
     provider: Provider
     amount: Decimal
+    _tracked: Tracked
+    _hold: Hold | None
+    _failed: bool
 
     def __init__(
         self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None

@@ -468,7 +468,7 @@ class TestSetup:
                         "MSSIDN": "0770000000",
                         "amount": body["amount"],
                     },
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 ) as sent,
             ):
                 return web.json_response(await sent.json(), status=sent.status)

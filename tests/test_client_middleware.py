@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 from yarl import URL
 
 from guard import BalanceGuard, InsufficientBalance
@@ -62,7 +63,7 @@ class TestOneClickDZ:
                 async with session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body(300),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 ) as response:
                     assert 200 == response.status
 
@@ -82,7 +83,7 @@ class TestOneClickDZ:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body("500"),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert (Decimal(500), Decimal(100)) == (
@@ -103,7 +104,7 @@ class TestOneClickDZ:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=body,
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
@@ -169,7 +170,7 @@ class TestOneClickDZ:
                     f"{oneclick.base_url}/v3/mobile/send",
                     data=body(),
                     headers={
-                        "X-Access-Token": oneclick.api_key,
+                        "X-Access-Token": oneclick.api_key.reveal(),
                         "Content-Type": "application/json",
                     },
                 )
@@ -193,7 +194,7 @@ class TestOneClickDZ:
         middleware = guard_client_middleware(
             guard, providers=[oneclick], rules=oneclickdz_rules(settle="debit")
         )
-        headers = {"X-Access-Token": oneclick.api_key}
+        headers = {"X-Access-Token": oneclick.api_key.reveal()}
         url = f"{oneclick.base_url}/v3/mobile/send"
         async with session_for(middleware) as session:
             for _ in range(2):
@@ -233,8 +234,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         form = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": recipients,
             "text": text,
         }
@@ -261,8 +262,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         params = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001",
             "text": GSM_161,
         }
@@ -282,8 +283,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell])
         fields = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001,213550000002,213550000003",
             "text": "hi",
         }
@@ -304,7 +305,7 @@ class TestClickatell:
                     f"{clickatell.base_url}/http/sendmsg", data=data, headers=headers
                 )
 
-        assert clickatell.password not in str(info.value)
+        assert clickatell.password.reveal() not in str(info.value)
         assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
         assert Decimal(2) == guard_emulator.balance(clickatell)
 
@@ -318,8 +319,8 @@ class TestClickatell:
         middleware = guard_client_middleware(guard, providers=[clickatell], rules=rules)
         form = {
             "user": clickatell.user,
-            "password": clickatell.password,
-            "api_id": clickatell.api_id,
+            "password": clickatell.password.reveal(),
+            "api_id": clickatell.api_id.reveal(),
             "to": "213550000001",
             "text": GSM_161,
         }
@@ -350,7 +351,7 @@ class TestRules:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=send_body(300),
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
             ).release()
 
@@ -374,7 +375,7 @@ class TestRules:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json={"plan_code": "DJEZZY_HADAYA_1000", "MSSIDN": "0770000000"},
-                    headers={"X-Access-Token": oneclick.api_key},
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
@@ -417,3 +418,255 @@ class TestRules:
         for secret in ("hunter2", "3000001", "pw-1", "bob", "tok-9", "key-7"):
             assert secret not in shown
         assert "/http/sendmsg" in shown
+
+
+def clickatell_fields(
+    guard_emulator: GuardEmulator, to: str, text: str
+) -> list[tuple[str, str]]:
+    clickatell = guard_emulator.clickatell
+    return [
+        ("user", clickatell.user),
+        ("password", clickatell.password.reveal()),
+        ("api_id", clickatell.api_id.reveal()),
+        ("to", to),
+        ("text", text),
+    ]
+
+
+class TestSpellingsOfASpend:
+    """
+    However a spend is spelled, the middleware counts what the server reads.
+    """
+
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "Application/X-WWW-Form-Urlencoded",
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "APPLICATION/X-WWW-FORM-URLENCODED ; Charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=utf-8",
+        ],
+    )
+    async def test_form_media_type_any_case(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator, content_type: str
+    ) -> None:
+        """A form body is counted whatever the case or parameters of its media type."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, 3)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        body = urlencode(
+            clickatell_fields(guard_emulator, "213550000001,213550000002", GSM_161)
+        ).encode()
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance) as info:
+                await session.post(
+                    f"{clickatell.base_url}/http/sendmsg",
+                    data=body,
+                    headers={"Content-Type": content_type},
+                )
+
+        assert Decimal(4) == info.value.required
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+        assert Decimal(3) == guard_emulator.balance(clickatell)
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("post", "/http/sendmsg"),
+            ("Post", "/http/sendmsg/"),
+            ("POST", "/HTTP/SendMsg"),
+            ("get", "/http/sendmsg//"),
+        ],
+    )
+    async def test_method_and_path_spellings(
+        self,
+        guard: BalanceGuard,
+        guard_emulator: GuardEmulator,
+        method: str,
+        path: str,
+    ) -> None:
+        """Method case, path case and trailing slashes do not skip the guard."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, 1)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        fields = clickatell_fields(guard_emulator, "213550000001", GSM_161)
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance):
+                await session.request(
+                    method,
+                    f"{clickatell.base_url}{path}",
+                    **(
+                        {"params": fields}
+                        if method.upper() == "GET"
+                        else {"data": fields}
+                    ),
+                )
+
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+    @pytest.mark.parametrize(
+        ("query", "form", "credits"),
+        [
+            # Credentials in the query, the message in the form.
+            ([], [("to", "213550000001"), ("text", GSM_161)], 2),
+            # Parameter names in another case.
+            ([], [("TO", "213550000001"), ("Text", GSM_161)], 2),
+            # Duplicates: every recipient, the longest text.
+            (
+                [("to", "213550000001")],
+                [("to", "213550000002"), ("text", "hi"), ("text", GSM_161)],
+                4,
+            ),
+        ],
+    )
+    async def test_parameters_wherever_they_are(
+        self,
+        guard: BalanceGuard,
+        guard_emulator: GuardEmulator,
+        query: list[tuple[str, str]],
+        form: list[tuple[str, str]],
+        credits: int,
+    ) -> None:
+        """Query and form, any name case and duplicates are all counted."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, credits - 1)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        credentials = clickatell_fields(guard_emulator, "", "")[:3]
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance) as info:
+                await session.post(
+                    f"{clickatell.base_url}/http/sendmsg",
+                    params=credentials + query,
+                    data=form,
+                )
+
+        assert Decimal(credits) == info.value.required
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+    async def test_two_accounts_in_one_request_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """Two different api_id values are refused, never guessed."""
+        clickatell = guard_emulator.clickatell
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        fields = clickatell_fields(guard_emulator, "213550000001", "hi")
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="several different 'api_id'") as info:
+                await session.post(
+                    f"{clickatell.base_url}/http/sendmsg",
+                    data=[*fields, ("api_id", "9999999")],
+                )
+
+        assert clickatell.api_id.reveal() not in str(info.value)
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+
+    async def test_multipart_bytes_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A multipart form sent as bytes is refused: the server would read it."""
+        clickatell = guard_emulator.clickatell
+        guard_emulator.set_balance(clickatell, 1)
+        middleware = guard_client_middleware(guard, providers=[clickatell])
+        boundary = "guard-boundary"
+        body = (
+            "".join(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                f"{value}\r\n"
+                for name, value in clickatell_fields(
+                    guard_emulator, "213550000001,213550000002", "hi"
+                )
+            )
+            + f"--{boundary}--\r\n"
+        )
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="multipart"):
+                await session.post(
+                    f"{clickatell.base_url}/http/sendmsg",
+                    data=body.encode(),
+                    headers={
+                        "Content-Type": f"Multipart/Form-Data; boundary={boundary}"
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.CLICKATELL_SENDMSG)
+        assert Decimal(1) == guard_emulator.balance(clickatell)
+
+    @pytest.mark.parametrize("content_type", ["text/plain", "APPLICATION/JSON"])
+    async def test_oneclickdz_json_whatever_the_media_type(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator, content_type: str
+    ) -> None:
+        """A OneClickDZ send is read as JSON whatever its Content-Type says."""
+        oneclick = guard_emulator.oneclickdz
+        guard_emulator.set_balance(oneclick, 299)
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(InsufficientBalance):
+                await session.post(
+                    f"{oneclick.base_url}/V3/Mobile/Send/",
+                    data=json.dumps(send_body(300)).encode(),
+                    headers={
+                        "x-access-token": f" {oneclick.api_key.reveal()} ",
+                        "Content-Type": content_type,
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_oneclickdz_duplicate_amount_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A body with two amounts is refused: parsers disagree on which wins."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        body = b'{"plan_code": "P", "MSSIDN": "0770000000", "amount": 1, "amount": 500}'
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="unique keys"):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    data=body,
+                    headers={
+                        "X-Access-Token": oneclick.api_key.reveal(),
+                        "Content-Type": "application/json",
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_oneclickdz_two_tokens_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """Two different access tokens are refused, never guessed."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        headers = CIMultiDict(
+            [("X-Access-Token", oneclick.api_key.reveal()), ("X-Access-Token", "other")]
+        )
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="several X-Access-Token") as info:
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body(300),
+                    headers=headers,
+                )
+
+        assert oneclick.api_key.reveal() not in str(info.value)
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
+
+    async def test_oneclickdz_form_refused(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A OneClickDZ send as a form (any case of media type) is refused, unsent."""
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(guard, providers=[oneclick])
+        async with session_for(middleware) as session:
+            with pytest.raises(ValueError, match="not JSON"):
+                await session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    data=urlencode(send_body(300)).encode(),
+                    headers={
+                        "X-Access-Token": oneclick.api_key.reveal(),
+                        "Content-Type": "Application/X-WWW-Form-Urlencoded",
+                    },
+                )
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)

@@ -240,3 +240,43 @@ class TestSecrets:
         assert any("insufficient balance" in s for s in seen)
         leaks = [s for s in seen for secret in secrets if secret in s]
         assert [] == leaks
+
+
+class TestOneAccountManySpellings:
+    async def test_spellings_share_holds(
+        self, emu: Emulator, http: aiohttp.ClientSession
+    ) -> None:
+        """20 x 100 DZD on 1,000 DZD through two spellings of one URL: 10 go."""
+        port = emu.url.rsplit(":", 1)[1]
+        shouted = emu.oneclickdz(KEY, base_url=f"HTTP://127.0.0.1:{port}//")
+        plain = emu.oneclickdz(KEY, base_url=f"http://127.0.0.1:{port}")
+        refused: list[str] = []
+
+        async def topup(provider: OneClickDZ, guard: BalanceGuard) -> str:
+            async with require_balance(provider, 100, guard=guard):
+                await asyncio.sleep(0.05)  # every call overlaps every other
+                async with http.post(
+                    f"{provider.base_url}/v3/mobile/send",
+                    headers={"X-Access-Token": KEY},
+                    json={
+                        "plan_code": "PREPAID_MOBILIS",
+                        "MSSIDN": "0661000000",
+                        "amount": 100,
+                    },
+                ) as response:
+                    body = await response.json()
+                if not body["success"]:
+                    refused.append(body["error"]["code"])
+                return "sent"
+
+        async with BalanceGuard() as guard:
+            results = await asyncio.gather(
+                *(topup((shouted, plain)[i % 2], guard) for i in range(20)),
+                return_exceptions=True,
+            )
+
+        assert shouted.account_id == plain.account_id
+        assert 10 == results.count("sent")
+        assert 10 == sum(isinstance(r, InsufficientBalance) for r in results)
+        assert [] == refused
+        assert Decimal(0) == emu.balance(KEY)

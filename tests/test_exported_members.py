@@ -44,3 +44,16 @@ def test_error_tree() -> None:
     assert issubclass(guard.ProviderResponseError, guard.BalanceUnavailable)
     assert issubclass(guard.ConfigurationError, ValueError)
     assert issubclass(guard.ConfigurationError, guard.GuardError)
+
+
+def test_providers_all_sorted_and_complete() -> None:
+    """guard.providers is thin: a sorted __all__ of its public names."""
+    public = {
+        name
+        for name, value in vars(guard.providers).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"
+    }
+    assert sorted(guard.providers.__all__) == guard.providers.__all__
+    assert public == set(guard.providers.__all__)

@@ -9,15 +9,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from guard._parsing import (
-    _checked,
+from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+from guard.providers._clickatell import parse_balance as parse_clickatell_balance
+from guard.providers._clickatell import parse_err as parse_clickatell_err
+from guard.providers._http import (
+    Secret,
+    checked_balance,
     clean_text,
-    parse_clickatell_balance,
-    parse_clickatell_err,
-    parse_oneclickdz_balance,
     parse_retry_after,
 )
-from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+from guard.providers._oneclickdz import parse_balance as parse_oneclickdz_balance
 
 GUARD_ERRORS = (BalanceUnavailable, ProviderAuthError, ProviderResponseError)
 
@@ -131,7 +132,7 @@ class TestCleanText:
     def test_redacts(self) -> None:
         """Secrets are replaced wherever they occur."""
         assert "bad key [secure] ([secure])" == clean_text(
-            "bad key s3cret (s3cret)", ["s3cret", ""]
+            "bad key s3cret (s3cret)", [Secret("s3cret"), Secret("")]
         )
 
     def test_collapses_and_cuts(self) -> None:
@@ -148,7 +149,7 @@ class TestChecked:
     def test_not_finite(self, value: Decimal) -> None:
         """Non-finite balances are refused even if a decoder let one through."""
         with pytest.raises(ProviderResponseError, match="finite"):
-            _checked(value, "x", 200)
+            checked_balance(value, "x", 200)
 
 
 class TestOneClickDZ:
@@ -295,6 +296,16 @@ class TestOneClickDZ:
             (
                 403,
                 b'{"success":false,"error":{"code":"INSUFFICIENT_BALANCE"}}',
+                ProviderResponseError,
+            ),
+            (
+                403,
+                b'{"success":false,"error":{"code":"DUPLICATED_REF"}}',
+                ProviderResponseError,
+            ),
+            (
+                403,
+                b'{"success":false,"error":{"code":"SOMETHING_NEW"}}',
                 ProviderAuthError,
             ),
             (
@@ -309,7 +320,7 @@ class TestOneClickDZ:
     def test_by_status(
         self, status: int, body: bytes, error: type[BalanceUnavailable]
     ) -> None:
-        """Bodies without a known code are classified by status."""
+        """Bodies without a known code are classified by status; 403 codes by code."""
         with pytest.raises(BalanceUnavailable) as ei:
             parse_oneclickdz_balance(status, body)
 
@@ -333,7 +344,7 @@ class TestOneClickDZ:
         )
 
         with pytest.raises(ProviderAuthError) as ei:
-            parse_oneclickdz_balance(401, body, redact=["sk_live_123"])
+            parse_oneclickdz_balance(401, body, redact=[Secret("sk_live_123")])
 
         assert "sk_live_123" not in str(ei.value)
         assert "sk_live_123" not in repr(ei.value)
@@ -421,12 +432,32 @@ class TestClickatell:
         assert 3.0 == ei.value.retry_after
         assert "901" in str(ei.value)
 
+    def test_session_expired_is_transient(self) -> None:
+        """ERR 003 is retried: the next request authenticates afresh."""
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_clickatell_balance(200, b"ERR: 003, Session ID expired")
+
+        assert BalanceUnavailable is type(ei.value)
+        assert ei.value.retry_after is None
+
+    @pytest.mark.parametrize(
+        ("until", "expected"), [(1_700_000_060, 60.0), (1_699_999_000, 0.0)]
+    )
+    def test_mt_limit_waits_until_its_time(self, until: int, expected: float) -> None:
+        """ERR 130 is transient, and waits until the time it names."""
+        now = dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
+        body = f"ERR: 130, Maximum MT limit exceeded until {until}".encode()
+
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_clickatell_balance(200, body, retry_after="5", now=now)
+
+        assert BalanceUnavailable is type(ei.value)
+        assert expected == ei.value.retry_after
+
     @pytest.mark.parametrize(
         ("body", "code"),
         [
-            (b"ERR: 003, Session ID expired", "003"),
             (b"ERR: 101, Invalid or missing parameters", "101"),
-            (b"ERR: 130, Maximum MT limit exceeded until 1700000000", "130"),
             (b"ERR: 301, No credit left", "301"),
             (b"ERR: 12345, Something new", "12345"),
             (b"ERR: 114", "114"),
@@ -474,7 +505,7 @@ class TestClickatell:
         """A password the provider echoes back never reaches the message."""
         with pytest.raises(ProviderResponseError) as ei:
             parse_clickatell_balance(
-                200, b"ERR: 101, bad password hunter2", redact=["hunter2"]
+                200, b"ERR: 101, bad password hunter2", redact=[Secret("hunter2")]
             )
 
         assert "hunter2" not in str(ei.value)

@@ -350,7 +350,7 @@ class Emulator:
             return account_or_key
         found: Account | None
         if isinstance(account_or_key, OneClickDZ):
-            found = self._oneclickdz.accounts.get(account_or_key.api_key)
+            found = self._oneclickdz.accounts.get(account_or_key.api_key.reveal())
         elif isinstance(account_or_key, Clickatell):
             found = self._clickatell.accounts.get(account_or_key.user)
         elif isinstance(account_or_key, str):

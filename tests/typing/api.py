@@ -17,10 +17,13 @@ from guard import (
     require_balance,
     set_default_guard,
 )
-from guard.providers import Clickatell, OneClickDZ
+from guard.providers import Clickatell, OneClickDZ, Secret
 
 oneclick = OneClickDZ("key", base_url="http://127.0.0.1:8080")
 clickatell = Clickatell("user", "password", "3000001")
+from_secret = OneClickDZ(Secret("key"))
+key: Secret = oneclick.api_key
+header: str = key.reveal()
 
 
 @require_balance(oneclick, amount=lambda phone, amount: amount)
