@@ -15,6 +15,10 @@ in-memory provider.
 from __future__ import annotations
 
 from ._emulator import (
+    DEMO_CLICKATELL_API_ID,
+    DEMO_CLICKATELL_PASSWORD,
+    DEMO_CLICKATELL_USER,
+    DEMO_ONECLICKDZ_KEY,
     ClickatellAccount,
     Emulator,
     Fault,
@@ -26,6 +30,10 @@ from ._memory import InMemoryProvider
 
 __all__ = [
     "ClickatellAccount",
+    "DEMO_CLICKATELL_API_ID",
+    "DEMO_CLICKATELL_PASSWORD",
+    "DEMO_CLICKATELL_USER",
+    "DEMO_ONECLICKDZ_KEY",
     "Emulator",
     "Fault",
     "InMemoryProvider",
