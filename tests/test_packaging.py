@@ -123,7 +123,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "dist"),
+        # The checkout's own junk (a virtualenv, caches) is left behind:
+        # JUNK below stands for it.
+        ignore=shutil.ignore_patterns(
+            ".*", "__pycache__", "*.egg-info", "build", "dist", "venv"
+        ),
     )
     for name, text in JUNK.items():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
