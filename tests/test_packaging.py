@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import pytest
+from _readme import plugin_snippet
 
 import guard
 
@@ -217,3 +218,39 @@ class TestDistributions:
         assert Path(where.strip()).is_relative_to(unpacked)
         assert 0 == tests.returncode, tests.stdout + tests.stderr
         assert " passed" in tests.stdout
+
+    def test_plugin_in_a_fresh_environment(self, built: Built, tmp_path: Path) -> None:
+        """
+        With nothing but the wheel (and what it pulls in) and pytest
+        installed, the README's plugin example and the plugin example file
+        pass in a project with no configuration.
+        """
+        venv = tmp_path / "venv"
+        python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+        env = without_coverage()
+        subprocess.run(  # noqa: S603 - our own argv
+            [sys.executable, "-m", "venv", str(venv)], check=True, timeout=120
+        )
+        subprocess.run(  # noqa: S603 - our own argv
+            [python, "-m", "pip", "install", "-q", built.wheel, "pytest"],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=300,
+        )
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "test_readme.py").write_text(plugin_snippet())
+        shutil.copy(ROOT / "examples" / "test_with_plugin.py", project)
+
+        result = subprocess.run(  # noqa: S603 - our own argv
+            [python, "-m", "pytest", "-W", "error", "-p", "no:cacheprovider"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+        assert 0 == result.returncode, result.stdout + result.stderr
+        assert "6 passed" in result.stdout

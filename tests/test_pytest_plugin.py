@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _readme import plugin_snippet
 
 pytest_plugins = ["pytester"]
 
@@ -40,14 +41,6 @@ STRICT_WARNINGS = (
     'ignore:The configuration option "asyncio_default_fixture_loop_scope"'
     ":pytest.PytestDeprecationWarning",
 )
-
-
-def readme_plugin_snippet() -> str:
-    """
-    The Python example of the README's pytest plugin section, verbatim.
-    """
-    section = (ROOT / "README.md").read_text().split("### pytest plugin\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 INI = """
@@ -317,7 +310,7 @@ class TestFreshProject:
         self, pytester: pytest.Pytester, options: tuple[str, ...]
     ) -> None:
         """The README's plugin example passes as it is written."""
-        pytester.makepyfile(test_readme=readme_plugin_snippet())
+        pytester.makepyfile(test_readme=plugin_snippet())
 
         result = pytester.runpytest(*STRICT_WARNINGS, *options)
 
