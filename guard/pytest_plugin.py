@@ -443,6 +443,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         try:
             runner.run(pyfuncitem.obj(**kwargs))
         finally:
-            # Close the default guard while its loop still runs.
+            # Close the test's default guard before its loop closes.
             _close_on(runner.get_loop())
     return True
