@@ -18,12 +18,20 @@ scope. The emulator is served from guard's private event loop thread, so
 that sync and async tests, and the synchronous ``require_balance`` API,
 reach it alike. When a test's marker and its class's or module's name the
 same provider, the closest wins.
+
+``async def`` tests that use these fixtures or the marker run with no
+configuration: when no async plugin claims such a test (an ``asyncio``,
+``anyio`` or ``trio`` marker, anyio's ``anyio_backend``), the plugin hands
+it to pytest-asyncio if that is active, as if it were marked
+``@pytest.mark.asyncio``, and otherwise runs it itself on a fresh event
+loop. Other async tests are left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,6 +57,14 @@ __all__ = ["GuardEmulator", "LowFunds"]
 MARKER: Final = "guard_low_funds"
 
 _PROVIDERS_KEY = pytest.StashKey[dict[str, Any]]()
+
+# An async test that uses one of these, or the marker, is guard's to run
+# when no async plugin claims it (default_guard counts only when asked for
+# by name: it is autouse).
+_FIXTURES: Final = frozenset({"guard_emulator", "memory_provider", "low_funds"})
+# Markers of the async plugins that run a test they are on.
+_RUNNER_MARKERS: Final = ("asyncio", "anyio", "trio")
+_RUN_KEY = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -376,3 +392,57 @@ def _close_on(loop: asyncio.AbstractEventLoop) -> None:
         _made.discard(guard)
         if not loop.is_closed() and not loop.is_running():
             loop.run_until_complete(guard.aclose())
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    """
+    Take on the async tests that use guard's fixtures or marker and that no
+    async plugin claims.
+
+    Innermost of the wrappers, so that pytest-asyncio (converting marked
+    coroutines as it collects them) sees the marker added here.
+    """
+    result = yield
+    if inspect.iscoroutinefunction(obj):
+        items = result if isinstance(result, list) else [result]
+        for item in items:
+            if isinstance(item, pytest.Function) and _unclaimed_guard_test(item):
+                if item.config.pluginmanager.hasplugin("asyncio"):
+                    item.add_marker(pytest.mark.asyncio)
+                else:
+                    item.stash[_RUN_KEY] = True
+    return result
+
+
+def _unclaimed_guard_test(item: pytest.Function) -> bool:
+    names = item.fixturenames
+    if any(item.get_closest_marker(m) is not None for m in _RUNNER_MARKERS):
+        return False
+    if "anyio_backend" in names:  # anyio's marker, or its auto mode
+        return False
+    return (
+        item.get_closest_marker(MARKER) is not None
+        or not _FIXTURES.isdisjoint(names)
+        or "default_guard" in item._fixtureinfo.argnames
+    )
+
+
+@pytest.hookimpl
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """
+    Run an async guard test taken on at collection, on a fresh event loop.
+    """
+    if not pyfuncitem.stash.get(_RUN_KEY, False):
+        return None
+    funcargs = pyfuncitem.funcargs
+    kwargs = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    with asyncio.Runner() as runner:
+        try:
+            runner.run(pyfuncitem.obj(**kwargs))
+        finally:
+            # Close the test's default guard before its loop closes.
+            _close_on(runner.get_loop())
+    return True

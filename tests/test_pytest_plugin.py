@@ -1,8 +1,47 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from _readme import plugin_snippet
 
 pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A project with only guard installed: no async plugin but anyio's, which
+# comes with guard and claims only the tests marked for it.
+ONLY_GUARD = ("-p", "no:asyncio", "-p", "no:aiohttp")
+
+# How a fresh project can be set up for its async tests: nothing at all (with
+# or without pytest-asyncio installed), or pytest-asyncio in either mode.
+FRESH_PROJECTS = {
+    "only-guard": ONLY_GUARD,
+    "pytest-asyncio-unconfigured": (),
+    "pytest-asyncio-strict": ("-o", "asyncio_mode=strict"),
+    "pytest-asyncio-auto": ("-o", "asyncio_mode=auto"),
+}
+
+
+def fresh_projects(*names: str) -> pytest.MarkDecorator:
+    """
+    Parametrize a test's ``options`` with the fresh projects *names*.
+    """
+    return pytest.mark.parametrize(
+        "options", [FRESH_PROJECTS[name] for name in names], ids=names
+    )
+
+
+# Warnings are errors, but for pytest-asyncio's own about its unset option.
+STRICT_WARNINGS = (
+    "-W",
+    "error",
+    "-W",
+    'ignore:The configuration option "asyncio_default_fixture_loop_scope"'
+    ":pytest.PytestDeprecationWarning",
+)
+
 
 INI = """
 [pytest]
@@ -120,8 +159,12 @@ class TestPlugin:
 
         result.assert_outcomes(passed=3)
 
-    def test_with_aiohttp_client(self, pytester: pytest.Pytester) -> None:
-        """The fixtures combine with pytest-aiohttp's aiohttp_client."""
+    @pytest.mark.parametrize("mode", ["auto", "strict"])
+    def test_with_aiohttp_client(self, pytester: pytest.Pytester, mode: str) -> None:
+        """
+        The fixtures combine with pytest-aiohttp's aiohttp_client, unmarked
+        in strict mode too: the test runs on its fixture's loop.
+        """
         source = """
 from aiohttp import web
 from guard.aiohttp import guard_route, setup_guard
@@ -139,7 +182,7 @@ async def test_app(aiohttp_client, guard_emulator, low_funds):
     client = await aiohttp_client(app)
     assert 402 == (await client.post("/topup")).status
 """
-        result = run(pytester, source)
+        result = run(pytester, source, mode=mode)
 
         result.assert_outcomes(passed=1)
 
@@ -255,3 +298,126 @@ def test_other_fixture(guard_emulator):
         result.stdout.fnmatch_lines(
             ["@pytest.mark.guard_low_funds(provider, balance)*"]
         )
+
+
+class TestFreshProject:
+    """
+    guard's async tests in a project with no ini file and no asyncio_mode.
+    """
+
+    @fresh_projects(*FRESH_PROJECTS)
+    def test_readme_snippet(
+        self, pytester: pytest.Pytester, options: tuple[str, ...]
+    ) -> None:
+        """The README's plugin example passes as it is written."""
+        pytester.makepyfile(test_readme=plugin_snippet())
+
+        result = pytester.runpytest(*STRICT_WARNINGS, *options)
+
+        result.assert_outcomes(passed=2)
+
+    @fresh_projects("only-guard", "pytest-asyncio-unconfigured")
+    def test_example_copied_out(
+        self, pytester: pytest.Pytester, options: tuple[str, ...]
+    ) -> None:
+        """examples/test_with_plugin.py passes outside this repository."""
+        shutil.copy(ROOT / "examples" / "test_with_plugin.py", pytester.path)
+
+        result = pytester.runpytest(*STRICT_WARNINGS, *options)
+
+        result.assert_outcomes(passed=4)
+
+
+class TestAsyncRunner:
+    """
+    Which async tests the plugin takes on, and how.
+    """
+
+    def test_only_guards_tests(self, pytester: pytest.Pytester) -> None:
+        """
+        With no async plugin, guard runs the async tests that ask for its
+        fixtures or carry its marker, and leaves the others to pytest.
+        """
+        pytester.makepyfile(
+            test_fixtures="""
+import asyncio
+
+async def test_not_guards():
+    pass
+
+async def test_default_guard_by_name(default_guard):
+    await asyncio.sleep(0)
+
+class TestInClass:
+    async def test_method(self, low_funds):
+        await asyncio.sleep(0)
+""",
+            test_marker="""
+import asyncio
+import pytest
+
+pytestmark = pytest.mark.guard_low_funds(provider="memory", balance=5)
+
+async def test_marked_module():
+    await asyncio.sleep(0)
+""",
+        )
+
+        result = pytester.runpytest(*STRICT_WARNINGS, *ONLY_GUARD)
+
+        result.assert_outcomes(passed=3, failed=1)
+        result.stdout.fnmatch_lines(
+            ["FAILED *::test_not_guards - Failed: async def functions are no*"]
+        )
+
+    def test_fresh_default_guard(self, pytester: pytest.Pytester) -> None:
+        """Tests guard runs get a fresh default guard, closed on their loop."""
+        pytester.makepyfile(test_user=FRESH_GUARD)
+
+        result = pytester.runpytest(*STRICT_WARNINGS, *ONLY_GUARD)
+
+        result.assert_outcomes(passed=3)
+
+    def test_failures_reported(self, pytester: pytest.Pytester) -> None:
+        """A failing async guard test fails, with its own traceback."""
+        pytester.makepyfile(
+            test_user="""
+async def test_fails(memory_provider):
+    assert memory_provider.fetches == 42
+"""
+        )
+
+        result = pytester.runpytest(*ONLY_GUARD)
+
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*assert 0 == 42*"])
+
+    # Not with pytest-asyncio in auto mode: it claims anyio's tests itself.
+    @fresh_projects("only-guard", "pytest-asyncio-strict")
+    def test_leaves_anyio_tests_to_anyio(
+        self, pytester: pytest.Pytester, options: tuple[str, ...]
+    ) -> None:
+        """A guard test marked for anyio, or asking for its backend, is anyio's."""
+        pytester.makepyfile(
+            test_user="""
+import pytest
+from guard import require_balance
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+@pytest.mark.anyio
+async def test_anyio(request, memory_provider):
+    assert request.node.get_closest_marker("asyncio") is None
+    async with require_balance(memory_provider, 1):
+        pass
+
+async def test_anyio_backend(request, anyio_backend, memory_provider):
+    assert request.node.get_closest_marker("asyncio") is None
+"""
+        )
+
+        result = pytester.runpytest(*STRICT_WARNINGS, *options)
+
+        result.assert_outcomes(passed=2)
