@@ -14,6 +14,7 @@ log = logging.getLogger("guard")
 
 EventKind: TypeAlias = Literal[
     "fetched",
+    "settled",
     "refused",
     "unavailable",
     "failed_open",
@@ -28,15 +29,20 @@ class GuardEvent:
 
     Attributes:
         kind: ``"fetched"`` (a balance came from the provider),
-            ``"refused"`` (`InsufficientBalance` raised), ``"unavailable"``
+            ``"settled"`` (a guarded call ended: *ok* says whether it
+            spent), ``"refused"`` (`InsufficientBalance` raised), ``"unavailable"``
             (the balance could not be learned), ``"failed_open"`` (same, but
             the call went ahead under ``on_unavailable="open"``),
             ``"auth_cooldown"`` (credentials refused; the account is not
             asked again until the cooldown ends).
         provider: The provider's name.
         account_id: The provider's non-secret account identity.
-        amount: The balance for ``"fetched"``, the required amount otherwise.
+        account: The non-secret account digest (as in cache keys).
+        currency: The unit of the amounts.
+        amount: The balance for ``"fetched"``, the call's amount otherwise.
         available: What was available, for ``"refused"``.
+        ok: For ``"settled"``: whether the call succeeded (its amount counts
+            as spent).
         error: The error behind ``"unavailable"``, ``"failed_open"`` and
             ``"auth_cooldown"``.
     """
@@ -44,6 +50,9 @@ class GuardEvent:
     kind: EventKind
     provider: str
     account_id: str
+    account: str = ""
+    currency: str = ""
     amount: Decimal | None = None
     available: Decimal | None = None
+    ok: bool | None = None
     error: BaseException | None = attrs.field(default=None, eq=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
 import random
@@ -23,46 +24,15 @@ from .stores import Entry
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .stores import Account
+    from ._accounts import Tracked
     from .typing import Provider, Store
 
-__all__ = ["Fetcher", "Tracked"]
+__all__ = ["Fetcher"]
 
 log = logging.getLogger("guard")
 
-
-class Tracked:
-    """
-    What a guard knows of one account besides the store's state: its
-    provider, the fetch in flight, the auth cooldown.
-
-    *fetches* counts the balances fetched and stored, so that a check that
-    missed can tell a fetch finished meanwhile.
-    """
-
-    __slots__ = (
-        "account",
-        "auth_error",
-        "auth_until",
-        "fetches",
-        "inflight",
-        "provider",
-    )
-
-    def __init__(self, provider: Provider, account: Account) -> None:
-        self.provider = provider
-        self.account = account
-        self.fetches = 0
-        self.inflight: asyncio.Task[Entry | None] | None = None
-        self.auth_until = 0.0
-        self.auth_error: ProviderAuthError | None = None
-
-    def replace_provider(self, provider: Provider) -> None:
-        # Same account, other settings (a rotated password, a new timeout):
-        # use the newest, and let it try its credentials.
-        self.provider = provider
-        self.auth_until = 0.0
-        self.auth_error = None
+MAX_OUTAGE_BACKOFF = 30.0
+"""Cap, in seconds, on the outage back-off (unless the first is longer)."""
 
 
 class Fetcher:
@@ -77,6 +47,9 @@ class Fetcher:
         max_retry_after: Cap in seconds on a provider's ``Retry-After``.
         auth_cooldown: Seconds an account whose credentials were refused is
             not asked again.
+        outage_backoff: Seconds a new fetch fails fast, after a fetch failed
+            for good, before the provider is asked again; doubled while the
+            outage lasts, up to 30 s (or this, if longer). 0: no back-off.
         session: A session of the user's, not closed here; None: the
             fetcher's own, made per event loop.
     """
@@ -90,6 +63,7 @@ class Fetcher:
         retries: int,
         max_retry_after: float,
         auth_cooldown: float,
+        outage_backoff: float,
         session: aiohttp.ClientSession | None,
     ) -> None:
         self.store = store
@@ -98,6 +72,8 @@ class Fetcher:
         self.retries = retries
         self.max_retry_after = max_retry_after
         self.auth_cooldown = auth_cooldown
+        self.outage_backoff = outage_backoff
+        self.max_outage_backoff = max(MAX_OUTAGE_BACKOFF, outage_backoff)
         self.closed = False
         self._session = session
         self._own_session = session is None
@@ -166,6 +142,7 @@ class Fetcher:
         ticket = await self.store.begin_fetch(tracked.account)
         deadline = asyncio.get_running_loop().time() + self.timeout
         if isinstance(ticket, Entry):  # another process fetched it meanwhile
+            tracked.last = ticket
             tracked.fetches += 1
             return ticket
         try:
@@ -175,15 +152,51 @@ class Fetcher:
             raise
         entry = await self.store.put(tracked.account, amount, ticket)
         if entry is not None:
+            tracked.last = entry
             tracked.fetches += 1
             self.emit("fetched", tracked, amount=amount)
         return entry
 
     async def _fetch(self, tracked: Tracked, deadline: float) -> Decimal:
+        now = time.monotonic()
+        if tracked.auth_error is not None and tracked.auth_until > now:
+            raise _cooled(tracked.auth_error, tracked.auth_until - now)
+        if tracked.down_error is not None and tracked.down_until > now:
+            # An outage: don't pile a new request on it for every caller.
+            raise _still_down(tracked.down_error, tracked.down_until - now)
+        stats = tracked.stats
+        try:
+            amount = await self._ask(tracked, deadline)
+        except ProviderAuthError:
+            stats.fetches_auth += 1
+            raise
+        except ProviderResponseError:
+            stats.fetches_bad_response += 1
+            raise
+        except BalanceUnavailable as exc:
+            stats.fetches_unavailable += 1
+            if stats.unavailable_since is None:
+                stats.unavailable_since = dt.datetime.now(dt.UTC)
+            if self.outage_backoff:
+                tracked.backoff = min(
+                    max(tracked.backoff * 2, self.outage_backoff),
+                    self.max_outage_backoff,
+                )
+                wait = max(tracked.backoff, min(exc.retry_after or 0.0, 3600.0))
+                tracked.down_until = time.monotonic() + wait
+                tracked.down_error = exc
+            raise
+        finally:
+            stats.fetched(time.monotonic() - now)
+        stats.fetches_ok += 1
+        stats.unavailable_since = None
+        tracked.backoff = 0.0
+        tracked.down_error = None
+        return amount
+
+    async def _ask(self, tracked: Tracked, deadline: float) -> Decimal:
         provider = tracked.provider
         loop = asyncio.get_running_loop()
-        if tracked.auth_error is not None and tracked.auth_until > time.monotonic():
-            raise _cooled(tracked.auth_error, tracked.auth_until - time.monotonic())
         attempt = 0
         try:
             async with asyncio.timeout_at(deadline):
@@ -286,6 +299,15 @@ def _as_balance(value: object, provider: Provider) -> Decimal:
         f"fetch_balance returned {type(value).__name__}, not a finite Decimal "
         "below 1e18",
         provider=provider.name,
+    )
+
+
+def _still_down(error: BalanceUnavailable, remaining: float) -> BalanceUnavailable:
+    return BalanceUnavailable(
+        f"not asked again for {remaining:.1f} s after: {error.reason}",
+        provider=error.provider,
+        status=error.status,
+        retry_after=remaining,
     )
 
 

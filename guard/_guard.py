@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import inspect
 import logging
 import time
-import weakref
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
-from ._fetch import Fetcher, Tracked
+from ._fetch import Fetcher
 from ._loops import HomeLoop
-from ._money import to_amount
+from ._money import MONEY, to_amount
 from ._options import check_settle, count, make_store, name, seconds
 from .errors import (
     BalanceUnavailable,
@@ -32,7 +31,7 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Account, Hold, Short
+from .stores import Hold, Short
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -194,6 +193,12 @@ class BalanceGuard:
         auth_cooldown: Seconds an account whose credentials were refused is
             not asked again (OneClickDZ blocks an IP for 15 minutes after five
             bad keys); its calls raise `ProviderAuthError` at once.
+        outage_backoff: After a fetch failed for good (retries spent),
+            seconds during which new fetches of that account fail at once
+            with the same `BalanceUnavailable` (its ``retry_after`` says how
+            long is left) instead of each asking the provider; doubled
+            while the outage lasts, up to 30 s, and longer if the provider's
+            ``Retry-After`` asks it. 0: ask on every fetch.
         hooks: Callables given every `GuardEvent`.
         session: An aiohttp session to fetch balances with, instead of the
             guard's own. The guard does not close it.
@@ -217,6 +222,7 @@ class BalanceGuard:
         max_retry_after: float = 5.0,
         recheck_after: float = 2.0,
         auth_cooldown: float = 900.0,
+        outage_backoff: float = 1.0,
         hooks: Iterable[EventHook] = (),
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
@@ -232,12 +238,9 @@ class BalanceGuard:
         fetch_timeout = seconds("fetch_timeout", fetch_timeout)
         self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
         self.namespace = name("namespace", namespace)
-        self._hooks = tuple(hooks)
-        for hook in cast("tuple[object, ...]", self._hooks):
-            if not callable(hook) or _is_async(hook):
-                raise ConfigurationError(
-                    f"hooks must be plain (not async) callables, got {hook!r}"
-                )
+        self._hooks: tuple[EventHook, ...] = ()
+        for hook in hooks:
+            self.add_hook(hook)
         self._store = make_store(
             cache,
             store,
@@ -252,11 +255,12 @@ class BalanceGuard:
             retries=count("retries", retries),
             max_retry_after=seconds("max_retry_after", max_retry_after, zero_ok=True),
             auth_cooldown=seconds("auth_cooldown", auth_cooldown, zero_ok=True),
+            outage_backoff=seconds("outage_backoff", outage_backoff, zero_ok=True),
             session=session,
         )
         self._loops = HomeLoop()
-        self._accounts: dict[tuple[str, str], Tracked] = {}
-        self._by_id: dict[int, tuple[weakref.ref[Provider], Tracked]] = {}
+        self._accounts = Accounts(self.namespace, self._fetcher.track)
+        self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
 
@@ -336,6 +340,38 @@ class BalanceGuard:
             return
         await self._store.invalidate(self._track(provider).account)
 
+    def add_hook(self, hook: EventHook) -> None:
+        """
+        Call *hook* with every `GuardEvent` from now on, after the hooks
+        given before.
+
+        Raises:
+            ConfigurationError: *hook* is not a plain (not async) callable.
+        """
+        checked: object = hook
+        if not callable(checked) or _is_async(checked):
+            raise ConfigurationError(
+                f"hooks must be plain (not async) callables, got {hook!r}"
+            )
+        self._hooks = (*self._hooks, hook)
+
+    def remove_hook(self, hook: EventHook) -> None:
+        """
+        Stop calling *hook* (added with `add_hook` or *hooks*); nothing if
+        it is not there.
+        """
+        self._hooks = tuple(h for h in self._hooks if h != hook)
+
+    def accounts(self) -> tuple[AccountState, ...]:
+        """
+        Return every account this guard has seen, as it sees it now: the
+        last balance, what this process holds, and what it counted.
+        """
+        return tuple(
+            self._accounts.state(tracked, self._store.held(tracked.account))
+            for tracked in self._accounts
+        )
+
     def held(self, provider: Provider) -> Decimal:
         """
         Sum of the amounts held by *provider*'s running calls in this
@@ -391,6 +427,8 @@ class BalanceGuard:
         except BalanceUnavailable as exc:  # a shared store that is down
             return self._unavailable(tracked, amount, exc)
         if isinstance(result, Hold):
+            tracked.last = result.entry or tracked.last
+            tracked.stats.allowed += 1
             return Reservation(provider, amount, tracked, result)
         return await self._check_slow(tracked, amount, result, seen)
 
@@ -421,6 +459,8 @@ class BalanceGuard:
         except BalanceUnavailable as exc:
             return self._unavailable(tracked, amount, exc)
         if isinstance(outcome, Short):
+            tracked.last = outcome.entry
+            tracked.stats.refused += 1
             self._emit("refused", tracked, amount=amount, available=outcome.available)
             raise InsufficientBalance(
                 provider=tracked.provider.name,
@@ -428,6 +468,8 @@ class BalanceGuard:
                 available=outcome.available,
                 currency=tracked.provider.currency,
             )
+        tracked.last = outcome.entry or tracked.last
+        tracked.stats.allowed += 1
         return Reservation(tracked.provider, amount, tracked, outcome)
 
     async def _until_cached(
@@ -459,7 +501,9 @@ class BalanceGuard:
         if self.on_unavailable == "closed" or isinstance(
             exc, ProviderAuthError | ProviderResponseError
         ):
+            tracked.stats.unavailable += 1
             raise exc
+        tracked.stats.failed_open += 1
         log.warning(
             "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
             tracked.provider.name,
@@ -484,6 +528,13 @@ class BalanceGuard:
             )
             return
         hold = reservation._hold
+        if ok:
+            stats = reservation._tracked.stats
+            stats.spent = MONEY.add(stats.spent, reservation.amount)
+        if self._hooks:
+            self._emit(
+                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+            )
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)
             return
@@ -517,40 +568,6 @@ class BalanceGuard:
         """
         self._loops.forget()
 
-    # -- accounts -------------------------------------------------------------
-
-    def _track(self, provider: Provider) -> Tracked:
-        # Keyed by id(): cheaper than hashing a frozen attrs provider. The
-        # weak reference tells a reused id from the original object.
-        found = self._by_id.get(id(provider))
-        if found is not None and found[0]() is provider:
-            return found[1]
-        tracked = self._track_by_identity(provider)
-        key = id(provider)
-        try:
-            ref = weakref.ref(provider, functools.partial(_forget, self._by_id, key))
-        except TypeError:  # a provider of the user's own without __weakref__
-            return tracked
-        self._by_id[key] = (ref, tracked)
-        return tracked
-
-    def _track_by_identity(self, provider: Provider) -> Tracked:
-        name, account_id = provider.name, provider.account_id
-        identity = (name, account_id)
-        tracked = self._accounts.get(identity)
-        if tracked is None:
-            # Hash again: a user's account_id is trusted to be non-secret, but
-            # the key should not depend on that.
-            digest = hashlib.sha256(f"{name}\0{account_id}".encode()).hexdigest()
-            account = Account(
-                f"{self.namespace}:{name}:{digest[:24]}", name, provider.currency
-            )
-            tracked = self._accounts[identity] = Tracked(provider, account)
-            self._fetcher.track(tracked)
-        elif tracked.provider != provider:
-            tracked.replace_provider(provider)
-        return tracked
-
     def _emit(
         self,
         kind: EventKind,
@@ -558,16 +575,21 @@ class BalanceGuard:
         *,
         amount: Decimal | None = None,
         available: Decimal | None = None,
+        ok: bool | None = None,
         error: BaseException | None = None,
     ) -> None:
         if not self._hooks:
             return
+        provider = tracked.provider
         event = GuardEvent(
             kind=kind,
-            provider=tracked.provider.name,
-            account_id=tracked.provider.account_id,
+            provider=provider.name,
+            account_id=provider.account_id,
+            account=tracked.digest,
+            currency=provider.currency,
             amount=amount,
             available=available,
+            ok=ok,
             error=error,
         )
         for hook in self._hooks:
@@ -591,7 +613,3 @@ def _is_async(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004
     )
-
-
-def _forget(ids: dict[int, Any], key: int, _: object) -> None:
-    ids.pop(key, None)

@@ -330,7 +330,7 @@ class TestPolicy:
 
         assert [None] == ran
         assert "proceeding unchecked" in caplog.text
-        assert ["unavailable", "failed_open"] == [e.kind for e in events]
+        assert ["unavailable", "failed_open", "settled"] == [e.kind for e in events]
 
     @pytest.mark.parametrize(
         "error",

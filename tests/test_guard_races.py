@@ -311,7 +311,9 @@ class TestUncheckedCalls:
         """A call let through unchecked drops a balance cached while it ran."""
         provider = InMemoryProvider(100)
         provider.fail_next()
-        async with BalanceGuard(on_unavailable="open", retries=0) as guard:
+        async with BalanceGuard(
+            on_unavailable="open", retries=0, outage_backoff=0
+        ) as guard:
             async with require_balance(provider, 60, guard=guard) as balance:
                 assert balance is None
                 await guard.balance(provider)  # cached: 100
@@ -327,7 +329,9 @@ class TestUncheckedCalls:
     ) -> None:
         """A fetch answered before an unchecked call spent is stored less it."""
         network.fail_next()
-        async with BalanceGuard(on_unavailable="open", retries=0) as guard:
+        async with BalanceGuard(
+            on_unavailable="open", retries=0, outage_backoff=0
+        ) as guard:
             async with require_balance(network, 60, guard=guard) as balance:
                 assert balance is None
                 gate = network.slow_down()
@@ -570,7 +574,7 @@ class TestCacheErrors:
                 assert balance is None
             cache.down = False
 
-        assert ["fetched", "failed_open"] == [e.kind for e in events]
+        assert ["fetched", "failed_open", "settled"] == [e.kind for e in events]
 
 
 class TestProviders:
