@@ -102,6 +102,8 @@ class Tracked:
         "inflight",
         "last",
         "provider",
+        "refreshed_at",
+        "refreshing",
         "stats",
     )
 
@@ -117,6 +119,9 @@ class Tracked:
         self.down_error: BalanceUnavailable | None = None
         self.backoff = 0.0
         self.last: Entry | None = None
+        # The background refresh pending or running, and when the last began.
+        self.refreshing: asyncio.Task[None] | None = None
+        self.refreshed_at = float("-inf")
         self.stats = Stats()
 
     @property

@@ -140,7 +140,7 @@ class RouteRule:
     settle: Settle | None = attrs.field(
         default=None,
         kw_only=True,
-        validator=attrs.validators.in_((None, "invalidate", "debit")),
+        validator=attrs.validators.in_((None, "refresh", "invalidate", "debit")),
     )
 
     async def required(self, request: web.Request) -> Decimal:

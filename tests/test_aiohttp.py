@@ -126,7 +126,8 @@ class TestRoutes:
         guard_emulator: GuardEmulator,
     ) -> None:
         """Each guarded call invalidates the cached balance and releases its hold."""
-        client = await aiohttp_client(make_app(oneclick))
+        rule = guard_route(oneclick, body_amount, settle="invalidate")
+        client = await aiohttp_client(make_app(oneclick, routes={"topup": rule}))
 
         for _ in range(2):
             assert 200 == (await client.post("/topup", json={"amount": 1})).status

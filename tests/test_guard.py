@@ -94,11 +94,17 @@ class TestCheck:
     async def test_single_flight(self, guard: BalanceGuard) -> None:
         """1,000 concurrent cold calls make one balance fetch."""
         provider = InMemoryProvider(10**6, delay=0.05)
-        guarded = require_balance(provider, 1, guard=guard)(spend)
+        asked: list[int] = []
 
-        await asyncio.gather(*(guarded(provider, 1, pause=0.01) for _ in range(1000)))
+        @require_balance(provider, 1, guard=guard)
+        async def call() -> None:
+            asked.append(provider.fetches)
+            await asyncio.sleep(0.01)
 
-        assert 1 == provider.fetches
+        await asyncio.gather(*(call() for _ in range(1000)))
+
+        # Every call ran on the one fetch (the settles then refresh it).
+        assert [1] * 1000 == asked
 
     async def test_cached_within_ttl(
         self, guard: BalanceGuard, provider: InMemoryProvider
@@ -148,8 +154,10 @@ class TestSettle:
     async def test_invalidates_after_return(
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
-        """After a call returns, the next one fetches a fresh balance."""
-        guarded = require_balance(provider, 100, guard=guard)(spend)
+        """With settle="invalidate", the next call fetches a fresh balance."""
+        guarded = require_balance(provider, 100, guard=guard, settle="invalidate")(
+            spend
+        )
 
         await guarded(provider, 100)
         balance = await guard.balance(provider)
@@ -265,7 +273,7 @@ class TestRace:
     ) -> None:
         """Calls that never yield all check against the fetch they waited for."""
         provider = InMemoryProvider(10**6, delay=0.001)
-        guarded = require_balance(provider, 1, guard=guard)(spend)
+        guarded = require_balance(provider, 1, guard=guard, settle="invalidate")(spend)
 
         results = await asyncio.gather(*(guarded(provider, 1) for _ in range(1000)))
 
@@ -550,7 +558,7 @@ class TestConfiguration:
         [
             ({"ttl": 0}, "ttl must be a finite positive number"),
             ({"ttl": "30"}, "ttl must be a number"),
-            ({"settle": "refund"}, "settle must be .invalidate. or .debit."),
+            ({"settle": "refund"}, "settle must be .refresh., .invalidate. or .debit."),
             ({"on_unavailable": "maybe"}, "on_unavailable must be .closed. or .open."),
             ({"retries": -1}, "retries must be a non-negative int"),
             (
@@ -584,7 +592,7 @@ class TestConfiguration:
 
     def test_repr(self) -> None:
         """The guard's repr shows its settings."""
-        assert "settle='invalidate'" in repr(BalanceGuard())
+        assert "settle='refresh'" in repr(BalanceGuard())
 
     async def test_balance_value(
         self, guard: BalanceGuard, provider: InMemoryProvider
@@ -669,7 +677,9 @@ class TestEventLoops:
 
         assert Decimal(0) == guard.held(provider)
         assert home_session is guard._fetcher._session
-        assert [asyncio.get_running_loop()] * 2 == provider.loops
+        # Its fetches (the second call's, and the refresh after the first
+        # settled) ran at home.
+        assert {asyncio.get_running_loop()} == set(provider.loops)
 
     async def test_cancelled_call_from_another_loop_leaves_no_hold(
         self, guard: BalanceGuard
@@ -694,7 +704,7 @@ class TestEventLoops:
 
     def test_adopts_the_next_loop(self, provider: InMemoryProvider) -> None:
         """A guard whose loop has ended works on the next one (asyncio.run again)."""
-        guard = BalanceGuard()
+        guard = BalanceGuard(settle="invalidate")
 
         async def use() -> Decimal:
             async with require_balance(provider, 1, guard=guard) as seen:
@@ -719,7 +729,9 @@ class TestEventLoops:
             return amount
 
         assert Decimal(100) == await asyncio.to_thread(asyncio.run, elsewhere())
-        assert [asyncio.get_running_loop()] * 2 == provider.loops
+        # Its fetches (the second call's, and the refresh after the first
+        # settled) ran at home.
+        assert {asyncio.get_running_loop()} == set(provider.loops)
         assert guard.closed
 
     async def test_forgets_its_loop(

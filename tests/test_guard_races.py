@@ -226,7 +226,7 @@ class TestFetchOverlappingSettle:
                 await release(holds.pop(), ok=True)
 
         provider = During(100, settle_one)
-        async with BalanceGuard() as guard:
+        async with BalanceGuard(settle="invalidate") as guard:
             await guard.balance(provider)
             holds.extend([await hold(guard, provider, Decimal(1)) for _ in range(50)])
             provider.spend(1)
@@ -247,7 +247,9 @@ class TestFetchOverlappingSettle:
                 await release(holds.pop(), ok=True)
 
         provider = During(100, settle_one)
-        async with BalanceGuard(on_unavailable="open", fetch_timeout=0.05) as guard:
+        async with BalanceGuard(
+            on_unavailable="open", fetch_timeout=0.05, settle="invalidate"
+        ) as guard:
             await guard.balance(provider)
             holds.extend(
                 [await hold(guard, provider, Decimal(0)) for _ in range(10_000)]
@@ -554,6 +556,7 @@ class TestCacheErrors:
             cache.down = True
             # A warm check reads this process's state, not the cache.
             await release(await hold(guard, provider, Decimal(1)), ok=True)
+            await guard.invalidate(provider)
 
             with pytest.raises(BalanceUnavailable, match="cache unavailable"):
                 await hold(guard, provider, Decimal(1))
