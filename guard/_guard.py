@@ -73,15 +73,17 @@ class Reservation:
     _hold: Hold | None
     _failed: bool
 
-    def __init__(
-        self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
-    ) -> None:
-        set_ = object.__setattr__
-        set_(self, "provider", provider)
-        set_(self, "amount", amount)
-        set_(self, "_tracked", tracked)
-        set_(self, "_hold", hold)  # None: let through unchecked
-        set_(self, "_failed", False)
+    def __new__(
+        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
+    ) -> Reservation:
+        # Made on every guarded call: set through the slots, not __setattr__.
+        self = object.__new__(cls)
+        _RESERVATION_PROVIDER(self, provider)
+        _RESERVATION_AMOUNT(self, amount)
+        _RESERVATION_TRACKED(self, tracked)
+        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
+        _RESERVATION_FAILED(self, False)
+        return self
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -105,7 +107,19 @@ class Reservation:
         provider that answered an error): it settles as a failure, and
         ``settle="debit"`` invalidates the balance instead of debiting it.
         """
-        object.__setattr__(self, "_failed", True)
+        _RESERVATION_FAILED(self, True)
+
+
+(
+    _RESERVATION_PROVIDER,
+    _RESERVATION_AMOUNT,
+    _RESERVATION_TRACKED,
+    _RESERVATION_HOLD,
+    _RESERVATION_FAILED,
+) = (
+    Reservation.__dict__[name].__set__
+    for name in ("provider", "amount", "_tracked", "_hold", "_failed")
+)
 
 
 class _Reserve:

@@ -17,6 +17,13 @@ from .._money import MONEY, ZERO
 from ..errors import BalanceUnavailable
 from ._values import Account, Entry, Hold, Outcome, Short, Ticket
 
+if TYPE_CHECKING:
+    from aiocache.base import BaseCache
+
+__all__ = ["MemoryStore"]
+
+log = logging.getLogger("guard")
+
 # Frozen attrs values built on the guarded call's path: set through their
 # slots, which costs half of going through their __init__.
 _new = object.__new__
@@ -47,19 +54,13 @@ def _entry(
     exact: bool,
 ) -> Entry:
     entry = _new(Entry)
-    for setter, value in zip(
-        _ENTRY_SLOTS, (amount, fetch_id, fetched_at, monotonic, exact), strict=True
-    ):
-        setter(entry, value)
+    set_amount, set_fetch_id, set_fetched_at, set_monotonic, set_exact = _ENTRY_SLOTS
+    set_amount(entry, amount)
+    set_fetch_id(entry, fetch_id)
+    set_fetched_at(entry, fetched_at)
+    set_monotonic(entry, monotonic)
+    set_exact(entry, exact)
     return entry
-
-
-if TYPE_CHECKING:
-    from aiocache.base import BaseCache
-
-__all__ = ["MemoryStore"]
-
-log = logging.getLogger("guard")
 
 
 class _State:
