@@ -100,6 +100,7 @@ class Tracked:
         "down_until",
         "fetches",
         "inflight",
+        "inflight_at",
         "last",
         "provider",
         "refreshed_at",
@@ -112,6 +113,7 @@ class Tracked:
         self.account = account
         self.fetches = 0
         self.inflight: asyncio.Task[Entry | None] | None = None
+        self.inflight_at = 0.0  # when it began (time.monotonic())
         self.auth_until = 0.0
         self.auth_error: ProviderAuthError | None = None
         # After a failed fetch, new fetches fail fast until down_until.

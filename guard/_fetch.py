@@ -139,11 +139,15 @@ class Fetcher:
         finally:
             tracked.refreshing = None
 
-    async def refresh(self, tracked: Tracked, deadline: float) -> Entry:
+    async def refresh(
+        self, tracked: Tracked, deadline: float, *, since: float | None = None
+    ) -> Entry:
         """
         Fetch and store *tracked*'s balance, one fetch at a time per
         account; fetch again if it was invalidated meanwhile, until
-        *deadline* (``time.monotonic()``).
+        *deadline* (``time.monotonic()``). With *since*, only a fetch begun
+        at or after that time will do: one in flight from before is waited
+        for, then another made (a recheck must see a refill made meanwhile).
         """
         while True:
             if time.monotonic() >= deadline:
@@ -159,7 +163,13 @@ class Fetcher:
             if task is None or task.done() or task.get_loop() is not loop:
                 task = loop.create_task(self._fetch_and_put(tracked))
                 tracked.inflight = task
+                tracked.inflight_at = time.monotonic()
                 task.add_done_callback(functools.partial(_done, tracked))
+            elif since is not None and tracked.inflight_at < since:
+                # Its answer may predate what this caller needs to see.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+                continue
             try:
                 entry = await asyncio.shield(task)
             except asyncio.CancelledError:

@@ -485,7 +485,8 @@ class BalanceGuard:
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
     ) -> Reservation:
-        deadline = time.monotonic() + self.fetch_timeout
+        began = time.monotonic()
+        deadline = began + self.fetch_timeout
         try:
             outcome = await self._until_cached(tracked, amount, result, seen, deadline)
             if isinstance(outcome, Short) and (
@@ -497,7 +498,7 @@ class BalanceGuard:
                 # hand still says the call is short.
                 short = outcome
                 try:
-                    await self._fetcher.refresh(tracked, deadline)
+                    await self._fetcher.refresh(tracked, deadline, since=began)
                     again = await self._store.try_hold(tracked.account, amount)
                 except BalanceUnavailable as exc:
                     if isinstance(exc, ProviderAuthError | ProviderResponseError):
