@@ -187,7 +187,7 @@ class TestSettle:
         """A cancelled call releases its hold and invalidates the balance."""
         started = asyncio.Event()
 
-        @require_balance(provider, 600, guard=guard)
+        @require_balance(provider, 600, guard=guard, settle="invalidate")
         async def slow() -> None:
             started.set()
             await asyncio.sleep(3600)
