@@ -13,8 +13,9 @@ request after 50 ms, as a provider over the internet does. One run prints:
 (d) the mean time of a guarded call made one after another, with a body
     that only yields to the event loop once, under ``settle="refresh"``
     (the default) and ``"invalidate"``, as a ratio to one
-    ``SimpleMemoryCache(timeout=None).get`` measured in the same run. Target for ``"refresh"``: at most 2x (no provider round trip on
-    the call's path; the body's own time is measured alone and taken off).
+    ``SimpleMemoryCache(timeout=None).get`` measured in the same run. Target
+    for ``"refresh"``: at most 2x (no provider round trip on the call's path;
+    the body's own time is measured alone and taken off).
     Also the balance requests those calls made and the most that were in
     flight at once (target: 1); target for their number: the warm-up fetch
     plus the 30 a minute that ``refresh_interval=2`` allows.
