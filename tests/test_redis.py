@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import attrs
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -24,15 +25,18 @@ from guard import (
     ConfigurationError,
     GuardEvent,
     InsufficientBalance,
-    require_balance,
 )
-from guard._redis import RedisStore
 from guard.providers import OneClickDZ
+from guard.stores import RedisStore
 from guard.testing._emulator import Emulator, Fault, Plan
 from guard.testing._memory import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from contextlib import AbstractAsyncContextManager
+
+    from guard._guard import Reservation, Settle
+    from guard.typing import Provider
 
 pytestmark = pytest.mark.redis
 
@@ -102,6 +106,43 @@ async def keys(addr: tuple[str, int], namespace: str) -> list[str]:
         return sorted([k async for k in r.scan_iter(match=f"*{namespace}*")])
 
 
+@attrs.frozen
+class Held:
+    """
+    A ``reserve()`` block entered by hand, for tests that settle it later.
+    """
+
+    block: AbstractAsyncContextManager[Reservation]
+    reservation: Reservation
+
+    @property
+    def amount(self) -> Decimal:
+        return self.reservation.amount
+
+
+async def acquire(
+    guard: BalanceGuard,
+    provider: Provider,
+    amount: Decimal,
+    *,
+    settle: Settle | None = None,
+) -> Held:
+    """
+    Check and hold *amount*, as entering ``guard.reserve(...)`` does.
+    """
+    block = guard.reserve(provider, amount, settle=settle)
+    return Held(block, await block.__aenter__())
+
+
+async def settle(held: Held, *, ok: bool) -> None:
+    """
+    Leave *held*'s block: as a success, or as a spend that failed.
+    """
+    if not ok:
+        held.reservation.failed()
+    await held.block.__aexit__(None, None, None)
+
+
 async def eventually(check: Any, what: str, *, limit: float = 30.0) -> None:
     """
     Wait until *check()* is true; fail after *limit* seconds.
@@ -119,10 +160,10 @@ async def fits(guard: BalanceGuard, provider: InMemoryProvider, amount: int) -> 
     Tell whether *guard* can hold *amount* now (giving the hold back).
     """
     try:
-        hold = await guard.acquire(provider, Decimal(amount))
+        hold = await acquire(guard, provider, Decimal(amount))
     except InsufficientBalance:
         return False
-    await guard.settle(hold, ok=False)
+    await settle(hold, ok=False)
     return True
 
 
@@ -149,23 +190,23 @@ class TestHolds:
     async def test_holds_are_shared(self, g1: BalanceGuard, g2: BalanceGuard) -> None:
         """A hold made through one guard counts against the other's calls."""
         provider = InMemoryProvider(100, account_id="shared")
-        hold = await g1.acquire(provider, Decimal(60))
+        hold = await acquire(g1, provider, Decimal(60))
 
         with pytest.raises(InsufficientBalance) as info:
-            await g2.acquire(provider, Decimal(60))
+            await acquire(g2, provider, Decimal(60))
 
         assert Decimal(40) == info.value.available
         assert Decimal(60) == g1.held(provider)
-        await g1.settle(hold, ok=True)
+        await settle(hold, ok=True)
         assert Decimal(0) == g1.held(provider)
-        assert await g2.acquire(provider, Decimal(60)) is not None
+        assert await acquire(g2, provider, Decimal(60)) is not None
 
     async def test_debit_is_exact(self, addr: tuple[str, int], namespace: str) -> None:
         """settle='debit' takes exact decimal amounts off the shared balance."""
         provider = InMemoryProvider(Decimal("100.25"))
         async with make(addr, namespace, settle="debit") as guard:
             for _ in range(3):
-                async with require_balance(provider, Decimal("0.1"), guard=guard):
+                async with guard.reserve(provider, Decimal("0.1")):
                     pass
 
             balance = await guard.balance(provider)
@@ -179,7 +220,7 @@ class TestHolds:
         provider = InMemoryProvider(Decimal("1.00009"))
 
         with pytest.raises(InsufficientBalance) as info:
-            await g1.acquire(provider, Decimal("1.00001"))
+            await acquire(g1, provider, Decimal("1.00001"))
 
         assert Decimal(1) == info.value.available
         assert "1" == str(info.value.available)
@@ -187,9 +228,9 @@ class TestHolds:
     async def test_invalidate_refetches(self, g1: BalanceGuard) -> None:
         """settle='invalidate' makes the next call fetch the balance again."""
         provider = InMemoryProvider(100)
-        async with require_balance(provider, 30, guard=g1):
+        async with g1.reserve(provider, 30):
             provider.spend(30)
-        async with require_balance(provider, 30, guard=g1):
+        async with g1.reserve(provider, 30):
             pass
 
         assert Decimal(70) == (await g1.balance(provider)).amount
@@ -201,14 +242,14 @@ class TestHolds:
         """Settling one hold twice debits it once."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, settle="debit") as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             provider.spend(10)
-            await guard.settle(hold, ok=True)
-            await guard.settle(hold, ok=True)
+            await settle(hold, ok=True)
+            await settle(hold, ok=True)
 
             assert Decimal(0) == guard.held(provider)
             assert Decimal(90) == (await guard.balance(provider)).amount
-            hold = await guard.acquire(provider, Decimal(90))
+            hold = await acquire(guard, provider, Decimal(90))
             assert hold is not None
 
     async def test_debit_after_refetch_invalidates(
@@ -216,10 +257,10 @@ class TestHolds:
     ) -> None:
         """A hold made against an older balance invalidates rather than debits."""
         provider = InMemoryProvider(100)
-        hold = await g1.acquire(provider, Decimal(10))
+        hold = await acquire(g1, provider, Decimal(10), settle="debit")
         await g2.balance(provider, fresh=True)
 
-        await g1.settle(hold, ok=True, settle="debit")
+        await settle(hold, ok=True)
 
         assert [] == [k for k in await g1_keys(g1) if k.endswith(":b")]
         assert Decimal(100) == (await g2.balance(provider)).amount
@@ -230,11 +271,11 @@ class TestHolds:
     ) -> None:
         """An account's keys share one hash tag and never contain the API key."""
         async with make(addr, namespace) as guard:
-            await guard.acquire(emu.oneclickdz(KEY), Decimal(1))
+            await acquire(guard, emu.oneclickdz(KEY), Decimal(1))
 
             found = await keys(addr, namespace)
 
-        assert {"b", "g", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
+        assert {"b", "e", "g", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
         assert 1 == len({k[: k.index("}") + 1] for k in found})
         assert all(k.startswith(f"{{{namespace}:oneclickdz:") for k in found)
         assert not any(KEY in k for k in found)
@@ -242,8 +283,8 @@ class TestHolds:
     async def test_huge_amounts_stay_exact(self, g1: BalanceGuard) -> None:
         """Amounts past 2**53 ten-thousandths are held and debited exactly."""
         provider = InMemoryProvider(10**14)
-        hold = await g1.acquire(provider, Decimal(10**13))
-        await g1.settle(hold, ok=True, settle="debit")
+        hold = await acquire(g1, provider, Decimal(10**13), settle="debit")
+        await settle(hold, ok=True)
 
         assert Decimal(9 * 10**13) == (await g1.balance(provider)).amount
 
@@ -256,21 +297,21 @@ class TestHolds:
             make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
             make(addr, namespace) as other,
         ):
-            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            await settle(await acquire(guard, provider, Decimal(1)), ok=True)
             proxy.lose = 1
 
-            hold = await guard.acquire(provider, Decimal(60))
+            hold = await acquire(guard, provider, Decimal(60))
 
             with pytest.raises(InsufficientBalance) as info:
-                await other.acquire(provider, Decimal(50))
-            await guard.settle(hold, ok=False)
+                await acquire(other, provider, Decimal(50))
+            await settle(hold, ok=False)
 
         assert Decimal(60) == hold.amount
         assert Decimal(39) == info.value.available
 
 
 async def g1_keys(guard: BalanceGuard) -> list[str]:
-    store = guard._store
+    store = guard.store
     assert isinstance(store, RedisStore)
     # Only this guard's namespace: other runs may share the machine's Redis.
     match = f"*{guard.namespace}:*"
@@ -284,15 +325,15 @@ class TestLeases:
         """A hold nobody renews lapses after its lease, and the balance is refetched."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.2) as gone:
-            await gone.acquire(provider, Decimal(80))
+            await acquire(gone, provider, Decimal(80))
         async with make(addr, namespace) as guard:
 
             async def fits() -> bool:
                 try:
-                    hold = await guard.acquire(provider, Decimal(80))
+                    hold = await acquire(guard, provider, Decimal(80))
                 except InsufficientBalance:
                     return False
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
                 return True
 
             await eventually(fits, "the lapsed hold freed its amount")
@@ -303,14 +344,14 @@ class TestLeases:
         """A call that outlives its lease keeps its hold."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.15) as guard:
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             await asyncio.sleep(0.6)
 
             with pytest.raises(InsufficientBalance):
-                await g2.acquire(provider, Decimal(80))
-            await guard.settle(hold, ok=False)
+                await acquire(g2, provider, Decimal(80))
+            await settle(hold, ok=False)
 
-        assert await g2.acquire(provider, Decimal(80)) is not None
+        assert await acquire(g2, provider, Decimal(80)) is not None
 
     async def test_renewal_reports_lost_holds(
         self,
@@ -321,11 +362,11 @@ class TestLeases:
         """A hold found expired at renewal is logged."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.3) as guard:
-            await guard.acquire(provider, Decimal(10))
+            await acquire(guard, provider, Decimal(10))
             # Another process prunes it as if this one had stalled.
             for key in await keys(addr, namespace):
                 if key.endswith(":h"):
-                    await guard._store.client.delete(key)  # type: ignore[attr-defined]
+                    await guard.store.client.delete(key)  # type: ignore[attr-defined]
 
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await asyncio.sleep(0.25)
@@ -341,11 +382,11 @@ class TestLeases:
             make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
             make(addr, namespace) as other,
         ):
-            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            await settle(await acquire(guard, provider, Decimal(1)), ok=True)
             proxy.lose = 2
 
             with pytest.raises(BalanceUnavailable):
-                await guard.acquire(provider, Decimal(60))
+                await acquire(guard, provider, Decimal(60))
 
             await eventually(
                 lambda: fits(other, provider, 99), "the hold was dropped", limit=5
@@ -356,11 +397,11 @@ class TestLeases:
         provider = InMemoryProvider(100)
         addr = ("127.0.0.1", server.port)
         async with make(addr, "cancel") as guard, make(addr, "cancel") as other:
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
             try:
-                settling = asyncio.create_task(guard.settle(hold, ok=False))
+                settling = asyncio.create_task(settle(hold, ok=False))
                 for _ in range(5):  # until it waits for Redis
                     await asyncio.sleep(0)
                 settling.cancel()
@@ -386,10 +427,10 @@ class TestLeases:
             make(("127.0.0.1", proxy.port), namespace) as guard,
             make(addr, namespace) as other,
         ):
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             proxy.refuse = True
             with caplog.at_level(logging.WARNING, logger="guard"):
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
             proxy.refuse = False
 
             await eventually(
@@ -432,7 +473,7 @@ class TestSingleFlight:
         """A lock left by a dead fetcher holds others back only until it lapses."""
         provider = InMemoryProvider(100)
         lock = await _lock_key(g1, provider)
-        await g1._store.client.set(lock, "dead", px=300)  # type: ignore[attr-defined]
+        await g1.store.client.set(lock, "dead", px=300)  # type: ignore[attr-defined]
 
         assert Decimal(100) == (await g1.balance(provider)).amount
         assert 1 == provider.fetches
@@ -444,7 +485,7 @@ class TestSingleFlight:
         provider = InMemoryProvider(100)
         async with make(addr, namespace, fetch_timeout=0.2) as guard:
             lock = await _lock_key(guard, provider)
-            await guard._store.client.set(lock, "alive", px=10_000)  # type: ignore[attr-defined]
+            await guard.store.client.set(lock, "alive", px=10_000)  # type: ignore[attr-defined]
 
             with pytest.raises(BalanceUnavailable, match="another process"):
                 await guard.balance(provider)
@@ -470,9 +511,9 @@ class TestSingleFlight:
         provider = InMemoryProvider(10**6)
         async with make(addr, namespace, pool=8, settle="debit") as guard:
 
-            @require_balance(provider, 1, guard=guard)
             async def call() -> None:
-                await asyncio.sleep(0)
+                async with guard.reserve(provider, 1):
+                    await asyncio.sleep(0)
 
             await asyncio.gather(*(call() for _ in range(1000)))
 
@@ -485,9 +526,9 @@ async def _true(value: bool) -> bool:
 
 
 async def _lock_key(guard: BalanceGuard, provider: InMemoryProvider) -> str:
-    store = guard._store
+    store = guard.store
     assert isinstance(store, RedisStore)
-    return store._key5(guard._account(provider))[4]
+    return store._keys(guard._track(provider).account)[4]
 
 
 class TestRedisDown:
@@ -496,20 +537,22 @@ class TestRedisDown:
     ) -> None:
         """Redis down raises BalanceUnavailable; once back, calls work again."""
         provider = InMemoryProvider(100, name="oneclickdz")
-        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=1)
+        # A short lease: after the restart, calls wait out the data-loss
+        # window (a third of it, and half a second).
+        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=1, lease=0.3)
         async with guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             server.stop()
 
             with pytest.raises(BalanceUnavailable) as info:
-                await guard.acquire(provider, Decimal(10))
+                await acquire(guard, provider, Decimal(10))
             with caplog.at_level(logging.WARNING, logger="guard"):
-                await guard.settle(hold, ok=True)
+                await settle(hold, ok=True)
             with pytest.raises(BalanceUnavailable):
                 await guard.invalidate(provider)
 
             server.start()
-            async with require_balance(provider, 90, guard=guard):
+            async with guard.reserve(provider, 90):
                 pass
 
         assert "oneclickdz" == info.value.provider
@@ -522,17 +565,17 @@ class TestRedisDown:
         async with make(
             ("127.0.0.1", server.port), "stall", fetch_timeout=0.5
         ) as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
             try:
                 with pytest.raises(BalanceUnavailable) as info:
-                    await guard.acquire(provider, Decimal(10))
+                    await acquire(guard, provider, Decimal(10))
             finally:
                 server.process.send_signal(signal.SIGCONT)
-            await guard.settle(hold, ok=False)
+            await settle(hold, ok=False)
             # The unanswered hold may have been made after all: 90 still fit.
-            async with require_balance(provider, 90, guard=guard):
+            async with guard.reserve(provider, 90):
                 pass
 
         assert "cache unavailable: no answer within 0.5 s" == info.value.reason
@@ -543,12 +586,12 @@ class TestRedisDown:
         """Renewing while Redis is down logs a warning and keeps trying."""
         provider = InMemoryProvider(100)
         async with make(("127.0.0.1", server.port), "renew", lease=0.15) as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             server.stop()
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await asyncio.sleep(0.2)
             server.start()
-            await guard.settle(hold, ok=False)
+            await settle(hold, ok=False)
             # One more round finds nothing left to renew.
             await asyncio.sleep(0.1)
 
@@ -570,7 +613,7 @@ class TestRedisDown:
             server.stop()
             ran = []
             with caplog.at_level(logging.WARNING, logger="guard"):
-                async with require_balance(provider, 10, guard=guard):
+                async with guard.reserve(provider, 10):
                     ran.append(True)
 
         assert [True] == ran
@@ -583,13 +626,15 @@ class TestRedisDown:
         provider = emu.oneclickdz(KEY)
         results: dict[str, int] = {"ok": 0, "refused": 0, "unavailable": 0}
         async with (
-            make(("127.0.0.1", server.port), "restart", fetch_timeout=1) as guard,
+            make(
+                ("127.0.0.1", server.port), "restart", fetch_timeout=1, lease=0.6
+            ) as guard,
             aiohttp.ClientSession() as session,
         ):
 
-            @require_balance(provider, lambda amount: amount, guard=guard)
             async def topup(amount: int) -> None:
-                await send(session, emu, amount)
+                async with guard.reserve(provider, amount):
+                    await send(session, emu, amount)
 
             async def wave() -> None:
                 async def one() -> None:
@@ -637,13 +682,13 @@ class TestRedisDown:
             server.start()
             # As many invalidations as before the loss, each after a spend.
             for _ in range(3):
-                async with require_balance(provider, 300, guard=other):
+                async with other.reserve(provider, 300):
                     provider.spend(300)
             provider.go.set()
 
             assert Decimal(100) == (await fetching).amount
             with pytest.raises(InsufficientBalance):
-                await other.acquire(provider, Decimal(300))
+                await acquire(other, provider, Decimal(300))
 
     async def test_holds_lost_by_redis_come_back(
         self, server: RedisServer, caplog: pytest.LogCaptureFixture
@@ -653,9 +698,9 @@ class TestRedisDown:
         addr = ("127.0.0.1", server.port)
         async with (
             make(addr, "lost", lease=0.3) as running,
-            make(addr, "lost") as other,
+            make(addr, "lost", lease=0.3) as other,
         ):
-            hold = await running.acquire(provider, Decimal(600))
+            hold = await acquire(running, provider, Decimal(600))
             await other.balance(provider)
             server.stop()
             server.start()
@@ -666,8 +711,8 @@ class TestRedisDown:
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await eventually(back, "the hold was put back", limit=5)
             with pytest.raises(InsufficientBalance) as info:
-                await other.acquire(provider, Decimal(600))
-            await running.settle(hold, ok=False)
+                await acquire(other, provider, Decimal(600))
+            await settle(hold, ok=False)
 
         assert Decimal(400) == info.value.available
         assert "put back" in caplog.text
@@ -679,11 +724,11 @@ class TestRedisDown:
         provider = InMemoryProvider(1000)
         addr = ("127.0.0.1", server.port)
         guard = make(addr, "inflight", pool=4)
-        holds = [await guard.acquire(provider, Decimal(1)) for _ in range(4)]
+        holds = [await acquire(guard, provider, Decimal(1)) for _ in range(4)]
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
         try:
-            settles = [asyncio.create_task(guard.settle(h, ok=True)) for h in holds]
+            settles = [asyncio.create_task(settle(h, ok=True)) for h in holds]
             closing = asyncio.create_task(guard.aclose())
             for _ in range(10):  # until close waits for the settles
                 await asyncio.sleep(0)
@@ -702,12 +747,12 @@ class TestRedisDown:
 
         async def burst() -> None:
             async def one() -> None:
-                hold = await guard.acquire(provider, Decimal(1))
-                await guard.settle(hold, ok=True)
+                hold = await acquire(guard, provider, Decimal(1))
+                await settle(hold, ok=True)
 
             await asyncio.gather(*(one() for _ in range(20)))
             # A call this loop never settles.
-            await guard.acquire(provider, Decimal(1))
+            await acquire(guard, provider, Decimal(1))
 
         asyncio.run(burst())
         asyncio.run(burst())
@@ -723,8 +768,8 @@ class TestRedisDown:
         """The store, in use by a running loop, refuses calls from another one."""
         provider = InMemoryProvider(100)
         await g1.balance(provider)
-        store = g1._store
-        account = g1._account(provider)
+        store = g1.store
+        account = g1._track(provider).account
 
         def elsewhere() -> object:
             return asyncio.run(store.read(account))
@@ -737,17 +782,19 @@ class TestRedisDown:
         provider = InMemoryProvider(100)
         await g1.balance(provider)
         await g1.aclose()
-        await g1._store.close()
+        await g1.store.close()
 
         with pytest.raises(BalanceUnavailable, match="closed"):
-            await g1._store.read(g1._account(provider))
+            await g1.store.read(g1._track(provider).account)
 
 
 class TestSetup:
     def test_needs_redis_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without redis-py a RedisCache names the extra to install."""
         cache = RedisCache()
-        monkeypatch.delitem(sys.modules, "guard._redis")
+        for name in list(sys.modules):
+            if name.startswith("guard.stores.redis"):
+                monkeypatch.delitem(sys.modules, name)
         monkeypatch.setitem(sys.modules, "redis.asyncio", None)
 
         with pytest.raises(ConfigurationError, match=r"pip install guard\[redis\]"):
@@ -759,8 +806,8 @@ class TestSetup:
             BalanceGuard(lease=0)
 
     async def test_repr(self, g1: BalanceGuard) -> None:
-        """The store's repr shows its lease."""
-        assert "<RedisStore lease=60>" == repr(g1._store)
+        """The store's repr shows its ttl and lease."""
+        assert "<RedisStore ttl=30 lease=60>" == repr(g1.store)
 
 
 # -- several processes ---------------------------------------------------------
@@ -838,14 +885,14 @@ class TestProcesses:
         async with make(addr, namespace) as guard:
             provider = OneClickDZ(KEY, base_url=job["url"])
             with pytest.raises(InsufficientBalance):
-                await guard.acquire(provider, Decimal(2000))
+                await acquire(guard, provider, Decimal(2000))
 
             async def fits() -> bool:
                 try:
-                    hold = await guard.acquire(provider, Decimal(2000))
+                    hold = await acquire(guard, provider, Decimal(2000))
                 except InsufficientBalance:
                     return False
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
                 return True
 
             await eventually(fits, "the killed worker's hold lapsed")
