@@ -27,7 +27,7 @@ from guard import (
     InsufficientBalance,
 )
 from guard.providers import OneClickDZ
-from guard.stores import RedisStore
+from guard.stores import Hold, RedisStore
 from guard.testing._emulator import Emulator, Fault, Plan
 from guard.testing._memory import InMemoryProvider
 
@@ -438,6 +438,89 @@ class TestLeases:
             )
 
         assert "could not release a hold" in caplog.text
+
+
+async def holds_sum(addr: tuple[str, int], key: str) -> int:
+    """
+    Return the sum of the holds in Redis, asked directly (not via a proxy).
+    """
+    async with aioredis.Redis(host=addr[0], port=addr[1]) as client:
+        return int(await client.get(key) or 0)
+
+
+# Where a check is cancelled: after so many event-loop iterations (sending),
+# or after so many ms while its replies come back 20 ms late (the hold is
+# made, the reply, or the unlock of an unused fetch lock, is on its way).
+CANCEL_AT = [("loop", n) for n in range(12)] + [("ms", t) for t in range(0, 50, 3)]
+
+
+class TestCancelledCheck:
+    @pytest.mark.parametrize("ticket", [False, True], ids=["warm", "after-a-miss"])
+    async def test_cancelled_check_leaves_no_hold(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy, ticket: bool
+    ) -> None:
+        """A check cancelled at any await leaves no hold in Redis past 0.2 s."""
+        provider = InMemoryProvider(1000)
+        left: list[tuple[str, int, int]] = []
+        async with (
+            make(("127.0.0.1", proxy.port), namespace) as guard,
+            aioredis.Redis(host=addr[0], port=addr[1]) as direct,
+        ):
+            store = guard.store
+            assert isinstance(store, RedisStore)
+            account = guard._track(provider).account
+            keys = store._keys(account)
+            for where, n in CANCEL_AT:
+                proxy.delay = 0.0
+                await direct.delete(keys[0], keys[4])
+                if ticket:  # a miss took the fetch lock, then a balance came
+                    assert None is await store.try_hold(account, Decimal(1))
+                await direct.hset(keys[0], mapping={"u": 10**7, "f": "x", "t": 0})
+                # Two connections ready, as in a warm process.
+                await asyncio.gather(store.read(account), store.read(account))
+                proxy.delay = 0.02
+                checking = asyncio.create_task(store.try_hold(account, Decimal(60)))
+                if where == "loop":
+                    for _ in range(n):
+                        await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(n / 1000)
+                checking.cancel()
+                result = (await asyncio.gather(checking, return_exceptions=True))[0]
+                if isinstance(result, Hold):  # done before the cancellation
+                    await store.release(result, debit=False)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 0.2
+                while (held := await holds_sum(addr, keys[3])) and (
+                    loop.time() < deadline
+                ):
+                    await asyncio.sleep(0.01)
+                if held:
+                    left.append((where, n, held))
+                    await direct.delete(keys[2], keys[3])
+            proxy.delay = 0.0
+
+        assert [] == left
+
+    async def test_cancelled_call_leaves_no_hold(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """A guarded call cancelled while its check waits for Redis holds nothing."""
+        provider = InMemoryProvider(1000)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace) as guard,
+            make(addr, namespace) as other,
+        ):
+            await guard.balance(provider)
+            proxy.delay = 0.05
+            checking = asyncio.create_task(acquire(guard, provider, Decimal(1000)))
+            await asyncio.sleep(0.02)  # the hold is made, its reply on its way
+            checking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await checking
+
+            await asyncio.sleep(0.2)
+            assert await fits(other, provider, 1000)
 
 
 class TestSingleFlight:

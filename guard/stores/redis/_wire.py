@@ -202,8 +202,10 @@ class Wire:
                 finally:
                     if self._is_closed():  # close() has let go of the others
                         await conn.disconnect(nowait=True)
-                    else:
+                    elif conn.is_connected:
                         self._free.append(conn)
+                    else:  # used last: connecting again costs round trips
+                        self._free.insert(0, conn)
         finally:
             self._busy -= 1
             if not self._busy and self._drained is not None:
