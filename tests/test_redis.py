@@ -877,6 +877,72 @@ class TestRedisDown:
             await g1.store.read(g1._track(provider).account)
 
 
+class TestDataLoss:
+    @pytest.mark.parametrize("how", ["restart", "flushall"])
+    async def test_no_admission_until_holders_renew(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture, how: str
+    ) -> None:
+        """After Redis loses its data, a running call's amount is not admitted again."""
+        provider = InMemoryProvider(1000)
+        addr = ("127.0.0.1", server.port)
+        # Renewals every second; the window after a loss is 1.5 s.
+        async with (
+            make(addr, "loss", lease=3) as holder,
+            make(addr, "loss", lease=3) as other,
+        ):
+            async with other.reserve(provider, 1):  # it has used the account
+                pass
+            hold = await acquire(holder, provider, Decimal(800))
+            if how == "restart":
+                server.stop()
+                server.start()
+            else:
+                with redis.Redis(port=server.port) as client:
+                    client.flushall()
+
+            with (
+                caplog.at_level(logging.WARNING, logger="guard"),
+                pytest.raises(InsufficientBalance) as info,
+            ):
+                await acquire(other, provider, Decimal(800))
+            await settle(hold, ok=False)
+            losses = (holder.store.data_losses, other.store.data_losses)  # type: ignore[attr-defined]
+
+        assert Decimal(200) == info.value.available
+        assert (1, 1) == losses
+        assert 2 == caplog.text.count("Redis lost guard's data")
+
+    async def test_new_account_is_admitted_at_once(self, server: RedisServer) -> None:
+        """An account no process knew is used at once: no window without a loss."""
+        provider = InMemoryProvider(1000)
+        async with make(("127.0.0.1", server.port), "new", lease=60) as guard:
+            async with asyncio.timeout(1):
+                hold = await acquire(guard, provider, Decimal(800))
+            await settle(hold, ok=False)
+
+            assert 0 == guard.store.data_losses  # type: ignore[attr-defined]
+
+    async def test_window_longer_than_the_wait_fails_fast(
+        self, server: RedisServer
+    ) -> None:
+        """A loss window longer than the fetch timeout fails the check at once."""
+        provider = InMemoryProvider(1000)
+        async with make(
+            ("127.0.0.1", server.port), "long", lease=60, fetch_timeout=1
+        ) as guard:
+            async with guard.reserve(provider, 1):
+                pass
+            server.stop()
+            server.start()
+
+            async with asyncio.timeout(0.5):
+                with pytest.raises(BalanceUnavailable, match="lost its data") as info:
+                    await acquire(guard, provider, Decimal(1))
+
+        assert info.value.retry_after is not None
+        assert 19 < info.value.retry_after <= 20.5
+
+
 class LoopThread:
     """
     An event loop in a daemon thread, as the sync API runs guards on
