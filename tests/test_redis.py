@@ -626,9 +626,8 @@ class TestRedisDown:
     ) -> None:
         """Redis down raises BalanceUnavailable; once back, calls work again."""
         provider = InMemoryProvider(100, name="oneclickdz")
-        # A short lease: after the restart, calls wait out the data-loss
-        # window (a third of it, and half a second).
-        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=1, lease=0.3)
+        # After the restart, calls wait out the data-loss window (1.5 s).
+        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=2, lease=0.3)
         async with guard:
             hold = await acquire(guard, provider, Decimal(10))
             server.stop()
@@ -716,7 +715,7 @@ class TestRedisDown:
         results: dict[str, int] = {"ok": 0, "refused": 0, "unavailable": 0}
         async with (
             make(
-                ("127.0.0.1", server.port), "restart", fetch_timeout=1, lease=0.6
+                ("127.0.0.1", server.port), "restart", fetch_timeout=2, lease=0.6
             ) as guard,
             aiohttp.ClientSession() as session,
         ):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BalanceUnavailable
 from .._values import Account, Entry, Hold, Short, Ticket
-from ._leases import Leases
+from ._leases import RETRY, Leases
 from ._scripts import (
     BEGIN,
     HOLD,
@@ -82,8 +82,9 @@ class RedisStore:
     running are gone until their processes' next renewal puts them back.
     The account's epoch key is gone too: the first script of a process that
     knew the old epoch marks the new one as following a loss, and for a
-    third of the lease and half a second after it was made, no process
-    admits a call on that account (checks wait, within the fetch timeout,
+    renewal period (a third of the lease, at least a second: renewals that
+    failed are retried every second) and half a second after it was made,
+    no process admits a call on that account (checks wait, within the fetch timeout,
     or fail with `guard.BalanceUnavailable`). Each loss is counted
     (`data_losses`) and logged as a WARNING once per account. A process
     that never used the account before the loss, and touches it first,
@@ -135,8 +136,9 @@ class RedisStore:
             self._wire,
             self._keys,
             lease=lease,
-            # One renewal period, and time for the renewals to reach Redis.
-            window_ms=max(1, round(lease * 1000 / 3)) + 500,
+            # One renewal period (a second, after a failed one), and time
+            # for the renewals to reach Redis.
+            window_ms=round(max(lease / 3, RETRY) * 1000) + 500,
         )
         prefix = getattr(cache, "namespace", None) or ""
         self._prefix = f"{prefix}:" if prefix else ""
