@@ -173,9 +173,16 @@ class Leases:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def release(self, account: Account, args: tuple[str | int, ...]) -> None:
+    async def release(
+        self, account: Account, args: tuple[str | int, ...], *, owned: bool = False
+    ) -> None:
         """
         Run a release; if Redis can't be reached, retry it until the lease ends.
+
+        *owned*: it runs in a task of the store's, cancelled only when its
+        loop ends; then it is retried too. (A caller's cancellation is the
+        caller's to handle: retrying it as well would send it twice, and the
+        second would invalidate a debited balance.)
         """
         try:
             await self._wire.run(RELEASE, account, self._keys(account), args)
@@ -187,8 +194,9 @@ class Leases:
                 self.lease,
                 exc.reason,
             )
-        except asyncio.CancelledError:  # the loop is ending: the next one retries
-            self.retry(RELEASE, account, args)
+        except asyncio.CancelledError:
+            if owned:
+                self.retry(RELEASE, account, args)
             raise
 
     async def drop(self, account: Account, args: tuple[str | int, ...]) -> None:

@@ -199,7 +199,7 @@ class RedisStore:
     async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
         units = ceil_units(amount)
         leases = self._leases
-        deadline = time.monotonic() + self.fetch_timeout
+        deadline = None
         while True:
             token = _new_id()
             member = f"{token}:{units}"
@@ -226,7 +226,10 @@ class RedisStore:
             # Redis lost its data: wait for the running calls' holds to
             # come back (nothing is held meanwhile).
             wait = int(reply[2]) / 1000
-            if time.monotonic() + wait > deadline:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.fetch_timeout
+            if now + wait > deadline:
                 raise BalanceUnavailable(
                     "Redis lost its data: admitting nothing until the running "
                     f"calls' holds are back, in {wait:.1f} s",
@@ -347,7 +350,7 @@ class RedisStore:
         except asyncio.CancelledError:
             # Cut short on its way, it may not have run: finish it in a task
             # of the store's rather than leave the hold behind for a lease.
-            self._leases.spawn(self._leases.release(account, args))
+            self._leases.spawn(self._leases.release(account, args, owned=True))
             raise
 
     async def invalidate(self, account: Account) -> None:
