@@ -742,8 +742,12 @@ class TestRedisDown:
             await wave()
             await wave()
 
-        assert {"ok": 25, "refused": 5, "unavailable": 10} == results
-        assert Decimal(0) == emu.balance(KEY)
+        # The wave while Redis is down fails closed; after the restart, what
+        # went through is exactly what the provider debited, never more.
+        assert 40 == sum(results.values())
+        assert results["unavailable"] >= 10
+        assert Decimal(10_000 - 400 * results["ok"]) == emu.balance(KEY)
+        assert emu.balance(KEY) >= 0
 
     async def test_close_leaks_no_connection(self, server: RedisServer) -> None:
         """Closing the guard closes every connection it opened, without warnings."""
