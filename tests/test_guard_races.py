@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _holds import hold, release
+from _providers import During, Network
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -41,58 +42,9 @@ from guard.stores import Account, Hold, MemoryStore, Short
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     from _holds import Held
-
-
-class Network(InMemoryProvider):
-    """
-    A provider whose server reads the balance when asked; while `gate` is
-    set, the answer arrives only once the gate opens (a slow network).
-    """
-
-    def __init__(self, balance: int, **kwargs: Any) -> None:
-        super().__init__(balance, **kwargs)
-        self.gate: asyncio.Event | None = None
-        self.asked = asyncio.Event()
-        self.cancelled = False
-
-    def slow_down(self) -> asyncio.Event:
-        """Hold the next answers until the returned gate is set."""
-        self.gate = asyncio.Event()
-        self.asked = asyncio.Event()
-        return self.gate
-
-    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
-        self.fetches += 1
-        if self._failures:
-            raise self._failures.pop(0)
-        seen = self.balance
-        if self.gate is not None:
-            self.asked.set()
-            try:
-                await self.gate.wait()
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-        return seen
-
-
-class During(InMemoryProvider):
-    """
-    A provider that runs *during* between reading the balance and answering.
-    """
-
-    def __init__(self, balance: int, during: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(balance)
-        self.during = during
-
-    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
-        self.fetches += 1
-        seen = self.balance
-        await self.during()
-        return seen
 
 
 class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
