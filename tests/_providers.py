@@ -68,3 +68,15 @@ class During(InMemoryProvider):
         seen = self.balance
         await self.during()
         return seen
+
+
+class LoopRecorder(InMemoryProvider):
+    """Records the event loop each fetch runs on."""
+
+    def __init__(self, balance: int, **options: Any) -> None:
+        super().__init__(balance, **options)
+        self.loops: list[asyncio.AbstractEventLoop] = []
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        self.loops.append(asyncio.get_running_loop())
+        return await super().fetch_balance(session)

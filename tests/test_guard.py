@@ -6,12 +6,11 @@ import inspect
 import logging
 import threading
 from decimal import Decimal
-from typing import Any
 
 import aiohttp
 import pytest
 from _holds import hold
-from _providers import Network
+from _providers import LoopRecorder, Network
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -632,18 +631,6 @@ class TestUserProviders:
             ) as info:
                 await strict.balance(provider)
         assert isinstance(info.value.__cause__, ConnectionResetError)
-
-
-class LoopRecorder(InMemoryProvider):
-    """Records the event loop each fetch runs on."""
-
-    def __init__(self, balance: int, **options: Any) -> None:
-        super().__init__(balance, **options)
-        self.loops: list[asyncio.AbstractEventLoop] = []
-
-    async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
-        self.loops.append(asyncio.get_running_loop())
-        return await super().fetch_balance(session)  # type: ignore[arg-type]
 
 
 class TestEventLoops:
