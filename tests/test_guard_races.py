@@ -75,6 +75,31 @@ class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
         return await super()._delete(key, _conn=_conn)
 
 
+class HangingCache(SimpleMemoryCache):  # type: ignore[misc]
+    """
+    A non-Redis aiocache backend that stops answering writes and deletes
+    while `hang` is true (a stuck connection, a wedged server).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hang = False
+        self.stuck = 0
+
+    async def _stop(self) -> None:
+        if self.hang:
+            self.stuck += 1
+            await asyncio.Event().wait()
+
+    async def _set(self, key: str, value: object, *args: Any, **kwargs: Any) -> Any:
+        await self._stop()
+        return await super()._set(key, value, *args, **kwargs)
+
+    async def _delete(self, key: str, _conn: object = None) -> Any:
+        await self._stop()
+        return await super()._delete(key, _conn=_conn)
+
+
 @pytest.fixture(name="network")
 def _network() -> Network:
     return Network(100)
@@ -527,6 +552,46 @@ class TestCacheErrors:
             cache.down = False
 
         assert ["fetched", "failed_open", "settled"] == [e.kind for e in events]
+
+    async def test_stuck_write_is_bounded(self) -> None:
+        """A cache that stops answering a write fails the call as unavailable."""
+        provider = InMemoryProvider(100)
+        cache = HangingCache()
+        cache.hang = True
+        async with (
+            asyncio.timeout(10),  # a hang fails here instead of hanging the run
+            BalanceGuard(cache=cache, fetch_timeout=0.2) as guard,
+        ):
+            with pytest.raises(BalanceUnavailable, match="cache unavailable"):
+                await hold(guard, provider, Decimal(1))
+            assert Decimal(0) == guard.held(provider)
+            cache.hang = False
+            async with guard.reserve(provider, 100) as reservation:
+                assert reservation.balance is not None
+
+        assert 1 == cache.stuck
+
+    async def test_stuck_delete_is_bounded(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A cache that stops answering a delete doesn't hang the settle."""
+        provider = InMemoryProvider(100)
+        cache = HangingCache()
+        async with (
+            asyncio.timeout(10),  # a hang fails here instead of hanging the run
+            BalanceGuard(cache=cache, fetch_timeout=0.2) as guard,
+        ):
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                async with guard.reserve(provider, 10):
+                    cache.hang = True  # the settle's delete gets no answer
+                await guard.invalidate(provider)  # nor does this one
+            assert Decimal(0) == guard.held(provider)
+            cache.hang = False
+            async with guard.reserve(provider, 100):
+                pass
+
+        assert 2 == cache.stuck
+        assert 2 == caplog.text.count("could not delete a cached balance")
 
 
 class TestProviders:
