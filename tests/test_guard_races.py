@@ -42,7 +42,7 @@ from guard.stores import Account, Hold, MemoryStore, Short
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
     from _holds import Held
 
@@ -103,12 +103,6 @@ class HangingCache(SimpleMemoryCache):  # type: ignore[misc]
 @pytest.fixture(name="network")
 def _network() -> Network:
     return Network(100)
-
-
-@pytest.fixture(name="debit_guard")
-async def _debit_guard() -> AsyncIterator[BalanceGuard]:
-    async with BalanceGuard(settle="debit") as guard:
-        yield guard
 
 
 class TestFetchOverlappingSettle:

@@ -37,7 +37,7 @@ from guard.testing import Emulator, Fault, InMemoryProvider, Route
 from guard.typing import Store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
     from guard.providers import OneClickDZ
     from guard.stores import Account, Entry, Hold, Short, Ticket
@@ -47,18 +47,6 @@ KEY = "sk_reserve_0123456789"
 
 class Boom(Exception):
     """What a guarded block raises in these tests."""
-
-
-@pytest.fixture(name="events")
-def _events() -> list[GuardEvent]:
-    return []
-
-
-@pytest.fixture(name="debit_guard")
-async def _debit_guard(events: list[GuardEvent]) -> AsyncIterator[BalanceGuard]:
-    """A guard that debits its cached balance after a successful call."""
-    async with BalanceGuard(settle="debit", hooks=[events.append]) as guard:
-        yield guard
 
 
 def settled(events: list[GuardEvent]) -> list[bool | None]:
@@ -454,14 +442,6 @@ class TestSharedRequirement:
         assert Decimal(500) == debit_guard.accounts()[0].spent
 
 
-@pytest.fixture(name="sync_guard")
-def _sync_guard(events: list[GuardEvent]) -> Iterator[BalanceGuard]:
-    """A debit guard driven from synchronous code, closed on the private loop."""
-    guard = BalanceGuard(settle="debit", hooks=[events.append])
-    yield guard
-    _sync.close_guard(guard)
-
-
 class TestSharedRequirementInThreads:
     def test_many_threads(
         self,
@@ -470,7 +450,7 @@ class TestSharedRequirementInThreads:
         events: list[GuardEvent],
     ) -> None:
         """Many threads in one object at once (sync with): no hold left, no error."""
-        requirement = require_balance(provider, 10, guard=sync_guard)
+        requirement = require_balance(provider, 10, guard=sync_guard, settle="debit")
         threads = 32
         all_in = threading.Barrier(threads)
         errors: list[BaseException] = []
@@ -514,7 +494,7 @@ class TestSharedRequirementInThreads:
         self, sync_guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
         """A thread's exit settles its own entry, not another thread's."""
-        requirement = require_balance(provider, 100, guard=sync_guard)
+        requirement = require_balance(provider, 100, guard=sync_guard, settle="debit")
         first_in = threading.Event()
         second_out = threading.Event()
         seen: list[object] = []
