@@ -1,0 +1,367 @@
+"""
+Measure what guard costs an aiohttp server: requests/second under a real
+load generator, and the per-request work of the middleware in process.
+
+Run from the repository root, in the dev environment, with ``wrk`` installed
+(Debian package ``wrk``)::
+
+    python benchmarks/bench_aiohttp.py            # 7 rounds of 2 s per app
+    python benchmarks/bench_aiohttp.py --quick    # a few seconds, for CI
+    python benchmarks/bench_aiohttp.py --check    # exit 1 if a target is missed
+
+The same app (one ``GET /`` handler answering a small JSON body) is served
+five ways, each by its own process on a free loopback port:
+
+- ``plain``: no guard, the baseline;
+- ``route/debit`` and ``route/refresh``: ``setup_guard(app, ...,
+  routes={"hello": guard_route(provider, 1)})`` with ``settle="debit"`` and
+  the default ``"refresh"``;
+- ``decorator/debit`` and ``decorator/refresh``: ``@require_balance(provider,
+  1)`` on the handler, with ``setup_guard`` for the error answers.
+
+The provider is a `guard.testing.InMemoryProvider` whose balance never runs
+out, so the figures are guard's own work and not a provider's.
+
+(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration. Each
+    round runs the guarded apps in turn between two runs of the plain app,
+    and a guarded app's ratio in that round is its requests/second over the
+    mean of those two, so that load from other processes, which drifts over
+    seconds, cancels out. Printed: each app's median requests/second, median
+    ratio and median p99 latency. Target: at least 0.9x for every guarded
+    app.
+(b) In process: one request dispatched through ``Application._handle``
+    (routing, middlewares, handler; no HTTP parsing) in a tight loop, the
+    median per-request time of each app as a ratio to the plain app's, and
+    what guard adds per request.
+
+Times are wall-clock on a shared machine: compare the ratios, not the
+absolute figures, and on a busy machine run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from guard import BalanceGuard, require_balance
+from guard.aiohttp import guard_route, setup_guard
+from guard.testing import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+MODES = (
+    "plain",
+    "route/debit",
+    "route/refresh",
+    "decorator/debit",
+    "decorator/refresh",
+)
+BASELINE = "plain"
+TARGET_RATIO = 0.9
+PLENTY = Decimal(10) ** 15
+CONNECTIONS = 50
+
+
+# -- the app ----------------------------------------------------------------
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def make_app(mode: str) -> web.Application:
+    """
+    The app served in *mode* (one of `MODES`).
+    """
+    app = web.Application()
+    if mode == BASELINE:
+        app.router.add_get("/", hello, name="hello")
+        return app
+    kind, settle = mode.split("/")
+    provider = InMemoryProvider(PLENTY)
+    guard = BalanceGuard(settle="debit" if settle == "debit" else "refresh")
+    if kind == "route":
+        app.router.add_get("/", hello, name="hello")
+        setup_guard(app, guard, routes={"hello": guard_route(provider, 1)})
+    else:
+        app.router.add_get("/", require_balance(provider, 1, guard=guard)(hello))
+        setup_guard(app, guard)
+    return app
+
+
+def serve(mode: str) -> None:
+    """
+    Serve *mode*'s app on a free loopback port, printed first, until
+    SIGTERM.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    web.run_app(make_app(mode), sock=sock, print=None, access_log=None)
+
+
+# -- (a) wrk -----------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_wrk(output: str) -> tuple[float, float]:
+    """
+    Return (requests/second, p99 latency in seconds) from wrk's output.
+
+    Raises:
+        RuntimeError: wrk saw non-2xx answers or socket errors: the figure
+            would not measure the app's normal path.
+    """
+    for problem in ("Non-2xx or 3xx responses", "Socket errors"):
+        if problem in output:
+            raise RuntimeError(f"wrk reported {problem.lower()}:\n{output}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    if rps is None or p99 is None:
+        raise RuntimeError(f"unreadable wrk output:\n{output}")
+    return float(rps[1]), _seconds(p99[1])
+
+
+class Server:
+    """
+    One app served by a child process.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, __file__, "--serve", mode],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.stop()
+            raise RuntimeError(f"{mode}: the server did not start")
+        self.url = f"http://127.0.0.1:{int(line)}/"
+
+    def ready(self, deadline: float) -> None:
+        """
+        Wait until the app answers 200 (its guard then has a balance).
+        """
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as reply:  # noqa: S310
+                    if reply.status == 200:
+                        return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.mode}: no answer from {self.url}"
+                    ) from exc
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_wrk(wrk: str, url: str, duration: int) -> tuple[float, float]:
+    out = subprocess.run(  # noqa: S603
+        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def load(rounds: int, duration: int) -> dict[str, tuple[float, float, float]]:
+    """
+    Each mode's median requests/second, ratio to the plain app and p99
+    seconds under wrk.
+
+    Every round runs the guarded apps in turn between two runs of the plain
+    app; a guarded app's ratio in that round is to the mean of the two, so
+    that load from other processes, which drifts over seconds, cancels out.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "bench_aiohttp.py needs wrk, the HTTP load generator: "
+            "apt-get install -y wrk"
+        )
+    servers = {mode: Server(mode) for mode in MODES}
+    guarded = [mode for mode in MODES if mode != BASELINE]
+    rps: dict[str, list[float]] = {mode: [] for mode in MODES}
+    ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
+    p99: dict[str, list[float]] = {mode: [] for mode in MODES}
+
+    def measure(mode: str) -> float:
+        r, p = run_wrk(wrk, servers[mode].url, duration)
+        rps[mode].append(r)
+        p99[mode].append(p)
+        return r
+
+    try:
+        deadline = time.monotonic() + 30
+        for server in servers.values():
+            server.ready(deadline)
+        before = measure(BASELINE)
+        for i in range(rounds):
+            # Rotate the order so no mode always runs first after the plain app.
+            order = guarded[i % len(guarded) :] + guarded[: i % len(guarded)]
+            round_rps = {mode: measure(mode) for mode in order}
+            after = measure(BASELINE)
+            base = (before + after) / 2
+            ratios[BASELINE].append(1.0)
+            for mode, r in round_rps.items():
+                ratios[mode].append(r / base)
+            before = after
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {
+        mode: (
+            statistics.median(rps[mode]),
+            statistics.median(ratios[mode]),
+            statistics.median(p99[mode]),
+        )
+        for mode in MODES
+    }
+
+
+# -- (b) in process ---------------------------------------------------------------
+
+
+async def dispatch_loops(calls: int, repeats: int) -> tuple[dict[str, float], float]:
+    """
+    Median seconds per request of each mode's ``Application._handle``, and
+    of the handler alone.
+    """
+    runners: list[web.AppRunner] = []
+    loops: dict[str, Callable[[], Awaitable[object]]] = {}
+    try:
+        for mode in MODES:
+            app = make_app(mode)
+            runner = web.AppRunner(app)
+            await runner.setup()  # runs setup_guard's startup
+            runners.append(runner)
+            request = make_mocked_request("GET", "/", app=app)
+            loops[mode] = lambda app=app, request=request: app._handle(request)
+        request = make_mocked_request("GET", "/")
+        loops["handler"] = lambda: hello(request)
+        for run in loops.values():
+            for _ in range(100):
+                response = await run()
+                assert getattr(response, "status", 0) == 200, response
+        times: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(repeats):
+            for name, run in loops.items():
+                # The collector stays on: requests and responses make cyclic
+                # garbage, which a server collects too.
+                gc.collect()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await run()
+                times[name].append((time.perf_counter() - start) / calls)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    handler = statistics.median(times.pop("handler"))
+    return {name: statistics.median(t) for name, t in times.items()}, handler
+
+
+# -- report ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="aiohttp server throughput and middleware cost, with and "
+        "without guard, as ratios in one run"
+    )
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if a target is missed"
+    )
+    parser.add_argument("--rounds", type=int, help="wrk runs per app")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run")
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    rounds = args.rounds or (2 if args.quick else 7)
+    duration = args.duration or (1 if args.quick else 2)
+    calls, repeats = (2_000, 5) if args.quick else (10_000, 9)
+
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}; "
+        f"wrk -t1 -c{CONNECTIONS} -d{duration}s --latency, {rounds} rounds "
+        "interleaved"
+    )
+    figures = load(rounds, duration)
+    missed = []
+    print(
+        "\n(a) requests/second under wrk (median), ratio to the plain app "
+        "(median of each round's), p99 latency (median)"
+    )
+    for mode, (rps, ratio, p99) in figures.items():
+        mark = ""
+        if mode != BASELINE and ratio < TARGET_RATIO:
+            mark = f"  MISSED (target >= {TARGET_RATIO}x)"
+            missed.append(mode)
+        print(
+            f"  {mode:<18} {rps:>9.0f} req/s  {ratio:5.2f}x  "
+            f"p99 {p99 * 1e3:6.2f} ms{mark}"
+        )
+
+    per_request, handler = asyncio.run(dispatch_loops(calls, repeats))
+    base = per_request[BASELINE]
+    print(
+        f"\n(b) in process, one request through Application._handle "
+        f"(median of {repeats} x {calls:,}); the handler alone "
+        f"{handler * 1e6:.2f} us"
+    )
+    for mode, seconds in per_request.items():
+        added = seconds - base
+        print(
+            f"  {mode:<18} {seconds * 1e6:6.2f} us  {seconds / base:5.2f}x"
+            + (
+                ""
+                if mode == BASELINE
+                else f"  guard adds {added * 1e6:5.2f} us "
+                f"({added / handler:.1f}x the handler)"
+            )
+        )
+    if missed:
+        print(f"\nmissed: {', '.join(missed)}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
