@@ -27,8 +27,10 @@ out, so the figures are guard's own work and not a provider's.
     and a guarded app's ratio in that round is its requests/second over the
     mean of those two, so that load from other processes, which drifts over
     seconds, cancels out. Printed: each app's median requests/second, median
-    ratio and median p99 latency. Target: at least 0.9x for every guarded
-    app.
+    ratio and median p99 latency, and the server process's CPU time per
+    request (from ``/proc``, on Linux) as a ratio to the plain app's, the
+    figure least moved by other processes. Target: at least 0.9x the plain
+    app's requests/second for every guarded app.
 (b) In process: one request dispatched through ``Application._handle``
     (routing, middlewares, handler; no HTTP parsing) in a tight loop, the
     median per-request time of each app as a ratio to the plain app's, and
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import platform
 import re
 import shutil
@@ -53,7 +56,7 @@ import sys
 import time
 import urllib.request
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -128,9 +131,21 @@ def _seconds(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def parse_wrk(output: str) -> tuple[float, float]:
+class Run(NamedTuple):
     """
-    Return (requests/second, p99 latency in seconds) from wrk's output.
+    One wrk run against one app.
+    """
+
+    requests: int
+    rps: float
+    p99: float  # seconds
+    cpu: float | None  # the server's CPU seconds per request; None: unknown
+
+
+def parse_wrk(output: str) -> tuple[int, float, float]:
+    """
+    Return (requests, requests/second, p99 latency in seconds) from wrk's
+    output.
 
     Raises:
         RuntimeError: wrk saw non-2xx answers or socket errors: the figure
@@ -139,11 +154,25 @@ def parse_wrk(output: str) -> tuple[float, float]:
     for problem in ("Non-2xx or 3xx responses", "Socket errors"):
         if problem in output:
             raise RuntimeError(f"wrk reported {problem.lower()}:\n{output}")
+    count = re.search(r"(\d+) requests in", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
-    if rps is None or p99 is None:
+    if count is None or rps is None or p99 is None:
         raise RuntimeError(f"unreadable wrk output:\n{output}")
-    return float(rps[1]), _seconds(p99[1])
+    return int(count[1]), float(rps[1]), _seconds(p99[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """
+    CPU seconds process *pid* has used (user + system), from Linux's
+    ``/proc``; None elsewhere.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -181,6 +210,24 @@ class Server:
                     ) from exc
                 time.sleep(0.05)
 
+    def load(self, wrk: str, duration: int) -> Run:
+        """
+        Load the app with wrk for *duration* seconds.
+        """
+        cpu_before = cpu_seconds(self.proc.pid)
+        out = subprocess.run(  # noqa: S603
+            [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", self.url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        cpu_after = cpu_seconds(self.proc.pid)
+        requests, rps, p99 = parse_wrk(out)
+        cpu = None
+        if cpu_before is not None and cpu_after is not None and requests:
+            cpu = (cpu_after - cpu_before) / requests
+        return Run(requests, rps, p99, cpu)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -190,24 +237,25 @@ class Server:
             self.proc.wait()
 
 
-def run_wrk(wrk: str, url: str, duration: int) -> tuple[float, float]:
-    out = subprocess.run(  # noqa: S603
-        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return parse_wrk(out)
-
-
-def load(rounds: int, duration: int) -> dict[str, tuple[float, float, float]]:
+class Figures(NamedTuple):
     """
-    Each mode's median requests/second, ratio to the plain app and p99
-    seconds under wrk.
+    One app's medians over the rounds.
+    """
+
+    rps: float
+    ratio: float  # requests/second over the plain app's
+    p99: float
+    cpu_ratio: float | None  # server CPU per request over the plain app's
+
+
+def load(rounds: int, duration: int) -> dict[str, Figures]:
+    """
+    Each mode's medians under wrk.
 
     Every round runs the guarded apps in turn between two runs of the plain
-    app; a guarded app's ratio in that round is to the mean of the two, so
-    that load from other processes, which drifts over seconds, cancels out.
+    app; a guarded app's ratios in that round are to the mean of those two,
+    so that load from other processes, which drifts over seconds, cancels
+    out.
     """
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -217,15 +265,14 @@ def load(rounds: int, duration: int) -> dict[str, tuple[float, float, float]]:
         )
     servers = {mode: Server(mode) for mode in MODES}
     guarded = [mode for mode in MODES if mode != BASELINE]
-    rps: dict[str, list[float]] = {mode: [] for mode in MODES}
+    runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
     ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
-    p99: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
 
-    def measure(mode: str) -> float:
-        r, p = run_wrk(wrk, servers[mode].url, duration)
-        rps[mode].append(r)
-        p99[mode].append(p)
-        return r
+    def measure(mode: str) -> Run:
+        run = servers[mode].load(wrk, duration)
+        runs[mode].append(run)
+        return run
 
     try:
         deadline = time.monotonic() + 30
@@ -235,21 +282,25 @@ def load(rounds: int, duration: int) -> dict[str, tuple[float, float, float]]:
         for i in range(rounds):
             # Rotate the order so no mode always runs first after the plain app.
             order = guarded[i % len(guarded) :] + guarded[: i % len(guarded)]
-            round_rps = {mode: measure(mode) for mode in order}
+            this_round = {mode: measure(mode) for mode in order}
             after = measure(BASELINE)
-            base = (before + after) / 2
-            ratios[BASELINE].append(1.0)
-            for mode, r in round_rps.items():
-                ratios[mode].append(r / base)
+            base = (before.rps + after.rps) / 2
+            for mode, run in this_round.items():
+                ratios[mode].append(run.rps / base)
+                if run.cpu and before.cpu and after.cpu:
+                    cpu_ratios[mode].append(run.cpu / ((before.cpu + after.cpu) / 2))
             before = after
     finally:
         for server in servers.values():
             server.stop()
+    ratios[BASELINE] = [1.0]
+    cpu_ratios[BASELINE] = [1.0] if cpu_ratios[guarded[0]] else []
     return {
-        mode: (
-            statistics.median(rps[mode]),
-            statistics.median(ratios[mode]),
-            statistics.median(p99[mode]),
+        mode: Figures(
+            rps=statistics.median(run.rps for run in runs[mode]),
+            ratio=statistics.median(ratios[mode]),
+            p99=statistics.median(run.p99 for run in runs[mode]),
+            cpu_ratio=statistics.median(cpu_ratios[mode]) if cpu_ratios[mode] else None,
         )
         for mode in MODES
     }
@@ -327,17 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     figures = load(rounds, duration)
     missed = []
     print(
-        "\n(a) requests/second under wrk (median), ratio to the plain app "
-        "(median of each round's), p99 latency (median)"
+        "\n(a) under wrk, medians over the rounds: requests/second and its "
+        "ratio to the plain app's, p99 latency, and the server's CPU time per "
+        "request as a ratio to the plain app's"
     )
-    for mode, (rps, ratio, p99) in figures.items():
+    for mode, fig in figures.items():
         mark = ""
-        if mode != BASELINE and ratio < TARGET_RATIO:
+        if mode != BASELINE and fig.ratio < TARGET_RATIO:
             mark = f"  MISSED (target >= {TARGET_RATIO}x)"
             missed.append(mode)
+        cpu = "" if fig.cpu_ratio is None else f"  CPU/request {fig.cpu_ratio:5.2f}x"
         print(
-            f"  {mode:<18} {rps:>9.0f} req/s  {ratio:5.2f}x  "
-            f"p99 {p99 * 1e3:6.2f} ms{mark}"
+            f"  {mode:<18} {fig.rps:>7.0f} req/s {fig.ratio:5.2f}x  "
+            f"p99 {fig.p99 * 1e3:6.2f} ms{cpu}{mark}"
         )
 
     per_request, handler = asyncio.run(dispatch_loops(calls, repeats))
