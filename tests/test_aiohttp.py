@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from guard import BalanceGuard, GuardEvent, InsufficientBalance, require_balance
 from guard.aiohttp import (
@@ -332,6 +333,17 @@ class TestRoutes:
             assert 405 == (await client.get("/topup")).status
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    async def test_rule_required_reads_the_amount(self, oneclick: Provider) -> None:
+        """A rule's required() gives its fixed amount, or the one it reads."""
+        request = make_mocked_request("POST", "/topup/250", match_info={"n": "250"})
+
+        fixed = await guard_route(oneclick, "10.50").required(request)
+        read = await guard_route(oneclick, lambda r: r.match_info["n"]).required(
+            request
+        )
+
+        assert (Decimal("10.50"), Decimal(250)) == (fixed, read)
 
 
 class TestUnavailable:
