@@ -248,6 +248,19 @@ class Figures(NamedTuple):
     cpu_ratio: float | None  # server CPU per request over the plain app's
 
 
+def find_wrk() -> str:
+    """
+    Return wrk's path, or exit saying how to install it.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "bench_aiohttp.py needs wrk, the HTTP load generator: "
+            "apt-get install -y wrk"
+        )
+    return wrk
+
+
 def load(rounds: int, duration: int) -> dict[str, Figures]:
     """
     Each mode's medians under wrk.
@@ -257,12 +270,7 @@ def load(rounds: int, duration: int) -> dict[str, Figures]:
     so that load from other processes, which drifts over seconds, cancels
     out.
     """
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        sys.exit(
-            "bench_aiohttp.py needs wrk, the HTTP load generator: "
-            "apt-get install -y wrk"
-        )
+    wrk = find_wrk()
     servers = {mode: Server(mode) for mode in MODES}
     guarded = [mode for mode in MODES if mode != BASELINE]
     runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
@@ -372,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (1 if args.quick else 2)
     calls, repeats = (2_000, 5) if args.quick else (10_000, 9)
 
+    find_wrk()
     print(
         f"Python {platform.python_version()}, {platform.machine()}; "
         f"wrk -t1 -c{CONNECTIONS} -d{duration}s --latency, {rounds} rounds "
