@@ -34,6 +34,7 @@ from .errors import (
 from .stores import Hold, Short
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Iterable
     from decimal import Decimal
     from types import TracebackType
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from aiocache.base import BaseCache
 
     from .stores import Entry
-    from .typing import AmountLike, EventHook, Provider, Store
+    from .typing import AmountLike, EventHook, History, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
@@ -65,13 +66,14 @@ class Reservation:
             checked.
     """
 
-    __slots__ = ("_failed", "_hold", "_tracked", "amount", "provider")
+    __slots__ = ("_failed", "_hold", "_started", "_tracked", "amount", "provider")
 
     provider: Provider
     amount: Decimal
     _tracked: Tracked
     _hold: Hold | None
     _failed: bool
+    _started: float
 
     def __init__(
         self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -82,6 +84,7 @@ class Reservation:
         set_(self, "_tracked", tracked)
         set_(self, "_hold", hold)  # None: let through unchecked
         set_(self, "_failed", False)
+        set_(self, "_started", time.monotonic())  # for the settled event
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -207,6 +210,9 @@ class BalanceGuard:
             died holding it (or could not reach Redis to release it). Holds
             of running calls are renewed every ``lease / 3`` seconds, so a
             call may run longer than this.
+        history: Where to record every balance fetched and every settled
+            call, such as a `guard.history.SQLiteHistory`; recorded off the
+            hot path. Closing the guard flushes it; you close it.
     """
 
     def __init__(
@@ -227,6 +233,7 @@ class BalanceGuard:
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
         lease: float = 60.0,
+        history: History | None = None,
     ) -> None:
         check_settle(settle)
         if on_unavailable not in ("closed", "open"):
@@ -263,6 +270,10 @@ class BalanceGuard:
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
+        self.history = history
+        """Where this guard's balances and calls are recorded, if anywhere."""
+        if history is not None:
+            history.attach(self)
 
     @property
     def ttl(self) -> float:
@@ -307,6 +318,8 @@ class BalanceGuard:
         if self.closed:
             return
         self.closed = True
+        if self.history is not None:
+            await self.history.detach(self)
         await self._fetcher.aclose()
         await self._store.close()
 
@@ -533,7 +546,11 @@ class BalanceGuard:
             stats.spent = MONEY.add(stats.spent, reservation.amount)
         if self._hooks:
             self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+                "settled",
+                reservation._tracked,
+                amount=reservation.amount,
+                ok=ok,
+                duration=time.monotonic() - reservation._started,
             )
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)
@@ -577,6 +594,8 @@ class BalanceGuard:
         available: Decimal | None = None,
         ok: bool | None = None,
         error: BaseException | None = None,
+        duration: float | None = None,
+        reported_at: dt.datetime | None = None,
     ) -> None:
         if not self._hooks:
             return
@@ -591,6 +610,8 @@ class BalanceGuard:
             available=available,
             ok=ok,
             error=error,
+            duration=duration,
+            reported_at=reported_at,
         )
         for hook in self._hooks:
             try:
