@@ -20,7 +20,7 @@ from guard._money import MONEY, ZERO
 
 from ._chart import svg_chart
 from ._reconcile import Reconciliation, reconcile
-from ._records import REFUND_TYPES
+from ._records import REFUND_TYPES, Transaction
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -115,10 +115,11 @@ async def build_report(
     )
     # Every known balance: (time, before, after).
     moves = sorted(
-        [(t.at, t.old_balance, t.new_balance) for t in transactions if t.at < until]
+        [(t.at, t.old_balance, t.new_balance) for t in _ordered(transactions)]
         + [(r.at, r.amount, r.amount) for r in readings],
         key=lambda m: m[0],
     )
+    moves = [m for m in moves if m[0] < until]
     days: list[Day] = []
     known: Decimal | None = None
     index = 0
@@ -187,6 +188,43 @@ async def build_report(
             history, since, until, provider=provider, account=account
         ),
     )
+
+
+def _ordered(transactions: list[Transaction]) -> list[Transaction]:
+    """
+    *transactions* in time order; those of the same instant (the API writes
+    milliseconds) in the order their balances chain: each one's old
+    balance is the one before's new.
+    """
+    result: list[Transaction] = []
+    index = 0
+    while index < len(transactions):
+        end = index
+        while (
+            end < len(transactions) and transactions[end].at == transactions[index].at
+        ):
+            end += 1
+        group = transactions[index:end]
+        if len(group) > 1:
+            # The one whose old balance no other one left behind begins the chain.
+            nexts: dict[Decimal, list[Transaction]] = {}
+            for t in group:
+                nexts.setdefault(t.old_balance, []).append(t)
+            news = {t.new_balance for t in group}
+            start = next((t for t in group if t.old_balance not in news), group[0])
+            chain = [start]
+            nexts[start.old_balance].remove(start)
+            while len(chain) < len(group):
+                following = nexts.get(chain[-1].new_balance)
+                if not following:
+                    # Broken (a tampered row): keep the rest as listed.
+                    chain.extend(t for t in group if t not in chain)
+                    break
+                chain.append(following.pop())
+            group = chain
+        result.extend(group)
+        index = end
+    return result
 
 
 def render(report: Report, format: Format) -> str:
