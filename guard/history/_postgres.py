@@ -94,12 +94,6 @@ class PostgresHistory(BaseHistory):
             ) from None
         settings = {} if self.schema is None else {"search_path": self.schema}
         try:
-            if self.schema is not None:
-                conn = await asyncpg.connect(self._dsn)
-                try:
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                finally:
-                    await conn.close()
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=4, server_settings=settings
             )
@@ -126,6 +120,9 @@ class PostgresHistory(BaseHistory):
     async def _migrate(self, target: int) -> None:
         async with self._get_pool().acquire() as conn, conn.transaction():
             await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            if self.schema is not None:
+                # Under the lock: two processes creating it at once collide.
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS guard_schema (version INTEGER NOT NULL)"
             )
