@@ -7,8 +7,10 @@ configured auth.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import inspect
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from aiohttp import web
 
-from guard.errors import ConfigurationError
+from guard.errors import ConfigurationError, GuardError
 from guard.history._chart import svg_chart
 from guard.providers import Secret
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from guard._accounts import AccountState
     from guard._guard import BalanceGuard
     from guard.history import BaseHistory
+    from guard.typing import Provider
 
 __all__ = ["DashboardAuth", "dashboard"]
 
@@ -102,6 +105,7 @@ def dashboard(
     history: BaseHistory | None = None,
     refresh: float = 5.0,
     title: str = "guard",
+    fetch: bool = True,
 ) -> web.Application:
     """
     Build the operator's dashboard of *guard*'s accounts, to mount in your
@@ -125,6 +129,10 @@ def dashboard(
         history: Draws each account's balance over the last 7 days.
         refresh: Seconds between two refreshes of the page.
         title: The page's title.
+        fetch: Read each account's balance through the guard at each
+            refresh: the cached one, or a fetch when a settled call
+            invalidated it (one per account at a time, as for calls).
+            False shows only the last balance guard saw.
 
     Raises:
         ConfigurationError: *auth* is missing, a short token, or not async.
@@ -133,7 +141,7 @@ def dashboard(
     every: object = refresh
     if isinstance(every, bool) or not (isinstance(every, int | float) and every > 0):
         raise ConfigurationError(f"refresh must be seconds above 0, got {refresh!r}")
-    view = _View(guard, monitor, history, refresh, title)
+    view = _View(guard, monitor, history, refresh, title, fetch=fetch)
 
     @web.middleware
     async def authenticate(
@@ -214,7 +222,10 @@ class _View:
         history: BaseHistory | None,
         refresh: float,
         title: str,
+        *,
+        fetch: bool,
     ) -> None:
+        self.fetch = fetch
         self.guard = guard
         self.monitor = monitor
         self.history = history
@@ -236,7 +247,17 @@ class _View:
             return None
         return str(getattr(level, "name", level)).lower()
 
+    async def _refresh(self) -> None:
+        async def read(provider: Provider) -> None:
+            # Shown as the last balance seen (and its age) if this fails.
+            with contextlib.suppress(GuardError):
+                await self.guard.balance(provider)
+
+        await asyncio.gather(*(read(t.provider) for t in self.guard._accounts))
+
     async def _rows(self) -> list[dict[str, Any]]:
+        if self.fetch:
+            await self._refresh()
         rows = []
         for state in sorted(
             self.guard.accounts(), key=lambda s: (s.provider, s.account)

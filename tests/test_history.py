@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+from _histories import POSTGRES_DSN, make_history, postgres_or_skip
 
 from guard import BalanceGuard, ConfigurationError
 from guard.history import (
@@ -27,8 +28,6 @@ from guard.history import (
     direction_of,
 )
 from guard.testing import Emulator, InMemoryProvider
-
-from _histories import POSTGRES_DSN, make_history, postgres_or_skip
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -163,7 +162,11 @@ class TestContract:
         )
         await history.flush()
         (alert,) = await history.alerts(provider="oneclickdz")
-        assert ("critical", Decimal("12.5"), T0) == (alert.level, alert.balance, alert.at)
+        assert ("critical", Decimal("12.5"), T0) == (
+            alert.level,
+            alert.balance,
+            alert.at,
+        )
         with pytest.raises(TypeError, match="'provider' and 'account'"):
             history.record_alert(object())
 

@@ -267,7 +267,7 @@ class BaseHistory:
             batch = [queue.popleft() for _ in range(min(len(queue), 500))]
             try:
                 await self.open()
-                await self._write(batch)
+                await self.write(batch)
             except Exception:
                 self.dropped += len(batch)
                 log.exception("guard history: %d records not written", len(batch))
@@ -283,7 +283,13 @@ class BaseHistory:
                 except Exception:
                     log.exception("guard history: pruning failed")
 
-    async def _write(self, batch: Sequence[_Record]) -> None:
+    async def write(self, records: Iterable[Reading | Call | Alert]) -> None:
+        """
+        Write *records* now (readings, calls, alerts), for a backfill from
+        elsewhere; a guard's records go through the queue instead.
+        """
+        await self.open()
+        batch = list(records)
         readings = [
             (
                 r.provider,

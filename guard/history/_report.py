@@ -39,7 +39,9 @@ class Day:
 
     Attributes:
         date: The day.
-        opening: The balance when it began; None if nothing was known yet.
+        opening: The balance when it began (from the provider's
+            transactions, or guard's readings if none were imported); None
+            if nothing was known yet.
         closing: The balance when it ended.
         deposits: Money in that is not a refund.
         spend: Money out, by transaction type (``"FLEXY"``...).
@@ -113,12 +115,11 @@ async def build_report(
     alerts = await history.alerts(
         provider=provider, account=account, since=since, until=until
     )
-    # Every known balance: (time, before, after).
-    moves = sorted(
-        [(t.at, t.old_balance, t.new_balance) for t in _ordered(transactions)]
-        + [(r.at, r.amount, r.amount) for r in readings],
-        key=lambda m: m[0],
-    )
+    # Every known balance: (time, before, after). The provider's record is
+    # exact and ordered; guard's readings stand in where none was imported.
+    moves = [(t.at, t.old_balance, t.new_balance) for t in _ordered(transactions)]
+    if not moves:
+        moves = [(r.at, r.amount, r.amount) for r in readings]
     moves = [m for m in moves if m[0] < until]
     days: list[Day] = []
     known: Decimal | None = None
