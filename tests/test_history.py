@@ -346,3 +346,30 @@ def _event(
         currency=provider.currency,
         **fields,
     )
+
+
+def test_public_names() -> None:
+    """guard.history is thin: a sorted __all__ of exactly its public names."""
+    import types
+
+    import guard.history
+
+    public = {
+        name
+        for name, value in vars(guard.history).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert sorted(guard.history.__all__) == guard.history.__all__
+    assert public == set(guard.history.__all__)
+
+
+def test_optional_parts_not_imported() -> None:
+    """import guard loads neither the history nor asyncpg; guard.history not asyncpg."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, guard; assert 'guard.history' not in sys.modules; "
+        "import guard.history; assert 'asyncpg' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603

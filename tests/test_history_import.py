@@ -76,10 +76,14 @@ class TestImport:
         """10,000 transactions come in 100 pages in at most 10 s; again: 0 new."""
         ledger(emu, 10_000)
         provider = emu.oneclickdz(KEY)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         first = await import_oneclickdz(history, provider)
         took = time.perf_counter() - started
-        print(f"imported 10,000 transactions in {took:.2f} s")
+        # Client and emulator share this process: its CPU time is both.
+        print(
+            f"imported 10,000 transactions in {took:.2f} s "
+            f"({time.process_time() - cpu:.2f} s CPU)"
+        )
         again = await import_oneclickdz(history, provider)
 
         assert (100, 10_000, 10_000, ()) == (

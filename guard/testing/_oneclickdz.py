@@ -347,19 +347,19 @@ class OneClickDZServer:
     ) -> None:
         old = account.balance
         account.balance = old + delta
-        account.transactions.append(
-            Transaction(
-                new_id(),
-                kind,
-                "CREDIT" if delta > 0 else "DEBIT",
-                abs(delta),
-                old,
-                account.balance,
-                objid,
-                note,
-                self._clock.wall(),
-            )
+        entry = Transaction(
+            new_id(),
+            kind,
+            "CREDIT" if delta > 0 else "DEBIT",
+            abs(delta),
+            old,
+            account.balance,
+            objid,
+            note,
+            self._clock.wall(),
         )
+        account.transactions.append(entry)
+        self._json_of(entry)
 
     def unblock(self) -> None:
         self._blocked.clear()
