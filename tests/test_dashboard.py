@@ -436,3 +436,26 @@ async def test_html_report_in_chromium(tmp_path: Path, browser: Any) -> None:
     )
     assert 90 == rows
     await in_thread(browser.save_screenshot, str(artifacts() / "report.png"))
+
+
+async def test_unknown_balance(aiohttp_client: Any) -> None:
+    """An account whose balance could not be read shows 'unknown', not an error."""
+    from guard import BalanceUnavailable
+    from guard.testing import InMemoryProvider
+
+    provider = InMemoryProvider(5, name="memory", currency="DZD")
+    provider.fail_next(times=100)
+    async with BalanceGuard(retries=0) as guard:
+        with pytest.raises(BalanceUnavailable):
+            await guard.balance(provider)
+        app = web.Application()
+        app.add_subapp("/guard/", dashboard(guard, auth=TOKEN))
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        reply = await client.get("/guard/fragment", headers=BEARER)
+        assert 200 == reply.status
+        assert 2 == (await reply.text()).count(">unknown<")  # balance, available
+        doc = await (await client.get("/guard/status", headers=BEARER)).json()
+        assert (None, None) == (
+            doc["accounts"][0]["balance"],
+            doc["accounts"][0]["age"],
+        )

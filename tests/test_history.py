@@ -373,3 +373,39 @@ def test_optional_parts_not_imported() -> None:
         "import guard.history; assert 'asyncpg' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603
+
+
+class TestReportedAt:
+    """The provider's meta.timestamp is kept when readable, never fatal."""
+
+    @pytest.mark.parametrize(
+        ("meta", "expected"),
+        [
+            ('{"timestamp": "2026-01-02T03:04:05.678Z"}', T0.replace(
+                month=1, day=2, hour=3, minute=4, second=5, microsecond=678000)),
+            ('{"timestamp": "2026-01-02T03:04:05"}', T0.replace(
+                month=1, day=2, hour=3, minute=4, second=5)),
+            ('{"timestamp": "yesterday"}', None),
+            ('{"timestamp": 12}', None),
+            ("[]", None),
+        ],
+    )  # fmt: skip
+    def test_parse(self, meta: str, expected: dt.datetime | None) -> None:
+        """A readable timestamp rides on the balance; anything else is dropped."""
+        from guard.providers._oneclickdz import parse_balance
+
+        body = f'{{"success": true, "data": {{"balance": 12.5}}, "meta": {meta}}}'
+        balance = parse_balance(200, body.encode())
+        assert Decimal("12.5") == balance
+        assert expected == getattr(balance, "reported_at", None)
+
+    async def test_stored_as_plain_decimal(self, provider: InMemoryProvider) -> None:
+        """A balance carrying its time is cached as a plain Decimal."""
+        from guard._balance import Reported
+
+        provider.balance = Reported(Decimal(7), T0)
+        events: list[Any] = []
+        async with BalanceGuard(hooks=[events.append]) as guard:
+            balance = await guard.balance(provider)
+        assert Decimal is type(balance.amount)
+        assert [T0] == [e.reported_at for e in events if e.kind == "fetched"]

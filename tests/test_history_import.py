@@ -145,6 +145,66 @@ class TestImport:
         with pytest.raises(ProviderResponseError, match=r"no data\.items"):
             await import_oneclickdz(history, emu.oneclickdz(KEY))
 
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ("not json", "not valid JSON"),
+            ('{"success": false}', "not a success envelope"),
+            ('{"success": true, "data": {"items": [{"type": "FLEXY"}]}}', "_id"),
+            (
+                '{"success": true, "data": {"items": [{"_id": 1, "type": "FLEXY", '
+                '"amount": 1, "oldBalance": 2, "newBalance": 1, '
+                '"time": "2026-01-01T00:00:00Z"}]}}',
+                "not text",
+            ),
+            (
+                '{"success": true, "data": {"items": [{"_id": "a", "type": "FLEXY", '
+                '"amount": "1", "oldBalance": 2, "newBalance": 1, '
+                '"time": "2026-01-01T00:00:00Z"}]}}',
+                "amount",
+            ),
+            (
+                '{"success": true, "data": {"items": [{"_id": "a", "type": "FLEXY", '
+                '"amount": 1, "oldBalance": 2, "newBalance": 1, "time": "soon"}]}}',
+                "readable",
+            ),
+        ],
+    )
+    async def test_malformed_rows(
+        self, emu: Emulator, history: SQLiteHistory, body: str, message: str
+    ) -> None:
+        """Unreadable pages and rows are ProviderResponseErrors saying what."""
+        emu.fail("oneclickdz.transactions", Fault(status=200, body=body))
+        with pytest.raises(ProviderResponseError, match=message):
+            await import_oneclickdz(history, emu.oneclickdz(KEY))
+
+    async def test_pagination_under_meta(
+        self, emu: Emulator, history: SQLiteHistory
+    ) -> None:
+        """Pagination is also read from meta, where one docs page puts it."""
+        row = (
+            '{"_id": "m1", "type": "BONUS", "amount": 5, "oldBalance": 0, '
+            '"newBalance": -5, "objid": null, "note": null, '
+            '"time": "2026-01-01T00:00:00.000Z"}'
+        )
+        emu.fail(
+            "oneclickdz.transactions",
+            Fault(
+                status=200,
+                body='{"success": true, "data": {"items": [' + row + "]}, "
+                '"meta": {"pagination": {"totalPages": 1}}}',
+            ),
+        )
+        result = await import_oneclickdz(history, emu.oneclickdz(KEY))
+        assert (1, 1) == (result.pages, result.added)
+        (stored,) = await history.transactions()
+        # An unknown type adds up either way; its direction is unknown.
+        assert ("unknown", True, "") == (
+            stored.direction,
+            stored.consistent,
+            stored.note,
+        )
+
     async def test_unreachable(self, history: SQLiteHistory) -> None:
         """No server: BalanceUnavailable naming the listing."""
         from guard import BalanceUnavailable

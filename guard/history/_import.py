@@ -16,7 +16,7 @@ import attrs
 
 from guard._accounts import account_digest
 from guard._money import MONEY
-from guard.errors import ProviderResponseError
+from guard.errors import BalanceUnavailable, ProviderResponseError
 from guard.providers._oneclickdz import NAME, TOKEN_HEADER, parse_balance
 
 from ._base import utc
@@ -133,8 +133,6 @@ async def _page(
             status = response.status
             retry_after = response.headers.get("Retry-After")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        from guard.errors import BalanceUnavailable
-
         raise BalanceUnavailable(
             f"{type(exc).__name__} while listing transactions", provider=NAME
         ) from None
@@ -145,7 +143,7 @@ async def _page(
     if not (status == 200 and isinstance(doc, dict) and doc.get("success") is True):
         # The balance reader knows every error envelope of this API.
         parse_balance(status, body, retry_after=retry_after, redact=(provider.api_key,))
-        raise _bad("not a success envelope")
+        raise _bad("not a success envelope")  # pragma: no cover - raised above
     data = doc.get("data")
     items = data.get("items") if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
