@@ -99,6 +99,16 @@ class TestContract:
         ]
         assert all(c.duration >= 0 and c.at.tzinfo is not None for c in calls)
 
+    async def test_call_duration(
+        self, history: BaseHistory, provider: InMemoryProvider
+    ) -> None:
+        """A settled call's duration is how long its block ran."""
+        async with BalanceGuard(history=history) as guard:
+            async with guard.reserve(provider, 1):
+                await asyncio.sleep(0.05)
+        (call,) = await history.calls()
+        assert 0.05 <= call.duration < 5
+
     async def test_amounts_are_exact(self, history: BaseHistory) -> None:
         """Amounts come back as the exact Decimals written, never floats."""
         huge = Decimal("123456789012345678.123456789")
