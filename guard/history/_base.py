@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -32,7 +33,9 @@ __all__ = ["BaseHistory", "HistoryError"]
 
 log = logging.getLogger("guard.history")
 
-_Record = Reading | Call | Alert
+# What the queue holds: a guard's event and its time (made into a record by
+# the writer), or an alert.
+_Queued = tuple["GuardEvent", "dt.datetime | float"] | Alert
 _T = TypeVar("_T")
 
 PRUNE_EVERY = 3600.0
@@ -97,8 +100,13 @@ class BaseHistory:
         """Records dropped: the queue was full, or writing them failed."""
         self.written = 0
         """Records written."""
-        self._queue: collections.deque[_Record] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
+        # One long-lived writer task: starting a task per record would cost
+        # the guarded call more than the record itself.
         self._writer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         self._pruned = -PRUNE_EVERY
@@ -148,6 +156,7 @@ class BaseHistory:
         Write what is queued, then disconnect. Idempotent.
         """
         await self.flush()
+        await self._stop_writer()
         if self._opened:
             self._opened = False
             await self._disconnect()
@@ -174,32 +183,40 @@ class BaseHistory:
         await self.flush()
 
     def _on_event(self, event: GuardEvent) -> None:
-        # A guard hook: build one small value and queue it, nothing more.
-        if event.amount is None:
-            return
-        record: _Record
+        # A guard hook: queue the event and the time, nothing more; the
+        # writer makes the record.
+        if event.amount is not None and event.kind in ("fetched", "settled"):
+            self._enqueue((event, time.time() if self.clock is _now else self.clock()))
+
+    @staticmethod
+    def _record_of(item: _Queued) -> Reading | Call | Alert:
+        if not isinstance(item, tuple):
+            return item
+        event, stamp = item
+        at = (
+            dt.datetime.fromtimestamp(stamp, dt.UTC)
+            if isinstance(stamp, float)
+            else stamp
+        )
+        assert event.amount is not None
         if event.kind == "fetched":
-            record = Reading(
+            return Reading(
                 event.provider,
                 event.account,
                 event.currency,
                 event.amount,
-                self.clock(),
+                at,
                 event.reported_at,
             )
-        elif event.kind == "settled":
-            record = Call(
-                event.provider,
-                event.account,
-                event.currency,
-                event.amount,
-                bool(event.ok),
-                event.duration or 0.0,
-                self.clock(),
-            )
-        else:
-            return
-        self._enqueue(record)
+        return Call(
+            event.provider,
+            event.account,
+            event.currency,
+            event.amount,
+            bool(event.ok),
+            event.duration or 0.0,
+            at,
+        )
 
     def record_alert(self, alert: object) -> None:
         """
@@ -240,7 +257,7 @@ class BaseHistory:
             )
         )
 
-    def _enqueue(self, record: _Record) -> None:
+    def _enqueue(self, record: _Queued) -> None:
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -251,28 +268,48 @@ class BaseHistory:
                 )
             return
         self._queue.append(record)
+        self._drained.clear()
+        self._wake.set()
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def flush(self) -> None:
         """
         Wait until every queued record is written (or dropped).
         """
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        writer = self._writer
+        if writer is not None and not writer.done():
+            await self._drained.wait()
+
+    async def _stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._write_queued()
+            if not self._queue:
+                self._drained.set()
 
     async def _write_queued(self) -> None:
         queue = self._queue
         while queue:
-            batch = [queue.popleft() for _ in range(min(len(queue), 500))]
+            taken = [queue.popleft() for _ in range(min(len(queue), 500))]
+            batch: list[Reading | Call | Alert] = []
             try:
+                batch = [self._record_of(item) for item in taken]
                 await self.open()
                 await self.write(batch)
             except Exception:
-                self.dropped += len(batch)
-                log.exception("guard history: %d records not written", len(batch))
+                self.dropped += len(taken)
+                log.exception("guard history: %d records not written", len(taken))
                 continue
-            self.written += len(batch)
+            self.written += len(taken)
             if (
                 self.retention is not None
                 and time.monotonic() - self._pruned >= PRUNE_EVERY
