@@ -103,9 +103,11 @@ class TestContract:
         self, history: BaseHistory, provider: InMemoryProvider
     ) -> None:
         """A settled call's duration is how long its block ran."""
-        async with BalanceGuard(history=history) as guard:
-            async with guard.reserve(provider, 1):
-                await asyncio.sleep(0.05)
+        async with (
+            BalanceGuard(history=history) as guard,
+            guard.reserve(provider, 1),
+        ):
+            await asyncio.sleep(0.05)
         (call,) = await history.calls()
         assert 0.05 <= call.duration < 5
 
