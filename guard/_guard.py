@@ -34,6 +34,7 @@ from .errors import (
 from .stores import Hold, Short
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Iterable
     from decimal import Decimal
     from types import TracebackType
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from aiocache.base import BaseCache
 
     from .stores import Entry, Outcome
-    from .typing import AmountLike, EventHook, Provider, Store
+    from .typing import AmountLike, EventHook, History, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
@@ -65,13 +66,14 @@ class Reservation:
             checked.
     """
 
-    __slots__ = ("_failed", "_hold", "_tracked", "amount", "provider")
+    __slots__ = ("_failed", "_hold", "_started", "_tracked", "amount", "provider")
 
     provider: Provider
     amount: Decimal
     _tracked: Tracked
     _hold: Hold | None
     _failed: bool
+    _started: float
 
     def __new__(
         cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -83,6 +85,7 @@ class Reservation:
         _RESERVATION_TRACKED(self, tracked)
         _RESERVATION_HOLD(self, hold)  # None: let through unchecked
         _RESERVATION_FAILED(self, False)
+        _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -116,9 +119,10 @@ class Reservation:
     _RESERVATION_TRACKED,
     _RESERVATION_HOLD,
     _RESERVATION_FAILED,
+    _RESERVATION_STARTED,
 ) = (
     Reservation.__dict__[name].__set__
-    for name in ("provider", "amount", "_tracked", "_hold", "_failed")
+    for name in ("provider", "amount", "_tracked", "_hold", "_failed", "_started")
 )
 
 
@@ -250,6 +254,9 @@ class BalanceGuard:
             died holding it (or could not reach Redis to release it). Holds
             of running calls are renewed every ``lease / 3`` seconds, so a
             call may run longer than this.
+        history: Where to record every balance fetched and every settled
+            call, such as a `guard.history.SQLiteHistory`; recorded off the
+            hot path. Closing the guard flushes it; you close it.
     """
 
     def __init__(
@@ -271,6 +278,7 @@ class BalanceGuard:
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
         lease: float = 60.0,
+        history: History | None = None,
     ) -> None:
         check_settle(settle)
         if on_unavailable not in ("closed", "open"):
@@ -313,6 +321,10 @@ class BalanceGuard:
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
+        self.history = history
+        """Where this guard's balances and calls are recorded, if anywhere."""
+        if history is not None:
+            history.attach(self)
 
     @property
     def ttl(self) -> float:
@@ -357,6 +369,8 @@ class BalanceGuard:
         if self.closed:
             return
         self.closed = True
+        if self.history is not None:
+            await self.history.detach(self)
         await self._fetcher.aclose()
         await self._store.close()
 
@@ -572,7 +586,11 @@ class BalanceGuard:
             stats.spent = MONEY.add(stats.spent, reservation.amount)
         if self._hooks:
             self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+                "settled",
+                reservation._tracked,
+                amount=reservation.amount,
+                ok=ok,
+                duration=time.monotonic() - reservation._started,
             )
         if mode == "refresh":
             self._fetcher.refresh_soon(reservation._tracked)
@@ -658,6 +676,8 @@ class BalanceGuard:
         available: Decimal | None = None,
         ok: bool | None = None,
         error: BaseException | None = None,
+        duration: float | None = None,
+        reported_at: dt.datetime | None = None,
     ) -> None:
         if not self._hooks:
             return
@@ -672,6 +692,8 @@ class BalanceGuard:
             available=available,
             ok=ok,
             error=error,
+            duration=duration,
+            reported_at=reported_at,
         )
         for hook in self._hooks:
             try:

@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._events import GuardEvent
+    from ._guard import BalanceGuard
     from .stores import Account, Entry, Hold, Outcome, Short, Ticket
 
-__all__ = ["AmountLike", "AmountSpec", "EventHook", "Provider", "Store"]
+__all__ = ["AmountLike", "AmountSpec", "EventHook", "History", "Provider", "Store"]
 
 AmountLike: TypeAlias = int | Decimal | str | float
 """
@@ -154,4 +155,24 @@ class Store(Protocol):
     async def close(self) -> None:
         """
         Release the store's connections.
+        """
+
+
+@runtime_checkable
+class History(Protocol):
+    """
+    **Protocol:** where a `guard.BalanceGuard` given ``history=`` records
+    its balances and settled calls, such as a `guard.history.SQLiteHistory`.
+    """
+
+    def attach(self, guard: BalanceGuard) -> None:
+        """
+        Start recording *guard*'s events (it calls this when made); must not
+        block.
+        """
+
+    async def detach(self, guard: BalanceGuard) -> None:
+        """
+        Stop recording *guard*'s events and write what is queued (it calls
+        this when it closes).
         """

@@ -8,12 +8,14 @@ Wire details and sources: ``shared/providers.md``, section 1.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
+from guard._balance import Reported
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 
 from ._http import (
@@ -31,7 +33,6 @@ from ._http import (
 )
 
 if TYPE_CHECKING:
-    import datetime as dt
     from collections.abc import Iterable, Sequence
 
     import aiohttp
@@ -181,7 +182,21 @@ def _balance_of(doc: object, status: int) -> Decimal:
             provider=provider,
             status=status,
         )
-    return checked_balance(Decimal(balance), provider, status)
+    amount = checked_balance(Decimal(balance), provider, status)
+    reported_at = _timestamp(doc.get("meta"))
+    return amount if reported_at is None else Reported(amount, reported_at)
+
+
+def _timestamp(meta: object) -> dt.datetime | None:
+    # ``meta.timestamp`` is optional, and only recorded: never fail on it.
+    stamp = meta.get("timestamp") if isinstance(meta, dict) else None
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _json_type(value: object) -> str:
