@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -255,3 +259,50 @@ def test_import_guard_without_redis_loads_none() -> None:
     subprocess.run(  # noqa: S603 - our own argv
         [sys.executable, "-c", code], check=True, timeout=60
     )
+
+
+RULES = pathlib.Path(__file__).parent.parent / "examples" / "prometheus"
+PROMTOOL = shutil.which("promtool")
+
+
+class TestRulesFile:
+    @pytest.mark.skipif(
+        PROMTOOL is None and not os.environ.get("CI"),
+        reason="needs promtool (Debian package prometheus; CI installs it)",
+    )
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["check", "rules", "guard-rules.yml"],
+            ["test", "rules", "guard-rules.test.yml"],
+        ],
+    )
+    def test_promtool(self, command: list[str]) -> None:
+        """The example rules pass promtool's check and their own unit tests."""
+        assert PROMTOOL is not None, "promtool is missing: apt-get install prometheus"
+        result = subprocess.run(  # noqa: S603 - our own argv
+            [PROMTOOL, *command],
+            cwd=RULES,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+        assert 0 == result.returncode, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_names_are_exported(self, guard: BalanceGuard) -> None:
+        """Every guard series the rules read is one the collector exports."""
+        exported = set()
+        for family in GuardCollector(guard, monitor=watching("p", "a", "c")).describe():
+            exported.add(family.name)
+            exported.update(
+                f"{family.name}_{s}" for s in ("total", "bucket", "count", "sum")
+            )
+        used = set(
+            re.findall(r"\bguard_[a-z_]+", (RULES / "guard-rules.yml").read_text())
+        )
+
+        assert used
+        assert set() == used - exported
