@@ -253,3 +253,25 @@ class TestRecords:
             "method": "POST",
             "path": "/v3/mobile/send",
         } == records.fields("sent_unguarded")
+
+
+async def test_readme_filter(records: Records, provider: InMemoryProvider) -> None:
+    """The README's logging filter puts the fields in the message."""
+    from test_docs import snippet
+
+    namespace: dict[str, Any] = {}
+    exec(snippet("import logging\n\nclass GuardFields"), namespace)  # noqa: S102
+    logger = logging.getLogger("guard")
+    (added,) = [f for f in logger.filters if type(f).__name__ == "GuardFields"]
+    try:
+
+        def broken(event: object) -> None:
+            raise RuntimeError("hook bug")
+
+        async with BalanceGuard(hooks=[broken]) as g:
+            await g.balance(provider)
+    finally:
+        logger.removeFilter(added)
+
+    (record,) = records.records
+    assert "[hook_failed memory " in record.getMessage()

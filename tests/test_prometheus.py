@@ -306,3 +306,15 @@ class TestRulesFile:
 
         assert used
         assert set() == used - exported
+
+
+async def test_readme_snippet(aiohttp_client: MakeClient, guard: BalanceGuard) -> None:
+    """The README's Prometheus snippet serves guard's series as written."""
+    from test_docs import snippet
+
+    code = snippet("from guard.prometheus import metrics_handler\n")
+    app = web.Application()
+    exec(code, {"app": app, "guard": guard})  # noqa: S102 - our README
+    client = await aiohttp_client(app)
+
+    assert "guard_calls_total" in await (await client.get("/metrics")).text()
