@@ -318,3 +318,22 @@ async def test_readme_snippet(aiohttp_client: MakeClient, guard: BalanceGuard) -
     client = await aiohttp_client(app)
 
     assert "guard_calls_total" in await (await client.get("/metrics")).text()
+
+
+@pytest.mark.parametrize("module", ["guard.prometheus", "guard.otel"])
+def test_all_sorted_and_complete(module: str) -> None:
+    """The integration modules are thin: a sorted __all__ of their public names."""
+    import importlib
+    import types
+
+    mod = importlib.import_module(module)
+    public = {
+        name
+        for name, value in vars(mod).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name not in ("annotations", "TYPE_CHECKING")
+        and getattr(value, "__module__", module) == module
+    }
+    assert sorted(mod.__all__) == mod.__all__
+    assert public == set(mod.__all__)
