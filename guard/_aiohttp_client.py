@@ -208,7 +208,7 @@ class SpendRule:
     settle: Settle | None = attrs.field(
         default=None,
         kw_only=True,
-        validator=attrs.validators.in_((None, "invalidate", "debit")),
+        validator=attrs.validators.in_((None, "refresh", "invalidate", "debit")),
     )
 
     def matches(self, method: str, url: URL) -> bool:

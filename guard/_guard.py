@@ -42,14 +42,14 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry
+    from .stores import Entry, Outcome
     from .typing import AmountLike, EventHook, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
 log = logging.getLogger("guard")
 
-Settle: TypeAlias = Literal["invalidate", "debit"]
+Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
 
@@ -74,15 +74,17 @@ class Reservation:
     _hold: Hold | None
     _failed: bool
 
-    def __init__(
-        self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
-    ) -> None:
-        set_ = object.__setattr__
-        set_(self, "provider", provider)
-        set_(self, "amount", amount)
-        set_(self, "_tracked", tracked)
-        set_(self, "_hold", hold)  # None: let through unchecked
-        set_(self, "_failed", False)
+    def __new__(
+        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
+    ) -> Reservation:
+        # Made on every guarded call: set through the slots, not __setattr__.
+        self = object.__new__(cls)
+        _RESERVATION_PROVIDER(self, provider)
+        _RESERVATION_AMOUNT(self, amount)
+        _RESERVATION_TRACKED(self, tracked)
+        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
+        _RESERVATION_FAILED(self, False)
+        return self
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -106,7 +108,19 @@ class Reservation:
         provider that answered an error): it settles as a failure, and
         ``settle="debit"`` invalidates the balance instead of debiting it.
         """
-        object.__setattr__(self, "_failed", True)
+        _RESERVATION_FAILED(self, True)
+
+
+(
+    _RESERVATION_PROVIDER,
+    _RESERVATION_AMOUNT,
+    _RESERVATION_TRACKED,
+    _RESERVATION_HOLD,
+    _RESERVATION_FAILED,
+) = (
+    Reservation.__dict__[name].__set__
+    for name in ("provider", "amount", "_tracked", "_hold", "_failed")
+)
 
 
 class _Reserve:
@@ -130,18 +144,37 @@ class _Reserve:
         self._settle = settle
         self._reservation: Reservation | None = None
 
-    async def __aenter__(self) -> Reservation:
-        if self._reservation is not None:
-            raise RuntimeError("a reserve() block can be entered only once")
+    def _enter_now(self) -> Reservation | None:
+        """
+        Check and hold without awaiting, if the store can (a warm in-process
+        balance that covers the amount); None: `_enter` must run.
+        """
+        guard = self._guard
+        hold_now = guard._hold_now
+        if hold_now is None or guard._loops.home is not asyncio.get_running_loop():
+            return None
+        tracked = guard._track(self._provider)
+        result = hold_now(tracked.account, self._amount)
+        if type(result) is not Hold:
+            return None  # a miss or a shortage: the slow path decides
+        tracked.last = result.entry
+        tracked.stats.allowed += 1
+        return Reservation(self._provider, self._amount, tracked, result)
+
+    async def _enter(self) -> Reservation:
         guard = self._guard
         loops = guard._loops
         if loops.home is asyncio.get_running_loop() or loops.at_home():
-            reservation = await guard._check_and_hold(self._provider, self._amount)
-        else:
-            reservation = await loops.make(
-                functools.partial(guard._check_and_hold, self._provider, self._amount),
-                guard._drop,
-            )
+            return await guard._check_and_hold(self._provider, self._amount)
+        return await loops.make(
+            functools.partial(guard._check_and_hold, self._provider, self._amount),
+            guard._drop,
+        )
+
+    async def __aenter__(self) -> Reservation:
+        if self._reservation is not None:
+            raise RuntimeError("a reserve() block can be entered only once")
+        reservation = self._enter_now() or await self._enter()
         self._reservation = reservation
         return reservation
 
@@ -156,7 +189,9 @@ class _Reserve:
             raise RuntimeError("a reserve() block exited without being entered")
         # The one place that decides whether a spend succeeded.
         ok = exc_type is None and not reservation._failed
-        await self._guard._settle(reservation, ok=ok, settle=self._settle)
+        guard = self._guard
+        if not guard._settle_now(reservation, ok, self._settle):
+            await guard._settle(reservation, ok=ok, settle=self._settle)
 
 
 class BalanceGuard:
@@ -177,10 +212,15 @@ class BalanceGuard:
             configured. The guard closes it when it closes.
         ttl: Seconds a fetched balance is trusted (default 30), for the
             store made from *cache*; a *store* you pass has its own.
-        settle: After a guarded call, ``"invalidate"`` forgets the cached
-            balance (the next call fetches it); ``"debit"`` subtracts the
-            amount from it when the call succeeded (fewer fetches; a failed
-            call still invalidates).
+        settle: What a guarded call's end does to the cached balance.
+            ``"refresh"`` (the default) takes the call's amount off it
+            (failed or cancelled calls count as spent: an estimate that errs
+            low) and has the provider's value fetched again in the
+            background, at most once per *refresh_interval* per account; no
+            call waits for that fetch. ``"invalidate"`` forgets it: the next
+            call waits for a fetch. ``"debit"`` takes a successful call's
+            amount off it and trusts that until *ttl* (fewest fetches); a
+            failed call forgets it.
         on_unavailable: ``"closed"`` raises `BalanceUnavailable` when the
             balance cannot be learned; ``"open"`` logs a warning and lets the
             call go ahead. Refused credentials and unreadable answers raise
@@ -200,6 +240,9 @@ class BalanceGuard:
             long is left) instead of each asking the provider; doubled
             while the outage lasts, up to 30 s, and longer if the provider's
             ``Retry-After`` asks it. 0: ask on every fetch.
+        refresh_interval: With ``settle="refresh"``, the least number of
+            seconds between two background fetches of one account (2: at
+            most 30 a minute under sustained traffic).
         hooks: Callables given every `GuardEvent`.
         session: An aiohttp session to fetch balances with, instead of the
             guard's own. The guard does not close it.
@@ -216,7 +259,7 @@ class BalanceGuard:
         *,
         store: Store | None = None,
         ttl: float | None = None,
-        settle: Settle = "invalidate",
+        settle: Settle = "refresh",
         on_unavailable: Policy = "closed",
         fetch_timeout: float = 10.0,
         retries: int = 2,
@@ -224,6 +267,7 @@ class BalanceGuard:
         recheck_after: float = 2.0,
         auth_cooldown: float = 900.0,
         outage_backoff: float = 1.0,
+        refresh_interval: float = 2.0,
         hooks: Iterable[EventHook] = (),
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
@@ -257,9 +301,15 @@ class BalanceGuard:
             max_retry_after=seconds("max_retry_after", max_retry_after, zero_ok=True),
             auth_cooldown=seconds("auth_cooldown", auth_cooldown, zero_ok=True),
             outage_backoff=seconds("outage_backoff", outage_backoff, zero_ok=True),
+            refresh_interval=seconds(
+                "refresh_interval", refresh_interval, zero_ok=True
+            ),
             session=session,
         )
         self._loops = HomeLoop()
+        # The store's I/O-free check and release, for the fast path.
+        self._hold_now = getattr(self._store, "hold_now", None)
+        self._release_now = getattr(self._store, "release_now", None)
         self._accounts = Accounts(self.namespace, self._fetcher.track)
         self._track = self._accounts.get
         self.closed = False
@@ -436,7 +486,8 @@ class BalanceGuard:
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
     ) -> Reservation:
-        deadline = time.monotonic() + self.fetch_timeout
+        began = time.monotonic()
+        deadline = began + self.fetch_timeout
         try:
             outcome = await self._until_cached(tracked, amount, result, seen, deadline)
             if isinstance(outcome, Short) and (
@@ -448,7 +499,7 @@ class BalanceGuard:
                 # hand still says the call is short.
                 short = outcome
                 try:
-                    await self._fetcher.refresh(tracked, deadline)
+                    await self._fetcher.refresh(tracked, deadline, since=began)
                     again = await self._store.try_hold(tracked.account, amount)
                 except BalanceUnavailable as exc:
                     if isinstance(exc, ProviderAuthError | ProviderResponseError):
@@ -521,13 +572,45 @@ class BalanceGuard:
         self._emit("failed_open", tracked, amount=amount, error=exc)
         return Reservation(tracked.provider, amount, tracked, None)
 
+    def _outcome(
+        self, reservation: Reservation, ok: bool, settle: Settle | None
+    ) -> Outcome:
+        mode = settle or self.settle_mode
+        if ok:
+            stats = reservation._tracked.stats
+            stats.spent = MONEY.add(stats.spent, reservation.amount)
+        if self._hooks:
+            self._emit(
+                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+            )
+        if mode == "refresh":
+            self._fetcher.refresh_soon(reservation._tracked)
+            return "spent"
+        return "debit" if ok and mode == "debit" else "forget"
+
+    def _settle_now(
+        self, reservation: Reservation, ok: bool, settle: Settle | None
+    ) -> bool:
+        """
+        Settle without awaiting when the store can; False: `_settle` must.
+        """
+        release_now = self._release_now
+        hold = reservation._hold
+        if (
+            release_now is None
+            or hold is None
+            or self._loops.home is not asyncio.get_running_loop()
+            or (settle or self.settle_mode) == "invalidate"
+        ):
+            return False
+        return bool(release_now(hold, self._outcome(reservation, ok, settle)))
+
     async def _settle(
         self, reservation: Reservation, *, ok: bool, settle: Settle | None
     ) -> None:
         """
-        Release *reservation* and settle the cached balance: debit it (``"debit"``
-        and *ok*) or invalidate it. Finishes even if the calling task is
-        cancelled meanwhile.
+        Release *reservation* and settle the cached balance (see *settle*).
+        Finishes even if the calling task is cancelled meanwhile.
         """
         loops = self._loops
         if loops.forwarding and not loops.at_home():
@@ -537,34 +620,32 @@ class BalanceGuard:
             )
             return
         hold = reservation._hold
-        if ok:
-            stats = reservation._tracked.stats
-            stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if self._hooks:
-            self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
-            )
-        if ok and hold is not None and (settle or self.settle_mode) == "debit":
-            await self._store.release(hold, debit=True)
+        outcome = self._outcome(reservation, ok, settle)
+        if hold is None:
+            await self._drop(reservation)
+            return
+        if outcome != "forget":
+            await self._store.release(hold, outcome=outcome)
             return
         try:
             # Calls woken by the same fetch as this one check before it
-            # invalidates that balance, rather than each fetching anew.
+            # forgets that balance, rather than each fetching anew.
             await asyncio.sleep(0)
         finally:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
-            await self._drop(reservation)
+            await self._store.release(hold, outcome="forget")
 
     async def _drop(self, reservation: Reservation) -> None:
         """
-        Release *reservation* and invalidate the balance, at once (no yield): also
+        Release *reservation* and forget the balance, at once (no yield):
         for the hold of a call that never ran because its caller left, which
-        a call checking meanwhile must not find still held.
+        a call checking meanwhile must not find still held, and for a call
+        that went ahead unchecked.
         """
         hold = reservation._hold
         if hold is not None:
-            await self._store.release(hold, debit=False)
+            await self._store.release(hold, outcome="forget")
         else:
             # What an unchecked call spent is unknown, so a fetch that ran
             # meanwhile can't be corrected: drop it.

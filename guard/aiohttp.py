@@ -141,7 +141,7 @@ class RouteRule:
     settle: Settle | None = attrs.field(
         default=None,
         kw_only=True,
-        validator=attrs.validators.in_((None, "invalidate", "debit")),
+        validator=attrs.validators.in_((None, "refresh", "invalidate", "debit")),
     )
 
     async def required(self, request: web.Request) -> Decimal:
@@ -151,7 +151,8 @@ class RouteRule:
         Raises:
             aiohttp.web.HTTPBadRequest: The amount cannot be read from the
                 request (the amount function raised `ValueError`, such as a
-                body that is not JSON, `LookupError`, `TypeError` or
+                body that is not JSON, `LookupError`, `TypeError`,
+                `ArithmeticError`, such as ``decimal.InvalidOperation``, or
                 `RecursionError`, for a body nested too deep), or is not a
                 non-negative finite number: the client sent a bad one.
         """
@@ -162,7 +163,13 @@ class RouteRule:
             value = amount(request) if callable(amount) else amount
             if inspect.isawaitable(value):
                 value = await value
-        except (LookupError, TypeError, ValueError, RecursionError) as exc:
+        except (
+            LookupError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            RecursionError,
+        ) as exc:
             raise _unreadable_amount(exc) from None
         try:
             return to_amount(value)
@@ -319,10 +326,10 @@ def guard_middleware(
         A new-style aiohttp middleware.
 
     An amount that cannot be read from the request (its function raised
-    `ValueError`, `LookupError`, `TypeError` or `RecursionError`), or is not
-    a non-negative finite number, is answered ``400``, for route rules and
-    for a handler decorated with `guard.require_balance` (which raises
-    `guard.AmountError`) alike.
+    `ValueError`, `LookupError`, `TypeError`, `ArithmeticError` or
+    `RecursionError`), or is not a non-negative finite number, is answered
+    ``400``, for route rules and for a handler decorated with
+    `guard.require_balance` (which raises `guard.AmountError`) alike.
     """
     rules: dict[str, RouteRule] = dict(routes or {})
     for name, rule in rules.items():
