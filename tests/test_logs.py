@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import logging
 import pathlib
 import subprocess
@@ -271,3 +272,22 @@ async def test_readme_filter(records: Records, provider: InMemoryProvider) -> No
 
     (record,) = records.records
     assert "[hook_failed memory " in record.getMessage()
+
+
+async def test_refresh_failed(records: Records, provider: InMemoryProvider) -> None:
+    """A background refresh that fails logs the account and the reason."""
+    async with BalanceGuard(settle="refresh", refresh_interval=0, retries=0) as g:
+        async with g.reserve(provider, 1):
+            provider.fail_next(times=5)
+        for _ in range(100):
+            if any(
+                getattr(r, "guard_event", "") == "refresh_failed"
+                for r in records.records
+            ):
+                break
+            await asyncio.sleep(0.01)
+        (state,) = g.accounts()
+
+    fields = records.fields("refresh_failed")
+    assert ("memory", state.account) == (fields["provider"], fields["account"])
+    assert isinstance(fields["reason"], str)
