@@ -51,7 +51,7 @@ from aiocache import RedisCache
 from redis.utils import HIREDIS_AVAILABLE
 
 from guard import BalanceGuard
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -111,7 +111,9 @@ async def run(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
                 cache=cache, namespace=namespace, settle=settle
             ) as guard:
 
-                async def call() -> None:
+                async def call(
+                    guard: BalanceGuard = guard, provider: InMemoryProvider = provider
+                ) -> None:
                     async with guard.reserve(provider, 1):
                         pass
 

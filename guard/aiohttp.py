@@ -39,7 +39,7 @@ from guard._aiohttp_client import (
     guard_client_middleware,
     oneclickdz_rules,
 )
-from guard._guard import BalanceGuard, Settle
+from guard._guard import BalanceGuard, Settle, _Reserve
 from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
@@ -54,6 +54,7 @@ from guard.errors import (
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
+    from aiohttp.web_urldispatcher import AbstractRoute
 
     from guard.typing import AmountLike, Provider
 
@@ -113,6 +114,10 @@ ProblemHandler: TypeAlias = Callable[
 A callable that turns a guard error into a response of your own; returning
 None keeps the default one (see `problem_response`).
 """
+
+_Seen: TypeAlias = (
+    "tuple[weakref.ref[web.Application], RouteRule | None, BalanceGuard | None]"
+)
 
 _DETAIL_UNAVAILABLE = (
     "The provider balance could not be checked right now; try again later."
@@ -304,8 +309,9 @@ def guard_middleware(
 
     Args:
         guard: The guard to use. Default: the app's (``app[GUARD_KEY]``, see
-            `setup_guard`), else `guard.get_default_guard()`; looked up per
-            request.
+            `setup_guard`), else `guard.get_default_guard()`. The app's is
+            looked up on each route's first request, the default one on
+            every request.
         routes: Rules by route name (``add_post(..., name="topup")``): the
             amount is checked and held before the handler runs and settled
             after it. A handler that ends with a status below 400 counts as a
@@ -391,55 +397,79 @@ def guard_middleware(
         return active._track(rule.provider).digest
 
     async def guarded(
-        request: web.Request, handler: Handler, rule: RouteRule
+        request: web.Request,
+        handler: Handler,
+        rule: RouteRule,
+        found: BalanceGuard | None,
     ) -> web.StreamResponse:
-        active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
-        required = await rule.required(request)
-        passed: web.HTTPException | None = None
-        async with active.reserve(
-            rule.provider, required, settle=rule.settle
-        ) as reservation:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                if exc.status >= 400:
-                    raise
-                passed = exc  # a redirect raised as an exception: a success
-            else:
-                if response.status >= 400:
-                    reservation.failed()
-        if passed is not None:
-            raise passed
+        active = found or get_default_guard()
+        amount = rule.amount
+        if type(amount) is not Decimal:  # fixed amounts were read at build time
+            amount = await rule.required(request)
+        settle = rule.settle
+        # What ``async with active.reserve(...)`` does, without its two
+        # coroutines: the rule's amount and settle mode are already checked.
+        block = _Reserve(active, rule.provider, amount, settle)
+        reservation = block._enter_now() or await block._enter()
+        ok = False
+        try:
+            response = await handler(request)
+            ok = response.status < 400
+        except web.HTTPException as exc:
+            ok = exc.status < 400  # a redirect raised as an exception: a success
+            raise
+        finally:
+            if not active._settle_now(reservation, ok, settle):
+                await active._settle(reservation, ok=ok, settle=settle)
         return response
 
     checked: weakref.WeakSet[web.Application] = weakref.WeakSet()
+    # What each route needs, learnt on its first request: (the app whose
+    # middleware run it was learnt for, its rule, the app's guard). One dict
+    # lookup per request; an entry per route, so bounded by the app.
+    seen: dict[AbstractRoute, _Seen] = {}
 
-    def rule_for(request: web.Request) -> RouteRule | None:
+    def learn(request: web.Request) -> _Seen:
         # A name is looked up in the app this middleware runs for: a route of
         # a sub-application with the same name is another route.
-        app = request.match_info.current_app
+        match_info = request.match_info
+        app = match_info.current_app
         if app not in checked:
             _check_route_names(app, rules)
             checked.add(app)
-        resource = request.match_info.route.resource
+        route = match_info.route
+        resource = route.resource
         name = resource.name if resource is not None else None
-        if not name:
-            return None
-        rule = rules.get(name)
-        if rule is None or app.router.named_resources().get(name) is not resource:
-            return None
-        return rule
+        rule = rules.get(name) if name else None
+        if (
+            rule is not None
+            and app.router.named_resources().get(name or "") is not resource
+        ):
+            rule = None
+        found = None
+        if rule is not None:
+            found = guard or request.config_dict.get(GUARD_KEY)
+        entry = (weakref.ref(app), rule, found)
+        if resource is not None:  # not a 404/405 route, made per request
+            seen[route] = entry
+        return entry
 
     # Kept in this one place: aiohttp 4 drops the decorator.
     @web.middleware
     async def guard_balance(
         request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        rule = rule_for(request) if rules else None
+        rule: RouteRule | None = None
         try:
-            if rule is None:
-                return await handler(request)
-            return await guarded(request, handler, rule)
+            if rules:
+                match_info = request.match_info
+                entry = seen.get(match_info.route)
+                if entry is None or entry[0]() is not match_info.current_app:
+                    entry = learn(request)
+                rule = entry[1]
+                if rule is not None:
+                    return await guarded(request, handler, rule, entry[2])
+            return await handler(request)
         except (InsufficientBalance, BalanceUnavailable) as exc:
             return await answer(request, exc, rule)
         except AmountError as exc:

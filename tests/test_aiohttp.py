@@ -8,8 +8,9 @@ import aiohttp
 import pytest
 from _readme import amount_function
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
-from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard import BalanceGuard, GuardEvent, InsufficientBalance, require_balance
 from guard.aiohttp import (
     GUARD_KEY,
     INSUFFICIENT_BALANCE_TYPE,
@@ -216,6 +217,42 @@ class TestRoutes:
         assert 200 == (await client.post("/topup")).status
         assert 200 == (await client.post("/v2/topup")).status
 
+    async def test_one_middleware_on_parent_and_sub_app(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """
+        One middleware object on a parent and its sub-application guards each
+        route once: for the app that names it, whichever app's run came first.
+        """
+        guard_emulator.set_balance(oneclick, 1000)
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="sent")
+
+        settled: list[GuardEvent] = []
+        async with BalanceGuard(settle="debit", hooks=[settled.append]) as guard:
+            # 600 twice on 1,000 would be refused: a double hold shows.
+            middleware = guard_middleware(
+                guard=guard, routes={"topup": guard_route(oneclick, 600)}
+            )
+            parent, sub = web.Application(), web.Application()
+            parent.router.add_post("/topup", ok, name="topup")
+            sub.router.add_post("/topup", ok, name="topup")
+            parent.middlewares.append(middleware)
+            sub.middlewares.append(middleware)
+            parent.add_subapp("/v2", sub)
+            client = await aiohttp_client(parent)
+
+            for path in ("/v2/topup", "/topup", "/v2/topup", "/topup"):
+                guard_emulator.set_balance(oneclick, 1000)
+                await guard.invalidate(oneclick)
+                assert 200 == (await client.post(path)).status, path
+
+        assert [Decimal(600)] * 4 == [e.amount for e in settled if e.kind == "settled"]
+
     async def test_unknown_route_name(self, oneclick: Provider) -> None:
         """A rule for a route name the app doesn't have fails at startup."""
         app = make_app(oneclick, routes={"top-up": guard_route(oneclick, 1)})
@@ -235,6 +272,79 @@ class TestRoutes:
         client = await aiohttp_client(app)
 
         assert 402 == (await client.post("/topup", json={"amount": 1})).status
+
+    @pytest.mark.parametrize(
+        ("outcome", "status", "ok"),
+        [
+            ("answer 200", 200, True),
+            ("answer 500", 500, False),
+            ("raise 302", 302, True),
+            ("raise 409", 409, False),
+            ("raise RuntimeError", 500, False),
+        ],
+    )
+    async def test_settled_as_the_handler_ended(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        outcome: str,
+        status: int,
+        ok: bool,
+    ) -> None:
+        """
+        A guarded route settles as a success on a status below 400 (answered
+        or raised) and as a failure otherwise; its hold is released either way.
+        """
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if outcome == "answer 200":
+                return web.Response(text="sent")
+            if outcome == "answer 500":
+                return web.Response(status=500)
+            if outcome == "raise 302":
+                raise web.HTTPFound("/done")
+            if outcome == "raise 409":
+                raise web.HTTPConflict()
+            raise RuntimeError("the provider call broke")
+
+        events: list[GuardEvent] = []
+        app = web.Application()
+        app.router.add_post("/topup", handler, name="topup")
+        setup_guard(
+            app,
+            lambda: BalanceGuard(settle="debit", hooks=[events.append]),
+            routes={"topup": guard_route(oneclick, 100)},
+        )
+        client = await aiohttp_client(app)
+
+        response = await client.post("/topup", allow_redirects=False)
+
+        assert status == response.status
+        assert [ok] == [e.ok for e in events if e.kind == "settled"]
+        assert Decimal(0) == client.app[GUARD_KEY].held(oneclick)
+
+    async def test_no_route_and_wrong_method(
+        self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
+    ) -> None:
+        """404 and 405 stay so with rules configured, and check no balance."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        for _ in range(2):
+            assert 404 == (await client.post("/nowhere")).status
+            assert 405 == (await client.get("/topup")).status
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    async def test_rule_required_reads_the_amount(self, oneclick: Provider) -> None:
+        """A rule's required() gives its fixed amount, or the one it reads."""
+        request = make_mocked_request("POST", "/topup/250", match_info={"n": "250"})
+
+        fixed = await guard_route(oneclick, "10.50").required(request)
+        read = await guard_route(oneclick, lambda r: r.match_info["n"]).required(
+            request
+        )
+
+        assert (Decimal("10.50"), Decimal(250)) == (fixed, read)
 
 
 class TestUnavailable:

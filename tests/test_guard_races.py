@@ -579,7 +579,7 @@ class TestCacheErrors:
             BalanceGuard(cache=cache, fetch_timeout=0.2) as guard,
         ):
             with caplog.at_level(logging.WARNING, logger="guard"):
-                async with guard.reserve(provider, 10):
+                async with guard.reserve(provider, 10, settle="invalidate"):
                     cache.hang = True  # the settle's delete gets no answer
                 await guard.invalidate(provider)  # nor does this one
             assert Decimal(0) == guard.held(provider)
