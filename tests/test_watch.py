@@ -5,6 +5,7 @@ import datetime as dt
 import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -213,7 +214,7 @@ class TestPlain:
 
 @pytest.mark.skipif(NO_TMUX, reason="needs tmux (CI installs it)")
 class TestTerminal:
-    def test_screen(self) -> None:
+    def test_screen(self, tmp_path: pathlib.Path) -> None:
         """
         On a terminal (a tmux pane), watch draws a table, keeps it current,
         and leaves on Ctrl-C with exit 0.
@@ -223,7 +224,8 @@ class TestTerminal:
             f"{sys.executable} -m guard watch --emulator --interval 0.2; "
             "echo EXIT=$?; sleep 30"
         )
-        tmux = ["tmux", "-L", session]
+        # A server of its own, its socket in the test's directory.
+        tmux = ["tmux", "-S", str(tmp_path / "tmux.sock")]
         subprocess.run(  # noqa: S603 - our own argv
             [
                 *tmux,
