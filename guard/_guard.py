@@ -21,6 +21,7 @@ from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher
+from ._logs import fields
 from ._loops import HomeLoop
 from ._money import MONEY, to_amount
 from ._options import check_settle, count, make_store, name, seconds
@@ -573,6 +574,14 @@ class BalanceGuard:
             "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
             tracked.provider.name,
             exc.reason,
+            extra=fields(
+                "failed_open",
+                provider=tracked.provider.name,
+                account=tracked.digest,
+                currency=tracked.provider.currency,
+                amount=amount,
+                reason=exc.reason,
+            ),
         )
         self._emit("failed_open", tracked, amount=amount, error=exc)
         return Reservation(tracked.provider, amount, tracked, None)
@@ -699,7 +708,17 @@ class BalanceGuard:
             try:
                 hook(event)
             except Exception:
-                log.exception("guard hook %r failed on %s", hook, kind)
+                log.exception(
+                    "guard hook %r failed on %s",
+                    hook,
+                    kind,
+                    extra=fields(
+                        "hook_failed",
+                        provider=event.provider,
+                        account=event.account,
+                        kind=kind,
+                    ),
+                )
 
 
 def _balance(provider: Provider, entry: Entry) -> Balance:
