@@ -113,6 +113,14 @@ class Channel:
             alert = await self.queue.get()
             try:
                 await self._deliver(alert)
+            except asyncio.CancelledError:
+                self.counts[alert.level, "dropped"] += 1
+                log.warning(
+                    "guard alert dropped, the monitor stopped while %s had it: %s",
+                    describe(self.notifier),
+                    alert,
+                )
+                raise
             finally:
                 self.queue.task_done()
 
