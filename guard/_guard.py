@@ -531,21 +531,25 @@ class BalanceGuard:
         if ok:
             stats = reservation._tracked.stats
             stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if self._hooks:
-            self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
-            )
-        if ok and hold is not None and (settle or self.settle_mode) == "debit":
-            await self._store.release(hold, debit=True)
-            return
         try:
-            # Calls woken by the same fetch as this one check before it
-            # invalidates that balance, rather than each fetching anew.
-            await asyncio.sleep(0)
+            if ok and hold is not None and (settle or self.settle_mode) == "debit":
+                await self._store.release(hold, debit=True)
+                return
+            try:
+                # Calls woken by the same fetch as this one check before it
+                # invalidates that balance, rather than each fetching anew.
+                await asyncio.sleep(0)
+            finally:
+                # Stores release the hold before their first await: a second
+                # cancellation can't leave it behind.
+                await self._drop(reservation)
         finally:
-            # Stores release the hold before their first await: a second
-            # cancellation can't leave it behind.
-            await self._drop(reservation)
+            # Once the store settled: a hook reading the cached balance
+            # then sees it debited or gone, never the balance before.
+            if self._hooks:
+                self._emit(
+                    "settled", reservation._tracked, amount=reservation.amount, ok=ok
+                )
 
     async def _drop(self, reservation: Reservation) -> None:
         """

@@ -21,13 +21,20 @@ from guard import (
     BalanceMonitor,
     ConfigurationError,
     Forecast,
+    GuardEvent,
     Threshold,
     _sync,
     require_balance,
 )
 from guard.monitor import DEFAULT_HYSTERESIS, Watched
 from guard.providers import OneClickDZ
-from guard.testing import CapturedAlerts, Emulator, Route, capture_alerts
+from guard.testing import (
+    CapturedAlerts,
+    Emulator,
+    InMemoryProvider,
+    Route,
+    capture_alerts,
+)
 
 KEY = "live-key-monitor-5b7c0e"
 THRESHOLDS = [
@@ -220,6 +227,30 @@ class TestWalk:
 
 def _digest(g: BalanceGuard) -> str:
     return g.accounts()[0].account
+
+
+class TestEngine:
+    @pytest.mark.parametrize("settle", ["invalidate", "debit"])
+    async def test_settled_after_the_store(self, settle: str) -> None:
+        """A settled hook sees the store settled: hold gone, balance debited or gone."""
+        provider = InMemoryProvider(100)
+        seen: list[tuple[Decimal, Decimal | None]] = []
+        async with BalanceGuard(settle=settle) as g:  # type: ignore[arg-type]
+
+            def hook(event: GuardEvent) -> None:
+                if event.kind == "settled":
+                    entry = g.store.read(g._track(provider).account)
+                    # MemoryStore.read does not await: run it to its end here.
+                    try:
+                        entry.send(None)
+                    except StopIteration as done:
+                        cached = done.value
+                    seen.append((g.held(provider), cached and cached.amount))
+
+            g.add_hook(hook)
+            async with g.reserve(provider, 30):
+                pass
+        assert [(Decimal(0), Decimal(70) if settle == "debit" else None)] == seen
 
 
 class TestValues:

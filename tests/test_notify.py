@@ -216,7 +216,7 @@ class TestDelivery:
         hooks: tuple[Hooks, str],
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A hanging webhook is given up after its timeout; guarded calls go on meanwhile."""
+        """A hanging webhook is given up at its timeout; guarded calls go on."""
         receiver, url = hooks
         receiver.hanging = True
         oneclick = emu.oneclickdz(KEY)
