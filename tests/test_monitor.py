@@ -439,7 +439,7 @@ class TestForecast:
         assert ("low", "critical") == (alert.kind, alert.level)
         assert alert.hours_left is not None
         assert alert.hours_left <= 5000 / 30000
-        assert "runs out in about 0.2 h" in str(alert)
+        assert f"runs out in about {alert.hours_left:.1f} h at the recent" in str(alert)
         assert Decimal("180000.00") == alert.threshold
 
     async def test_refills_are_not_spending(self, emu: Emulator) -> None:
