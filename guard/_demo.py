@@ -16,6 +16,7 @@ import aiohttp
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
+from .monitor import BalanceAlert, BalanceMonitor, Threshold
 from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
@@ -225,6 +226,59 @@ async def run_demo(*, quiet: bool = False) -> int:
         finally:
             log.removeHandler(handler)
         emu.clear_faults()
+
+        # -- 6. a low-balance alert ------------------------------------------
+        say("\n6. A BalanceMonitor watches OneClickDZ, alerting at 1,500.00 DZD:")
+        say(
+            "   It sees every balance the guard learns. An alert fires once per\n"
+            "   crossing, and once more when a refill lifts the balance back."
+        )
+        alerts: list[BalanceAlert] = []
+
+        async def on_alert(alert: BalanceAlert) -> None:
+            alerts.append(alert)
+            say(
+                f"   alert {alert.kind!r} ({alert.level}): balance "
+                f"{_money(alert.balance, alert.currency)}, threshold "
+                f"{_money(alert.threshold, alert.currency)}"
+            )
+
+        async with BalanceGuard() as guard:
+            monitor = BalanceMonitor(guard=guard)
+            monitor.watch(
+                oneclick, [Threshold(1500, level="critical")], notify=[on_alert]
+            )
+            async with monitor:
+                await guard.balance(oneclick)
+                await monitor.flush()
+                async with (
+                    guard.reserve(oneclick, 100),
+                    http.post(
+                        f"{emu.url}/v3/mobile/send",
+                        headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+                        json={
+                            "plan_code": "PREPAID_DJEZZY",
+                            "MSSIDN": "0770000009",
+                            "amount": 100,
+                        },
+                    ) as response,
+                ):
+                    response.raise_for_status()
+                await guard.balance(oneclick)
+                await monitor.flush()
+                say("   a top-up of 100.00 DZD later: still below, no new alert")
+                check(
+                    "one 'low' alert for 1,000.00 DZD, none for 900.00 DZD",
+                    [(a.kind, a.balance) for a in alerts] == [("low", Decimal(1000))],
+                )
+                emu.set_balance(DEMO_ONECLICKDZ_KEY, 10000)
+                say("   the account is refilled to 10,000.00 DZD")
+                await guard.balance(oneclick, fresh=True)
+                await monitor.flush()
+            check(
+                "the refill sent one 'recovered' alert",
+                [a.kind for a in alerts] == ["low", "recovered"],
+            )
 
     failed = [what for what, ok in checks if not ok]
     summary = f"guard demo: {len(checks) - len(failed)} of {len(checks)} checks passed"
