@@ -54,7 +54,13 @@ import aiohttp
 from aiocache import SimpleMemoryCache, cached
 
 import guard
-from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard import (
+    BalanceGuard,
+    BalanceMonitor,
+    InsufficientBalance,
+    Threshold,
+    require_balance,
+)
 from guard.testing._memory import InMemoryProvider
 
 if TYPE_CHECKING:
@@ -249,6 +255,13 @@ async def warm_path(
     provider = backend.account(PLENTY, delay=0)
     required = require_balance(provider, 1, guard=guard_)
     guarded = required(_noop)
+    # The same call on a guard whose account a BalanceMonitor watches: its
+    # hook sees every settled call.
+    watched_guard = BalanceGuard(settle="debit")
+    monitor = BalanceMonitor(guard=watched_guard)
+    monitor.watch(provider, [Threshold(1), Threshold(2, level="critical")])
+    await monitor.start_async()
+    watched = require_balance(provider, 1, guard=watched_guard)(_noop)
 
     get_balance = naive_reader(backend, provider)
     amount = Decimal(1)
@@ -264,6 +277,10 @@ async def warm_path(
     async def decorator(n: int) -> None:
         for _ in range(n):
             await guarded()
+
+    async def decorator_monitored(n: int) -> None:
+        for _ in range(n):
+            await watched()
 
     async def context_manager(n: int) -> None:
         for _ in range(n):
@@ -284,6 +301,7 @@ async def warm_path(
         "await": bare,
         "get": cache_get,
         "decorator": decorator,
+        "monitored": decorator_monitored,
         "async with": context_manager,
         "async with, inline": context_manager_inline,
         "naive": naive,
@@ -303,6 +321,8 @@ async def warm_path(
                 samples[name].append(await _time(loops[name], calls))
         fetches = backend.balance_requests(provider) - before
     finally:
+        await monitor.aclose()
+        await watched_guard.aclose()
         await guard_.aclose()
         await cache.close()
         await get_balance.cache.close()  # type: ignore[attr-defined]
@@ -426,6 +446,7 @@ LOOP_LABELS = {
     "await": "await trivial()",
     "get": "await SimpleMemoryCache(timeout=None).get(key)",
     "decorator": "await guarded()  # @require_balance(p, 1)",
+    "monitored": "the same, a BalanceMonitor watching p",
     "async with": "async with rb: await trivial()  # rb made once",
     "async with, inline": "async with require_balance(p, 1): await trivial()",
     "naive": "if await get_balance() >= 1: await trivial()",
@@ -482,6 +503,20 @@ async def run(args: argparse.Namespace) -> bool:
             _ratio(per_get["naive"]),
             f"<= {TARGET_RATIO:.1f}x",
             deco <= TARGET_RATIO,
+        ),
+        (
+            "(a) warm call / aiocache get, monitor watching",
+            _ratio(per_get["monitored"]),
+            "",
+            f"<= {TARGET_RATIO:.1f}x",
+            per_get["monitored"] <= TARGET_RATIO,
+        ),
+        (
+            "(a) warm call with / without a monitor",
+            _ratio(_paired(samples, "decorator")["monitored"]),
+            "",
+            "",
+            None,
         ),
         (
             "(a) warm call / aiocache get, async with",

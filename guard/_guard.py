@@ -15,7 +15,7 @@ import functools
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
 from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
 log = logging.getLogger("guard")
+
+_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
 Settle: TypeAlias = Literal["invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
@@ -239,6 +241,9 @@ class BalanceGuard:
         self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
         self.namespace = name("namespace", namespace)
         self._hooks: tuple[EventHook, ...] = ()
+        self._kinds: tuple[frozenset[str], ...] = ()
+        # The hooks of each event kind: an event no hook wants isn't made.
+        self._by_kind: dict[str, tuple[EventHook, ...]] = {}
         for hook in hooks:
             self.add_hook(hook)
         self._store = make_store(
@@ -340,27 +345,53 @@ class BalanceGuard:
             return
         await self._store.invalidate(self._track(provider).account)
 
-    def add_hook(self, hook: EventHook) -> None:
+    def add_hook(
+        self, hook: EventHook, *, kinds: Iterable[EventKind] | None = None
+    ) -> None:
         """
         Call *hook* with every `GuardEvent` from now on, after the hooks
-        given before.
+        given before; with *kinds*, only with events of those kinds (a
+        guarded call then makes no event no hook wants).
 
         Raises:
-            ConfigurationError: *hook* is not a plain (not async) callable.
+            ConfigurationError: *hook* is not a plain (not async) callable,
+                or *kinds* names no event kind.
         """
         checked: object = hook
         if not callable(checked) or _is_async(checked):
             raise ConfigurationError(
                 f"hooks must be plain (not async) callables, got {hook!r}"
             )
+        wanted = _KINDS if kinds is None else frozenset(kinds)
+        unknown = sorted(str(k) for k in wanted - _KINDS)
+        if unknown or not wanted:
+            raise ConfigurationError(
+                f"kinds must be event kinds ({', '.join(sorted(_KINDS))}), "
+                f"got {unknown or 'none'}"
+            )
         self._hooks = (*self._hooks, hook)
+        self._kinds = (*self._kinds, wanted)
+        self._index_hooks()
 
     def remove_hook(self, hook: EventHook) -> None:
         """
         Stop calling *hook* (added with `add_hook` or *hooks*); nothing if
         it is not there.
         """
-        self._hooks = tuple(h for h in self._hooks if h != hook)
+        kept = [
+            (h, k) for h, k in zip(self._hooks, self._kinds, strict=True) if h != hook
+        ]
+        self._hooks = tuple(h for h, _ in kept)
+        self._kinds = tuple(k for _, k in kept)
+        self._index_hooks()
+
+    def _index_hooks(self) -> None:
+        self._by_kind = {
+            kind: tuple(
+                h for h, k in zip(self._hooks, self._kinds, strict=True) if kind in k
+            )
+            for kind in _KINDS
+        }
 
     def accounts(self) -> tuple[AccountState, ...]:
         """
@@ -546,7 +577,7 @@ class BalanceGuard:
         finally:
             # Once the store settled: a hook reading the cached balance
             # then sees it debited or gone, never the balance before.
-            if self._hooks:
+            if self._by_kind.get("settled"):
                 self._emit(
                     "settled", reservation._tracked, amount=reservation.amount, ok=ok
                 )
@@ -582,7 +613,8 @@ class BalanceGuard:
         ok: bool | None = None,
         error: BaseException | None = None,
     ) -> None:
-        if not self._hooks:
+        hooks = self._by_kind.get(kind)
+        if not hooks:
             return
         provider = tracked.provider
         event = GuardEvent(
@@ -596,7 +628,7 @@ class BalanceGuard:
             ok=ok,
             error=error,
         )
-        for hook in self._hooks:
+        for hook in hooks:
             try:
                 hook(event)
             except Exception:

@@ -252,6 +252,30 @@ class TestEngine:
                 pass
         assert [(Decimal(0), Decimal(70) if settle == "debit" else None)] == seen
 
+    async def test_hook_kinds(self) -> None:
+        """add_hook(kinds=...) gets only those events; remove_hook drops them."""
+        provider = InMemoryProvider(100)
+        fetched: list[str] = []
+        every: list[str] = []
+        async with BalanceGuard() as g:
+            g.add_hook(lambda e: fetched.append(e.kind), kinds=["fetched"])
+            g.add_hook(lambda e: every.append(e.kind))
+            async with g.reserve(provider, 30):
+                pass
+            assert ["fetched"] == fetched
+            assert ["fetched", "settled"] == every
+            for hook in list(g._hooks):
+                g.remove_hook(hook)
+            async with g.reserve(provider, 30):
+                pass
+            assert (["fetched"], 2) == (fetched, len(every))
+
+    @pytest.mark.parametrize("kinds", [[], ["fetched", "spent"]])
+    def test_bad_hook_kinds(self, kinds: list[str]) -> None:
+        """Unknown or no kinds are refused, naming the known ones."""
+        with pytest.raises(ConfigurationError, match="kinds must be event kinds"):
+            BalanceGuard().add_hook(print, kinds=kinds)  # type: ignore[arg-type]
+
 
 class TestValues:
     def test_threshold_reads_amounts(self) -> None:

@@ -2,12 +2,17 @@
 `BalanceMonitor`: low-balance alerts, once per crossing, fleet-wide.
 
 Readings come from the guard: every balance it fetches (a ``fetched``
-event), the cached balance after a call settled as spent (debited, with
+event), the cached balance once calls settled as spent (debited, with
 ``settle="debit"``), and a poll every *interval* through
 `BalanceGuard.balance` (so a poll is served by the cache, joins a fetch in
 flight, and respects the auth cooldown). The guard's hook only queues a
 reading: the state machine runs on the monitor's own task, and each
 notifier has its own queue and task (``_delivery.py``).
+
+Spending is not followed call by call (a hook on every guarded call would
+cost each call an event): a tick samples the guard's count of what calls
+spent, ``AccountState.spent``, a few times a second. A change means a
+look at the cached balance, and the samples give the forecast its rate.
 """
 
 from __future__ import annotations
@@ -53,12 +58,14 @@ capture: list[list[BalanceAlert]] = []
 # Readings waiting for the state machine, per monitor; past this many the
 # oldest are dropped (a stalled Redis must not grow memory without bound).
 _MAX_READINGS = 10_000
-# Spends kept per account for a forecast.
-_MAX_SPENDS = 100_000
+# Spending samples kept per account for a forecast.
+_MAX_SAMPLES = 100_000
 # A forecast's rate is measured over at least this many seconds of watching,
 # so that the first spend after start does not look like a stampede.
 _MIN_SPAN = 60.0
 _FORECAST_REARM = 1.05
+# Seconds between samples of what calls spent.
+_TICK = 0.25
 Limit = (Threshold, Forecast)
 
 
@@ -92,7 +99,8 @@ class _Watch:
         "forecasts",
         "peek",
         "provider",
-        "spends",
+        "samples",
+        "spent",
         "thresholds",
         "tracked",
     )
@@ -114,8 +122,11 @@ class _Watch:
         }
         self.by_key.update((f.key, f) for f in forecasts)
         self.channels: list[Channel] = []
-        self.spends: collections.deque[tuple[float, Decimal]] = collections.deque(
-            maxlen=_MAX_SPENDS
+        # (monotonic time, what calls spent so far) each time it changed;
+        # the oldest is the base of the forecast's window.
+        self.spent = tracked.stats.spent
+        self.samples: collections.deque[tuple[float, Decimal]] = collections.deque(
+            [(time.monotonic(), self.spent)], maxlen=_MAX_SAMPLES
         )
         self.fired: frozenset[str] = frozenset()
         self.peek = False
@@ -400,10 +411,11 @@ class BalanceMonitor:
         pending, self._pending = self._pending, []
         for provider, thresholds, forecasts, notifiers in pending:
             self._add(provider, thresholds, forecasts, notifiers)
-        guard.add_hook(self._hook)
+        guard.add_hook(self._hook, kinds=("fetched",))
         self._tasks = [
             self._loop.create_task(self._evaluate()),
             self._loop.create_task(self._poll()),
+            self._loop.create_task(self._tick()),
         ]
 
     async def aclose(self) -> None:
@@ -419,6 +431,7 @@ class BalanceMonitor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._look()
         with contextlib.suppress(Exception):
             await self._drain()
         for watch in self._watches.values():
@@ -449,6 +462,7 @@ class BalanceMonitor:
             future = asyncio.run_coroutine_threadsafe(self.flush(), self._loop)
             await asyncio.wrap_future(future)
             return
+        self._look()
         await self._drain()
         for watch in list(self._watches.values()):
             for channel in watch.channels:
@@ -457,35 +471,48 @@ class BalanceMonitor:
     # -- the guard's hook: cheap, never blocks ------------------------------
 
     def _hook(self, event: GuardEvent) -> None:
-        kind = event.kind
-        if kind != "fetched" and not (kind == "settled" and event.ok):
-            return
+        # Subscribed to "fetched" only: a balance the guard just fetched.
         watch = self._watches.get((event.provider, event.account))
         loop = self._loop
         if watch is None or loop is None:
             return
+        amount = event.amount
+        assert amount is not None  # a fetched event carries the balance
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - guards emit from their loop
             running = None
         if running is loop:
-            self._take(watch, event)
+            self._take(watch, amount, _now_ms())
         else:
-            loop.call_soon_threadsafe(self._take, watch, event)
+            loop.call_soon_threadsafe(self._take, watch, amount, _now_ms())
 
-    def _take(self, watch: _Watch, event: GuardEvent) -> None:
-        amount = event.amount
-        assert amount is not None  # fetched and settled carry one
-        if event.kind == "fetched":
-            self._readings.append((watch, amount, _now_ms()))
-        else:
-            if watch.forecasts:
-                watch.spends.append((time.monotonic(), amount))
-            # The balance was debited (settle="debit") or forgotten: look
-            # at what the guard has cached, without fetching.
-            watch.peek = True
+    def _take(self, watch: _Watch, amount: Decimal, at_ms: int) -> None:
+        self._readings.append((watch, amount, at_ms))
         assert self._wake is not None
         self._wake.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            self._look()
+
+    def _look(self) -> None:
+        """
+        Sample what calls spent on each account; where it changed, the
+        cached balance (debited, or gone) gets a look.
+        """
+        now = time.monotonic()
+        changed = False
+        for watch in self._watches.values():
+            spent = watch.tracked.stats.spent
+            if spent != watch.spent:
+                watch.spent = spent
+                watch.samples.append((now, spent))
+                watch.peek = changed = True
+        if changed:
+            assert self._wake is not None
+            self._wake.set()
 
     # -- the state machine --------------------------------------------------
 
@@ -596,20 +623,23 @@ class BalanceMonitor:
         self, watch: _Watch, amount: Decimal, forecast: Forecast
     ) -> tuple[float, Decimal] | None:
         """
-        Hours *amount* lasts at the rate spent over the forecast's window,
-        and what that rate spends in the forecast's hours; None when
-        nothing was spent.
+        Hours *amount* lasts at the rate calls spent over the forecast's
+        window, and what that rate spends in the forecast's hours; None
+        when nothing was spent.
         """
         now = time.monotonic()
-        spends = watch.spends
+        samples = watch.samples
+        # Keep one sample older than the longest window: its base.
         horizon = now - max(f.window for f in watch.forecasts)
-        while spends and spends[0][0] < horizon:
-            spends.popleft()
+        while len(samples) > 1 and samples[1][0] <= horizon:
+            samples.popleft()
         since = now - forecast.window
-        spent = ZERO
-        for when, spend in spends:
-            if when >= since:
-                spent = MONEY.add(spent, spend)
+        base = samples[0][1]
+        for when, spent in samples:
+            if when > since:
+                break
+            base = spent
+        spent = MONEY.subtract(samples[-1][1], base)
         if not spent:
             return None
         span = min(forecast.window, max(_MIN_SPAN, now - self._started))
