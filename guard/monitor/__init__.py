@@ -13,10 +13,10 @@ from ._monitor import BalanceMonitor, Watched
 from ._values import DEFAULT_HYSTERESIS, AlertKind, BalanceAlert, Forecast, Threshold
 
 __all__ = [
-    "DEFAULT_HYSTERESIS",
     "AlertKind",
     "BalanceAlert",
     "BalanceMonitor",
+    "DEFAULT_HYSTERESIS",
     "Forecast",
     "Notifier",
     "Outcome",
