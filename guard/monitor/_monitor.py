@@ -476,7 +476,10 @@ class BalanceMonitor:
         loop = self._loop
         if watch is None or loop is None:
             return
-        amount = event.amount
+        # The entry just stored, which counts calls that settled during
+        # the fetch; the event has the amount as the provider said it.
+        entry = watch.tracked.last
+        amount = event.amount if entry is None else entry.amount
         assert amount is not None  # a fetched event carries the balance
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -665,7 +668,10 @@ class BalanceMonitor:
                 except GuardError as exc:
                     log.info("%s: balance poll failed: %s", watch.provider.name, exc)
                     continue
-                self._readings.append((watch, balance.amount, _now_ms()))
+                # As of its fetch: a cached balance is no news against a
+                # newer reading (and its debits are looked at anyway).
+                at_ms = int(balance.fetched_at.timestamp() * 1000)
+                self._readings.append((watch, balance.amount, at_ms))
                 assert self._wake is not None
                 self._wake.set()
             # Never faster than the guard trusts a balance: a poll sooner
