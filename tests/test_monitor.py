@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
@@ -530,3 +531,82 @@ class TestLogging:
             "guard alert: oneclickdz: 10.00 DZD left" in r.message
             for r in caplog.records
         )
+
+
+class TestEdges:
+    async def test_guard_on_another_loop(self, emu_sync: tuple[str, Emulator]) -> None:
+        """A guard living on the private loop, a monitor on this one: readings cross."""
+        url, emu = emu_sync
+        oneclick = OneClickDZ(KEY, base_url=url)
+        g = BalanceGuard()
+        seen: list[BalanceAlert] = []
+
+        def spend() -> None:
+            with require_balance(oneclick, 1, guard=g):
+                pass
+
+        await asyncio.to_thread(spend)  # the guard's home: the private loop
+        try:
+            monitor = BalanceMonitor(guard=g)
+            monitor.watch(oneclick, [Threshold(1000)], notify=[seen.append])
+            async with monitor:
+                emu.set_balance(KEY, 900)
+                await asyncio.to_thread(spend)
+                await asyncio.to_thread(monitor.flush_sync)
+                assert ["low"] == [a.kind for a in seen]
+        finally:
+            await asyncio.to_thread(_sync.close_guard, g)
+
+    async def test_failed_poll_is_logged(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A poll that can't learn the balance is logged and the monitor goes on."""
+        caplog.set_level(logging.INFO, "guard")
+        provider = InMemoryProvider(10)
+        provider.fail_next(times=5)
+        async with BalanceGuard(retries=0) as g, BalanceMonitor(guard=g) as monitor:
+            monitor.watch(provider, [Threshold(100)])
+            await asyncio.sleep(0.05)
+        assert "balance poll failed" in caplog.text
+
+    async def test_notifier_returning_a_coroutine(self, emu: Emulator) -> None:
+        """A plain callable that returns an awaitable has it awaited."""
+        got: list[BalanceAlert] = []
+
+        async def deliver(alert: BalanceAlert) -> None:
+            got.append(alert)
+
+        oneclick = emu.oneclickdz(KEY)
+        async with BalanceGuard() as g, BalanceMonitor(guard=g) as monitor:
+            monitor.watch(oneclick, [Threshold(6000)], notify=[lambda a: deliver(a)])
+            await g.balance(oneclick)
+            await monitor.flush()
+        assert 1 == len(got)
+
+    def test_forecast_window(self) -> None:
+        """Spending before the window is its base; older samples are pruned."""
+        provider = InMemoryProvider(1000)
+        monitor = BalanceMonitor(guard=BalanceGuard())
+        forecast = Forecast(6, window=3600)
+        monitor.watch(provider, [forecast])
+        monitor._add(*monitor._pending.pop()[:3], [])
+        (watch,) = monitor._watches.values()
+        now = time.monotonic()
+        monitor._started = now - 7200
+        watch.samples.clear()
+        watch.samples.extend(
+            [
+                (now - 7200, Decimal(0)),
+                (now - 5000, Decimal(50)),
+                (now - 4000, Decimal(100)),
+                (now - 10, Decimal(400)),
+            ]
+        )
+        left = monitor._hours_left(watch, Decimal(1000), forecast)
+        assert left is not None
+        # 300 spent in the last hour: 1,000 lasts 3.3 h; 6 h spend 1,800.
+        assert (pytest.approx(1000 / 300), Decimal("1800.00")) == left
+        assert 2 == len(watch.samples)  # the base and what came after
+        watch.samples.clear()
+        watch.samples.append((now, Decimal(400)))
+        assert monitor._hours_left(watch, Decimal(1000), forecast) is None

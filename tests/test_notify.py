@@ -427,3 +427,38 @@ async def test_webhook_timeout(hooks: tuple[Hooks, str]) -> None:
     receiver.hanging = True
     with pytest.raises(NotifyError, match="TimeoutError"):
         await Webhook(url, timeout=0.1)(ALERT)
+
+
+class TestFailures:
+    async def test_always_500_is_named_in_the_warning(
+        self, emu: Emulator, hooks: tuple[Hooks, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A webhook that keeps failing is dropped with its reason, not its URL."""
+        receiver, url = hooks
+        receiver.statuses = [500, 500]
+        oneclick = emu.oneclickdz(KEY)
+        async with BalanceGuard() as g:
+            monitor = BalanceMonitor(guard=g, retries=1, backoff=0)
+            monitor.watch(oneclick, [Threshold(6000)], notify=[Webhook(url)])
+            async with monitor:
+                await g.balance(oneclick)
+                await monitor.flush()
+        assert "(webhook 127.0.0.1 answered HTTP 500)" in caplog.text
+        assert HOOK_TOKEN not in caplog.text
+
+    @pytest.mark.parametrize("option", ["tls", "starttls"])
+    def test_tls_to_a_plain_server(
+        self, smtp: tuple[Mailbox, int], option: str
+    ) -> None:
+        """TLS asked of a server without it fails as a NotifyError."""
+        _, port = smtp
+        notifier = Email(
+            "127.0.0.1",
+            port,
+            sender="g@example.org",
+            to="o@example.org",
+            timeout=2,
+            **{option: True},
+        )
+        with pytest.raises(NotifyError, match=r"SMTP 127\.0\.0\.1"):
+            notifier(ALERT)
