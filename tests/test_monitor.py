@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import runpy
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,6 +30,7 @@ from guard import (
     require_balance,
 )
 from guard.monitor import DEFAULT_HYSTERESIS, Watched
+from guard.monitor._state import MemoryAlertState, Wish
 from guard.providers import OneClickDZ
 from guard.testing import (
     CapturedAlerts,
@@ -38,6 +41,7 @@ from guard.testing import (
 )
 
 KEY = "live-key-monitor-5b7c0e"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sms_alerts.py"
 THRESHOLDS = [
     Threshold(3000),
     Threshold(1000, level="critical"),
@@ -610,3 +614,20 @@ class TestEdges:
         watch.samples.clear()
         watch.samples.append((now, Decimal(400)))
         assert monitor._hours_left(watch, Decimal(1000), forecast) is None
+
+
+class TestStaleReadings:
+    async def test_older_reading_is_ignored(self) -> None:
+        """A reading older than one applied changes nothing."""
+        state = MemoryAlertState()
+        fired = await state.apply("a", 2000, [Wish("t", fire=True)])
+        assert ("t",) == fired.fired
+        stale = await state.apply("a", 1000, [Wish("t", fire=False)])
+        assert ((), None) == (stale.armed, stale.now_fired)
+        again = await state.apply("a", 2000, [Wish("t", fire=False)])
+        assert ("t",) == again.armed
+
+    async def test_a_late_poll_does_not_undo_debits(self) -> None:
+        """The SMS example: a poll answered after calls spent brings no 'recovered'."""
+        example = runpy.run_path(str(EXAMPLE))
+        await example["main"]()

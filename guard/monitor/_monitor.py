@@ -132,8 +132,8 @@ class _Watch:
         self.peek = False
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _now_us() -> int:
+    return time.time_ns() // 1_000
 
 
 class BalanceMonitor:
@@ -486,12 +486,12 @@ class BalanceMonitor:
         except RuntimeError:  # pragma: no cover - guards emit from their loop
             running = None
         if running is loop:
-            self._take(watch, amount, _now_ms())
+            self._take(watch, amount, _now_us())
         else:
-            loop.call_soon_threadsafe(self._take, watch, amount, _now_ms())
+            loop.call_soon_threadsafe(self._take, watch, amount, _now_us())
 
-    def _take(self, watch: _Watch, amount: Decimal, at_ms: int) -> None:
-        self._readings.append((watch, amount, at_ms))
+    def _take(self, watch: _Watch, amount: Decimal, at_us: int) -> None:
+        self._readings.append((watch, amount, at_us))
         assert self._wake is not None
         self._wake.set()
 
@@ -532,8 +532,8 @@ class BalanceMonitor:
         async with self._lock:
             while True:
                 if self._readings:
-                    watch, amount, at_ms = self._readings.popleft()
-                    await self._apply(watch, amount, at_ms)
+                    watch, amount, at_us = self._readings.popleft()
+                    await self._apply(watch, amount, at_us)
                     continue
                 peeks = [w for w in self._watches.values() if w.peek]
                 if not peeks:
@@ -551,9 +551,9 @@ class BalanceMonitor:
             return
         # An inexact entry may count a spend twice: wait for a fetch.
         if entry is not None and entry.exact:
-            await self._apply(watch, entry.amount, _now_ms())
+            await self._apply(watch, entry.amount, _now_us())
 
-    async def _apply(self, watch: _Watch, amount: Decimal, at_ms: int) -> None:
+    async def _apply(self, watch: _Watch, amount: Decimal, at_us: int) -> None:
         wishes: list[Wish] = []
         for threshold in watch.thresholds:
             if amount <= threshold.below:
@@ -572,7 +572,7 @@ class BalanceMonitor:
         account = watch.tracked.account
         try:
             applied = await self._at_home(
-                lambda: self._state.apply(account.key, at_ms, wishes)
+                lambda: self._state.apply(account.key, at_us, wishes)
             )
         except GuardError as exc:
             log.warning("%s: alert state not updated: %s", account.provider, exc)
@@ -670,8 +670,8 @@ class BalanceMonitor:
                     continue
                 # As of its fetch: a cached balance is no news against a
                 # newer reading (and its debits are looked at anyway).
-                at_ms = int(balance.fetched_at.timestamp() * 1000)
-                self._readings.append((watch, balance.amount, at_ms))
+                at_us = int(balance.fetched_at.timestamp() * 1_000_000)
+                self._readings.append((watch, balance.amount, at_us))
                 assert self._wake is not None
                 self._wake.set()
             # Never faster than the guard trusts a balance: a poll sooner

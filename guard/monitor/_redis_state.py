@@ -6,7 +6,7 @@ One hash per account, under the account's hash tag (a cluster keeps it on
 the account's slot)::
 
     {<store key prefix><account key>}:alerts
-        @t          ms since the epoch of the newest reading applied
+        @t          µs since the epoch of the newest reading applied
         <key>       "1" fired, "0" armed (absent: armed), per threshold
 
 A Lua script compares and sets the thresholds of one reading in one step:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisAlertState", "alerts_key", "redis_of"]
 
-# KEYS[1] the alerts hash. ARGV[1] reading time (ms), ARGV[2] seconds the
+# KEYS[1] the alerts hash. ARGV[1] reading time (µs), ARGV[2] seconds the
 # state outlives its last reading, then pairs key, wish ("1" fire, "0" arm).
 # Returns {0} for a stale reading, else {1, transitions, fired keys} where
 # transitions alternate key, "1" fired / "0" armed.
@@ -112,8 +112,8 @@ class RedisAlertState:
         self.prefix = prefix
         self._script = client.register_script(APPLY)
 
-    async def apply(self, account: str, at_ms: int, wishes: Sequence[Wish]) -> Applied:
-        args: list[str | int] = [at_ms, KEEP_SECONDS]
+    async def apply(self, account: str, at_us: int, wishes: Sequence[Wish]) -> Applied:
+        args: list[str | int] = [at_us, KEEP_SECONDS]
         for wish in wishes:
             args += [wish.key, "1" if wish.fire else "0"]
         try:

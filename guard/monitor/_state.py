@@ -56,9 +56,9 @@ class AlertState(Protocol):
     Where a monitor keeps which thresholds fired, per account.
     """
 
-    async def apply(self, account: str, at_ms: int, wishes: Sequence[Wish]) -> Applied:
+    async def apply(self, account: str, at_us: int, wishes: Sequence[Wish]) -> Applied:
         """
-        Apply *wishes* of a reading made at *at_ms* (ms since the epoch)
+        Apply *wishes* of a reading made at *at_us* (µs since the epoch)
         atomically; ignore a reading older than the last applied (then
         ``now_fired`` is None).
         """
@@ -78,10 +78,10 @@ class MemoryAlertState:
         self._fired: dict[str, set[str]] = {}
         self._at: dict[str, int] = {}
 
-    async def apply(self, account: str, at_ms: int, wishes: Sequence[Wish]) -> Applied:
-        if at_ms < self._at.get(account, 0):
+    async def apply(self, account: str, at_us: int, wishes: Sequence[Wish]) -> Applied:
+        if at_us < self._at.get(account, 0):
             return Applied()
-        self._at[account] = at_ms
+        self._at[account] = at_us
         fired_now = self._fired.setdefault(account, set())
         fired: list[str] = []
         armed: list[str] = []
