@@ -15,7 +15,9 @@ One run prints:
     that never runs out), as a ratio to one
     ``SimpleMemoryCache(timeout=None).get`` on a present key and to a bare
     ``await`` of a trivial coroutine, for the decorator and for
-    ``async with require_balance(...)``. Each figure is the median of several
+    ``async with require_balance(...)``, and for the decorator on a guard
+    whose account a ``BalanceMonitor`` watches (also as a ratio to the same
+    call unwatched). Each figure is the median of several
     repeats of a tight loop; the repeats are interleaved so that noise from
     other processes hits every candidate alike. Target: at most 2.0x one get.
 (b) balance requests reaching the provider for 1,000 concurrent cold guarded

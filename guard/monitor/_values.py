@@ -15,9 +15,9 @@ from .._money import MONEY, to_amount
 from ..errors import ConfigurationError
 
 __all__ = [
-    "DEFAULT_HYSTERESIS",
     "AlertKind",
     "BalanceAlert",
+    "DEFAULT_HYSTERESIS",
     "Forecast",
     "Threshold",
 ]
