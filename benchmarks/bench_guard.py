@@ -15,7 +15,9 @@ One run prints:
     that never runs out), as a ratio to one
     ``SimpleMemoryCache(timeout=None).get`` on a present key and to a bare
     ``await`` of a trivial coroutine, for the decorator and for
-    ``async with require_balance(...)``. Each figure is the median of several
+    ``async with require_balance(...)``, and for the decorator on a guard
+    whose account a ``BalanceMonitor`` watches (also as a ratio to the same
+    call unwatched). Each figure is the median of several
     repeats of a tight loop; the repeats are interleaved so that noise from
     other processes hits every candidate alike. Target: at most 2.0x one get.
     The same decorated call on a guard whose metrics are exported
@@ -58,7 +60,13 @@ import aiohttp
 from aiocache import SimpleMemoryCache, cached
 
 import guard
-from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard import (
+    BalanceGuard,
+    BalanceMonitor,
+    InsufficientBalance,
+    Threshold,
+    require_balance,
+)
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
@@ -259,6 +267,13 @@ async def warm_path(
     metered_guard = BalanceGuard(settle="debit")
     scrape = _export(metered_guard)
     metered = require_balance(provider, 1, guard=metered_guard)(_noop)
+    # The same call on a guard whose account a BalanceMonitor watches: its
+    # hook sees every settled call.
+    watched_guard = BalanceGuard(settle="debit")
+    monitor = BalanceMonitor(guard=watched_guard)
+    monitor.watch(provider, [Threshold(1), Threshold(2, level="critical")])
+    await monitor.start_async()
+    watched = require_balance(provider, 1, guard=watched_guard)(_noop)
 
     get_balance = naive_reader(backend, provider)
     amount = Decimal(1)
@@ -278,6 +293,10 @@ async def warm_path(
     async def decorator_metered(n: int) -> None:
         for _ in range(n):
             await metered()
+
+    async def decorator_monitored(n: int) -> None:
+        for _ in range(n):
+            await watched()
 
     async def context_manager(n: int) -> None:
         for _ in range(n):
@@ -299,6 +318,7 @@ async def warm_path(
         "get": cache_get,
         "decorator": decorator,
         "decorator, metrics": decorator_metered,
+        "monitored": decorator_monitored,
         "async with": context_manager,
         "async with, inline": context_manager_inline,
         "naive": naive,
@@ -319,6 +339,8 @@ async def warm_path(
             scrape()
         fetches = backend.balance_requests(provider) - before
     finally:
+        await monitor.aclose()
+        await watched_guard.aclose()
         await guard_.aclose()
         await metered_guard.aclose()
         await cache.close()
@@ -472,6 +494,7 @@ LOOP_LABELS = {
     "get": "await SimpleMemoryCache(timeout=None).get(key)",
     "decorator": "await guarded()  # @require_balance(p, 1)",
     "decorator, metrics": "the same, metrics exported (Prometheus, OTel SDK)",
+    "monitored": "the same, a BalanceMonitor watching p",
     "async with": "async with rb: await trivial()  # rb made once",
     "async with, inline": "async with require_balance(p, 1): await trivial()",
     "naive": "if await get_balance() >= 1: await trivial()",
@@ -529,6 +552,20 @@ async def run(args: argparse.Namespace) -> bool:
             _ratio(per_get["naive"]),
             f"<= {TARGET_RATIO:.1f}x",
             deco <= TARGET_RATIO,
+        ),
+        (
+            "(a) warm call / aiocache get, monitor watching",
+            _ratio(per_get["monitored"]),
+            "",
+            f"<= {TARGET_RATIO:.1f}x",
+            per_get["monitored"] <= TARGET_RATIO,
+        ),
+        (
+            "(a) warm call with / without a monitor",
+            _ratio(_paired(samples, "decorator")["monitored"]),
+            "",
+            "",
+            None,
         ),
         (
             "(a) warm call / aiocache get, async with",

@@ -22,15 +22,19 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
+from .monitor import BalanceAlert, BalanceMonitor, Forecast, Threshold
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmountError",
     "Balance",
+    "BalanceAlert",
     "BalanceGuard",
+    "BalanceMonitor",
     "BalanceUnavailable",
     "ConfigurationError",
+    "Forecast",
     "GuardError",
     "GuardEvent",
     "InsufficientBalance",
@@ -38,6 +42,7 @@ __all__ = [
     "ProviderResponseError",
     "RequireBalance",
     "Reservation",
+    "Threshold",
     "get_default_guard",
     "require_balance",
     "set_default_guard",

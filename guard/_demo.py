@@ -26,6 +26,7 @@ from .history import (
     reconcile,
     render,
 )
+from .monitor import BalanceAlert, BalanceMonitor, Threshold
 from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
@@ -239,7 +240,62 @@ async def run_demo(*, quiet: bool = False) -> int:
             log.removeHandler(handler)
         emu.clear_faults()
 
-        # -- 6. history, reconciliation and a report -------------------------
+        # -- 6. a low-balance alert ------------------------------------------
+        emu.set_balance(DEMO_ONECLICKDZ_KEY, 1000)
+        say("\n6. A BalanceMonitor watches OneClickDZ, alerting at 1,500.00 DZD:")
+        say(
+            "   The account stands at 1,000.00 DZD. The monitor sees every\n"
+            "   balance the guard learns. An alert fires once per crossing, and\n"
+            "   once more when a refill lifts the balance back."
+        )
+        alerts: list[BalanceAlert] = []
+
+        async def on_alert(alert: BalanceAlert) -> None:
+            alerts.append(alert)
+            say(
+                f"   alert {alert.kind!r} ({alert.level}): balance "
+                f"{_money(alert.balance, alert.currency)}, threshold "
+                f"{_money(alert.threshold, alert.currency)}"
+            )
+
+        async with BalanceGuard() as guard:
+            monitor = BalanceMonitor(guard=guard)
+            monitor.watch(
+                oneclick, [Threshold(1500, level="critical")], notify=[on_alert]
+            )
+            async with monitor:
+                await guard.balance(oneclick)
+                await monitor.flush()
+                async with (
+                    guard.reserve(oneclick, 100),
+                    http.post(
+                        f"{emu.url}/v3/mobile/send",
+                        headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+                        json={
+                            "plan_code": "PREPAID_DJEZZY",
+                            "MSSIDN": "0770000009",
+                            "amount": 100,
+                        },
+                    ) as response,
+                ):
+                    response.raise_for_status()
+                await guard.balance(oneclick)
+                await monitor.flush()
+                say("   a top-up of 100.00 DZD later: still below, no new alert")
+                check(
+                    "one 'low' alert for 1,000.00 DZD, none for 900.00 DZD",
+                    [(a.kind, a.balance) for a in alerts] == [("low", Decimal(1000))],
+                )
+                emu.set_balance(DEMO_ONECLICKDZ_KEY, 10000)
+                say("   the account is refilled to 10,000.00 DZD")
+                await guard.balance(oneclick, fresh=True)
+                await monitor.flush()
+            check(
+                "the refill sent one 'recovered' alert",
+                [a.kind for a in alerts] == ["low", "recovered"],
+            )
+
+        # -- 7. history, reconciliation and a report -------------------------
         report_path = await _history_step(emu, http, oneclick, say, check)
 
     failed = [what for what, ok in checks if not ok]
@@ -259,7 +315,7 @@ async def _history_step(
     say: Callable[[str], None],
     check: Callable[[str, bool], None],
 ) -> Path:
-    say("\n6. Three guarded top-ups of 200.00 DZD, one of 300.00 DZD around guard:")
+    say("\n7. Three guarded top-ups of 200.00 DZD, one of 300.00 DZD around guard:")
     say(
         "   A guard given a history records every balance it reads and every\n"
         "   call it settles, off the hot path. The provider's own transactions\n"

@@ -15,7 +15,7 @@ import functools
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
 from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
@@ -50,6 +50,8 @@ __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
 log = logging.getLogger("guard")
 
+_KINDS: frozenset[str] = frozenset(get_args(EventKind))
+
 Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
@@ -67,7 +69,15 @@ class Reservation:
             checked.
     """
 
-    __slots__ = ("_failed", "_hold", "_started", "_tracked", "amount", "provider")
+    __slots__ = (
+        "_failed",
+        "_hold",
+        "_outcome",
+        "_started",
+        "_tracked",
+        "amount",
+        "provider",
+    )
 
     provider: Provider
     amount: Decimal
@@ -75,6 +85,7 @@ class Reservation:
     _hold: Hold | None
     _failed: bool
     _started: float
+    _outcome: Outcome | None
 
     def __new__(
         cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -87,6 +98,7 @@ class Reservation:
         _RESERVATION_HOLD(self, hold)  # None: let through unchecked
         _RESERVATION_FAILED(self, False)
         _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
+        _RESERVATION_OUTCOME(self, None)  # set once, when it settles
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -121,9 +133,18 @@ class Reservation:
     _RESERVATION_HOLD,
     _RESERVATION_FAILED,
     _RESERVATION_STARTED,
+    _RESERVATION_OUTCOME,
 ) = (
     Reservation.__dict__[name].__set__
-    for name in ("provider", "amount", "_tracked", "_hold", "_failed", "_started")
+    for name in (
+        "provider",
+        "amount",
+        "_tracked",
+        "_hold",
+        "_failed",
+        "_started",
+        "_outcome",
+    )
 )
 
 
@@ -292,6 +313,9 @@ class BalanceGuard:
         self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
         self.namespace = name("namespace", namespace)
         self._hooks: tuple[EventHook, ...] = ()
+        self._kinds: tuple[frozenset[str], ...] = ()
+        # The hooks of each event kind: an event no hook wants isn't made.
+        self._by_kind: dict[str, tuple[EventHook, ...]] = {}
         for hook in hooks:
             self.add_hook(hook)
         self._store = make_store(
@@ -405,27 +429,53 @@ class BalanceGuard:
             return
         await self._store.invalidate(self._track(provider).account)
 
-    def add_hook(self, hook: EventHook) -> None:
+    def add_hook(
+        self, hook: EventHook, *, kinds: Iterable[EventKind] | None = None
+    ) -> None:
         """
         Call *hook* with every `GuardEvent` from now on, after the hooks
-        given before.
+        given before; with *kinds*, only with events of those kinds (a
+        guarded call then makes no event no hook wants).
 
         Raises:
-            ConfigurationError: *hook* is not a plain (not async) callable.
+            ConfigurationError: *hook* is not a plain (not async) callable,
+                or *kinds* names no event kind.
         """
         checked: object = hook
         if not callable(checked) or _is_async(checked):
             raise ConfigurationError(
                 f"hooks must be plain (not async) callables, got {hook!r}"
             )
+        wanted = _KINDS if kinds is None else frozenset(kinds)
+        unknown = sorted(str(k) for k in wanted - _KINDS)
+        if unknown or not wanted:
+            raise ConfigurationError(
+                f"kinds must be event kinds ({', '.join(sorted(_KINDS))}), "
+                f"got {unknown or 'none'}"
+            )
         self._hooks = (*self._hooks, hook)
+        self._kinds = (*self._kinds, wanted)
+        self._index_hooks()
 
     def remove_hook(self, hook: EventHook) -> None:
         """
         Stop calling *hook* (added with `add_hook` or *hooks*); nothing if
         it is not there.
         """
-        self._hooks = tuple(h for h in self._hooks if h != hook)
+        kept = [
+            (h, k) for h, k in zip(self._hooks, self._kinds, strict=True) if h != hook
+        ]
+        self._hooks = tuple(h for h, _ in kept)
+        self._kinds = tuple(k for _, k in kept)
+        self._index_hooks()
+
+    def _index_hooks(self) -> None:
+        self._by_kind = {
+            kind: tuple(
+                h for h, k in zip(self._hooks, self._kinds, strict=True) if kind in k
+            )
+            for kind in _KINDS
+        }
 
     def accounts(self) -> tuple[AccountState, ...]:
         """
@@ -589,11 +639,29 @@ class BalanceGuard:
     def _outcome(
         self, reservation: Reservation, ok: bool, settle: Settle | None
     ) -> Outcome:
+        """
+        Count the call's end and tell the store what to do with the balance;
+        once per reservation.
+        """
+        outcome = reservation._outcome
+        if outcome is not None:
+            return outcome
         mode = settle or self.settle_mode
         if ok:
             stats = reservation._tracked.stats
             stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if self._hooks:
+        if mode == "refresh":
+            self._fetcher.refresh_soon(reservation._tracked)
+            outcome = "spent"
+        else:
+            outcome = "debit" if ok and mode == "debit" else "forget"
+        _RESERVATION_OUTCOME(reservation, outcome)
+        return outcome
+
+    def _settled(self, reservation: Reservation, ok: bool) -> None:
+        # Once the store settled: a hook reading the cached balance then sees
+        # it debited or gone, never the balance before.
+        if self._by_kind.get("settled"):
             self._emit(
                 "settled",
                 reservation._tracked,
@@ -601,10 +669,6 @@ class BalanceGuard:
                 ok=ok,
                 duration=time.monotonic() - reservation._started,
             )
-        if mode == "refresh":
-            self._fetcher.refresh_soon(reservation._tracked)
-            return "spent"
-        return "debit" if ok and mode == "debit" else "forget"
 
     def _settle_now(
         self, reservation: Reservation, ok: bool, settle: Settle | None
@@ -621,7 +685,10 @@ class BalanceGuard:
             or (settle or self.settle_mode) == "invalidate"
         ):
             return False
-        return bool(release_now(hold, self._outcome(reservation, ok, settle)))
+        if not release_now(hold, self._outcome(reservation, ok, settle)):
+            return False  # it needs I/O: _settle finishes, counting nothing twice
+        self._settled(reservation, ok)
+        return True
 
     async def _settle(
         self, reservation: Reservation, *, ok: bool, settle: Settle | None
@@ -639,20 +706,22 @@ class BalanceGuard:
             return
         hold = reservation._hold
         outcome = self._outcome(reservation, ok, settle)
-        if hold is None:
-            await self._drop(reservation)
-            return
-        if outcome != "forget":
-            await self._store.release(hold, outcome=outcome)
-            return
         try:
-            # Calls woken by the same fetch as this one check before it
-            # forgets that balance, rather than each fetching anew.
-            await asyncio.sleep(0)
+            if hold is None:
+                await self._drop(reservation)
+            elif outcome != "forget":
+                await self._store.release(hold, outcome=outcome)
+            else:
+                try:
+                    # Calls woken by the same fetch as this one check before it
+                    # forgets that balance, rather than each fetching anew.
+                    await asyncio.sleep(0)
+                finally:
+                    # Stores release the hold before their first await: a
+                    # second cancellation can't leave it behind.
+                    await self._store.release(hold, outcome="forget")
         finally:
-            # Stores release the hold before their first await: a second
-            # cancellation can't leave it behind.
-            await self._store.release(hold, outcome="forget")
+            self._settled(reservation, ok)
 
     async def _drop(self, reservation: Reservation) -> None:
         """
@@ -688,7 +757,8 @@ class BalanceGuard:
         duration: float | None = None,
         reported_at: dt.datetime | None = None,
     ) -> None:
-        if not self._hooks:
+        hooks = self._by_kind.get(kind)
+        if not hooks:
             return
         provider = tracked.provider
         event = GuardEvent(
@@ -704,7 +774,7 @@ class BalanceGuard:
             duration=duration,
             reported_at=reported_at,
         )
-        for hook in self._hooks:
+        for hook in hooks:
             try:
                 hook(event)
             except Exception:

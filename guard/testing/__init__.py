@@ -17,6 +17,7 @@ be served by pytest-aiohttp's ``aiohttp_server`` as well.
 
 from __future__ import annotations
 
+from ._alerts import CapturedAlerts, capture_alerts
 from ._clickatell import ClickatellAccount, SentMessage
 from ._core import (
     DEMO_CLICKATELL_API_ID,
@@ -33,6 +34,7 @@ from ._oneclickdz import OneClickDZAccount, Plan, Topup, Transaction
 from ._routes import Route
 
 __all__ = [
+    "CapturedAlerts",
     "ClickatellAccount",
     "DEMO_CLICKATELL_API_ID",
     "DEMO_CLICKATELL_PASSWORD",
@@ -49,4 +51,5 @@ __all__ = [
     "SentMessage",
     "Topup",
     "Transaction",
+    "capture_alerts",
 ]

@@ -72,3 +72,31 @@ async def use_history() -> None:
         found = await reconcile(history, readings[0].at, readings[-1].at)
         assert_type(found, Reconciliation)
         assert_type(found.ratio, Decimal | None)
+
+
+async def alerts(guard: BalanceGuard) -> None:
+    from guard import BalanceAlert, BalanceMonitor, Forecast, Threshold
+    from guard.notify import Email, Webhook
+
+    def on_alert(alert: BalanceAlert) -> None:
+        assert_type(alert.threshold, Decimal)
+        assert_type(alert.balance, Decimal)
+
+    async def on_alert_async(alert: BalanceAlert) -> None:
+        assert_type(alert.hours_left, float | None)
+
+    monitor = BalanceMonitor(guard=guard, interval=300)
+    monitor.watch(
+        oneclick,
+        [Threshold(5000), Threshold("1000", level="critical"), Forecast(6)],
+        notify=[
+            on_alert,
+            on_alert_async,
+            Webhook("https://ops.example/hooks/guard"),
+            Email("smtp.example", sender="g@example.org", to="ops@example.org"),
+        ],
+    )
+    async with monitor:
+        await monitor.flush()
+    assert_type(monitor.level("oneclickdz", "digest"), str | None)
+    assert_type(monitor.alert_counts()["warning", "delivered"], int)

@@ -157,9 +157,21 @@ class RedisStore:
     @property
     def client(self) -> aioredis.Redis:
         """
-        The store's redis-py client, on its pool (for tests and benchmarks).
+        The store's redis-py client, on its pool: for guard's own parts that
+        keep per-account state beside the store's (the low-balance alerts),
+        tests and benchmarks.
         """
         return self._wire.client
+
+    @property
+    def key_prefix(self) -> str:
+        """
+        What the store's keys put before the account key inside their hash
+        tag (the cache's namespace and a colon, or nothing): a key of one's
+        own named ``{<key_prefix><account key>}:...`` shares the account's
+        Redis Cluster slot.
+        """
+        return self._prefix
 
     @property
     def data_losses(self) -> int:
