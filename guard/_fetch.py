@@ -308,6 +308,7 @@ def _still_down(error: BalanceUnavailable, remaining: float) -> BalanceUnavailab
         provider=error.provider,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )
 
 
@@ -318,4 +319,5 @@ def _cooled(error: ProviderAuthError, remaining: float) -> ProviderAuthError:
         code=error.code,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )

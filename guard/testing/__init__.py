@@ -18,6 +18,7 @@ be served by pytest-aiohttp's ``aiohttp_server`` as well.
 from __future__ import annotations
 
 from ._clickatell import ClickatellAccount, SentMessage
+from ._clickatell_platform import PlatformAccount
 from ._core import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
@@ -29,7 +30,15 @@ from ._core import (
 from ._faults import Fault
 from ._log import RequestRecord
 from ._memory import InMemoryProvider
-from ._oneclickdz import OneClickDZAccount, Plan, Topup, Transaction
+from ._oneclickdz import (
+    GiftCard,
+    GiftCardType,
+    InternetProduct,
+    OneClickDZAccount,
+    Plan,
+    Topup,
+    Transaction,
+)
 from ._routes import Route
 
 __all__ = [
@@ -41,9 +50,13 @@ __all__ = [
     "EMULATOR_KEY",
     "Emulator",
     "Fault",
+    "GiftCard",
+    "GiftCardType",
     "InMemoryProvider",
+    "InternetProduct",
     "OneClickDZAccount",
     "Plan",
+    "PlatformAccount",
     "RequestRecord",
     "Route",
     "SentMessage",
