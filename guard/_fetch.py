@@ -202,7 +202,7 @@ class Fetcher:
             async with asyncio.timeout_at(deadline):
                 while True:
                     try:
-                        amount = await provider.fetch_balance(self._get_session())
+                        amount = await provider.fetch_balance(self.session())
                     except ProviderAuthError as exc:
                         tracked.auth_until = time.monotonic() + self.auth_cooldown
                         tracked.auth_error = exc
@@ -241,7 +241,7 @@ class Fetcher:
         base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
         return float(random.uniform(base / 2, base))
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
         if self.closed:
             raise RuntimeError("this BalanceGuard is closed")
         loop = asyncio.get_running_loop()

@@ -15,14 +15,15 @@ import functools
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
+from ._catalogue import Catalogues
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher
 from ._loops import HomeLoop
-from ._money import MONEY, to_amount
+from ._money import MONEY, ZERO, to_amount
 from ._options import check_settle, count, make_store, name, seconds
 from .errors import (
     BalanceUnavailable,
@@ -31,10 +32,10 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Hold, Short
+from .stores import Hold, Short, Ticket
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
     from decimal import Decimal
     from types import TracebackType
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
 log = logging.getLogger("guard")
+
+T = TypeVar("T")
 
 Settle: TypeAlias = Literal["invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
@@ -65,13 +68,23 @@ class Reservation:
             checked.
     """
 
-    __slots__ = ("_failed", "_hold", "_tracked", "amount", "provider")
+    __slots__ = (
+        "_failed",
+        "_hold",
+        "_reported",
+        "_ticket",
+        "_tracked",
+        "amount",
+        "provider",
+    )
 
     provider: Provider
     amount: Decimal
     _tracked: Tracked
     _hold: Hold | None
     _failed: bool
+    _ticket: Ticket | None
+    _reported: Decimal | None
 
     def __init__(
         self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -82,6 +95,8 @@ class Reservation:
         set_(self, "_tracked", tracked)
         set_(self, "_hold", hold)  # None: let through unchecked
         set_(self, "_failed", False)
+        set_(self, "_ticket", None)
+        set_(self, "_reported", None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -107,6 +122,22 @@ class Reservation:
         """
         object.__setattr__(self, "_failed", True)
 
+    def report_balance(self, amount: AmountLike) -> None:
+        """
+        Record the balance the provider reported right after this spend
+        (OneClickDZ's ``data.newBalance``): if the spend succeeds, it is
+        stored as the account's balance when it settles, less what other
+        calls settled since this one was entered (like a fetch, it is never
+        stored over an invalidation made meanwhile). A store that cannot
+        tell (no `guard.typing.Store` ``ticket`` method) settles as usual.
+
+        Raises:
+            AmountError: *amount* is not a non-negative finite number.
+
+        .. versionadded:: 0.2
+        """
+        object.__setattr__(self, "_reported", to_amount(amount, name="amount"))
+
 
 class _Reserve:
     """
@@ -114,7 +145,14 @@ class _Reserve:
     guarded block. Not reusable.
     """
 
-    __slots__ = ("_amount", "_guard", "_provider", "_reservation", "_settle")
+    __slots__ = (
+        "_amount",
+        "_guard",
+        "_provider",
+        "_reservation",
+        "_settle",
+        "_unavailable",
+    )
 
     def __init__(
         self,
@@ -122,11 +160,13 @@ class _Reserve:
         provider: Provider,
         amount: Decimal,
         settle: Settle | None,
+        unavailable: BalanceUnavailable | None = None,
     ) -> None:
         self._guard = guard
         self._provider = provider
         self._amount = amount
         self._settle = settle
+        self._unavailable = unavailable
         self._reservation: Reservation | None = None
 
     async def __aenter__(self) -> Reservation:
@@ -134,13 +174,18 @@ class _Reserve:
             raise RuntimeError("a reserve() block can be entered only once")
         guard = self._guard
         loops = guard._loops
-        if loops.home is asyncio.get_running_loop() or loops.at_home():
-            reservation = await guard._check_and_hold(self._provider, self._amount)
-        else:
-            reservation = await loops.make(
-                functools.partial(guard._check_and_hold, self._provider, self._amount),
-                guard._drop,
+        if self._unavailable is not None:
+            enter = functools.partial(
+                guard._enter_unavailable, self._provider, self._unavailable
             )
+        else:
+            enter = functools.partial(
+                guard._check_and_hold, self._provider, self._amount
+            )
+        if loops.home is asyncio.get_running_loop() or loops.at_home():
+            reservation = await enter()
+        else:
+            reservation = await loops.make(enter, guard._drop)
         self._reservation = reservation
         return reservation
 
@@ -260,6 +305,7 @@ class BalanceGuard:
         )
         self._loops = HomeLoop()
         self._accounts = Accounts(self.namespace, self._fetcher.track)
+        self._catalogues = Catalogues()
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
@@ -372,6 +418,69 @@ class BalanceGuard:
             for tracked in self._accounts
         )
 
+    async def catalogue(
+        self,
+        provider: Provider,
+        name: str,
+        load: Callable[[aiohttp.ClientSession], Awaitable[T]],
+        *,
+        ttl: float,
+    ) -> T:
+        """
+        Return a catalogue of *provider*'s account (a price list): kept
+        from an earlier call for *ttl* seconds, else loaded by
+        ``load(session)`` through the guard's session, one load per
+        account and *name* at a time, within the fetch timeout. A failed
+        load is not kept.
+
+        Raises:
+            BalanceUnavailable: *load* raised it, or took longer than the
+                fetch timeout.
+
+        .. versionadded:: 0.2
+        """
+        if not self._loops.at_home():
+            return await self._loops.call(self.catalogue(provider, name, load, ttl=ttl))
+        tracked = self._track(provider)
+        try:
+            return await self._catalogues.get(
+                (tracked.account.key, name),
+                load,
+                self._fetcher.session(),
+                ttl=ttl,
+                limit=self.fetch_timeout,
+            )
+        except TimeoutError:
+            raise BalanceUnavailable(
+                f"no {name} within {self.fetch_timeout:g} s",
+                provider=provider.name,
+            ) from None
+
+    def reserve_unavailable(
+        self,
+        provider: Provider,
+        error: BalanceUnavailable,
+        *,
+        settle: Settle | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Reservation]:
+        """
+        A `reserve` for a spend whose amount could not be learned (its
+        price list was unreadable): with ``on_unavailable="closed"``, or
+        when *error* is a `ProviderAuthError` or `ProviderResponseError`,
+        entering raises *error*; with ``"open"`` the block runs unchecked,
+        as when a balance cannot be learned.
+
+        .. versionadded:: 0.2
+        """
+        if settle is not None:
+            check_settle(settle)
+        return _Reserve(self, provider, ZERO, settle, error)
+
+    async def _enter_unavailable(
+        self, provider: Provider, error: BalanceUnavailable
+    ) -> Reservation:
+        return self._unavailable(self._track(provider), ZERO, error)
+
     def held(self, provider: Provider) -> Decimal:
         """
         Sum of the amounts held by *provider*'s running calls in this
@@ -429,8 +538,25 @@ class BalanceGuard:
         if isinstance(result, Hold):
             tracked.last = result.entry or tracked.last
             tracked.stats.allowed += 1
-            return Reservation(provider, amount, tracked, result)
+            return await self._reserved(tracked, amount, result)
         return await self._check_slow(tracked, amount, result, seen)
+
+    async def _reserved(
+        self, tracked: Tracked, amount: Decimal, hold: Hold
+    ) -> Reservation:
+        reservation = Reservation(tracked.provider, amount, tracked, hold)
+        ticket = getattr(self._store, "ticket", None)
+        if ticket is not None:
+            # Before the spend is sent: what settles after this may or may
+            # not be in the balance the provider reports for it.
+            try:
+                object.__setattr__(
+                    reservation, "_ticket", await ticket(tracked.account)
+                )
+            except BaseException:
+                await self._store.release(hold, debit=False)
+                raise
+        return reservation
 
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
@@ -470,7 +596,7 @@ class BalanceGuard:
             )
         tracked.last = outcome.entry or tracked.last
         tracked.stats.allowed += 1
-        return Reservation(tracked.provider, amount, tracked, outcome)
+        return await self._reserved(tracked, amount, outcome)
 
     async def _until_cached(
         self,
@@ -535,6 +661,10 @@ class BalanceGuard:
             self._emit(
                 "settled", reservation._tracked, amount=reservation.amount, ok=ok
             )
+        ticket, reported = reservation._ticket, reservation._reported
+        if ok and hold is not None and ticket is not None and reported is not None:
+            await self._settle_reported(reservation, hold, ticket, reported)
+            return
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)
             return
@@ -546,6 +676,26 @@ class BalanceGuard:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
             await self._drop(reservation)
+
+    async def _settle_reported(
+        self, reservation: Reservation, hold: Hold, ticket: Ticket, reported: Decimal
+    ) -> None:
+        """
+        Release *hold*, then store the balance the provider reported after
+        the spend, with the ticket taken before it was sent.
+        """
+        account = reservation._tracked.account
+        await self._store.release(hold, debit=False)
+        # The store subtracts what settled since the ticket, this call
+        # included; the reported balance already counts this call.
+        try:
+            entry = await self._store.put(
+                account, MONEY.add(reported, hold.amount), ticket
+            )
+        except BalanceUnavailable:
+            entry = None
+        if entry is not None:
+            reservation._tracked.last = entry
 
     async def _drop(self, reservation: Reservation) -> None:
         """
