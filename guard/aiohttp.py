@@ -32,8 +32,10 @@ import attrs
 from aiohttp import web
 
 from guard._aiohttp_client import (
+    ReportedBalance,
     SpendRequest,
     SpendRule,
+    clickatell_platform_rules,
     clickatell_rules,
     default_rules,
     guard_client_middleware,
@@ -62,10 +64,12 @@ __all__ = [
     "INSUFFICIENT_BALANCE_TYPE",
     "PROBLEM_CONTENT_TYPE",
     "ProblemHandler",
+    "ReportedBalance",
     "RequestAmount",
     "RouteRule",
     "SpendRequest",
     "SpendRule",
+    "clickatell_platform_rules",
     "clickatell_rules",
     "default_rules",
     "guard_client_middleware",
