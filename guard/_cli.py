@@ -32,6 +32,7 @@ ENV = {
         "GUARD_CLICKATELL_PASSWORD",
         "GUARD_CLICKATELL_API_ID",
     ),
+    "clickatell-platform": ("GUARD_CLICKATELL_API_KEY",),
 }
 
 
@@ -64,20 +65,19 @@ def _port(text: str) -> int:
 
 
 def _provider(name: str, base_url: str | None) -> Provider:
-    from .providers import Clickatell, OneClickDZ
+    from .providers import Clickatell, ClickatellPlatform, OneClickDZ
 
     missing = [var for var in ENV[name] if not os.environ.get(var)]
     if missing:
         raise UsageError(f"set {', '.join(missing)} to read the {name} balance")
     values = [os.environ[var] for var in ENV[name]]
+    where = {} if base_url is None else {"base_url": base_url}
     try:
         if name == "oneclickdz":
-            if base_url is None:
-                return OneClickDZ(values[0])
-            return OneClickDZ(values[0], base_url=base_url)
-        if base_url is None:
-            return Clickatell(values[0], values[1], values[2])
-        return Clickatell(values[0], values[1], values[2], base_url=base_url)
+            return OneClickDZ(values[0], **where)
+        if name == "clickatell-platform":
+            return ClickatellPlatform(values[0], **where)
+        return Clickatell(values[0], values[1], values[2], **where)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -86,6 +86,7 @@ async def _balance(args: argparse.Namespace) -> int:
     provider = _provider(args.provider, args.base_url)
     async with BalanceGuard(fetch_timeout=args.timeout) as guard:
         balance = await guard.balance(provider)
+        (state,) = guard.accounts()
     if args.json:
         print(
             json.dumps(
@@ -94,11 +95,15 @@ async def _balance(args: argparse.Namespace) -> int:
                     "amount": str(balance.amount),
                     "currency": balance.currency,
                     "fetched_at": balance.fetched_at.isoformat(),
+                    "key_type": state.key_type,
+                    "sandbox": balance.sandbox,
                 }
             )
         )
     else:
-        print(f"{balance.provider}: {balance.amount} {balance.currency}")
+        # A sandbox key's balance is no money: say so where it is shown.
+        kind = "" if state.key_type is None else f" ({state.key_type} key)"
+        print(f"{balance.provider}: {balance.amount} {balance.currency}{kind}")
     return 0
 
 

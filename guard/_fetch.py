@@ -192,7 +192,29 @@ class Fetcher:
         stats.unavailable_since = None
         tracked.backoff = 0.0
         tracked.down_error = None
+        if not tracked.typed:
+            await self._learn_key_type(tracked, deadline)
         return amount
+
+    async def _learn_key_type(self, tracked: Tracked, deadline: float) -> None:
+        """
+        Ask a provider that can tell (a ``key_type`` method, as
+        `guard.providers.OneClickDZ` has) whether its key is a sandbox key,
+        once per account: only after a balance was read, so that a bad key
+        is never tried twice. If it cannot say, the account is taken for a
+        real one.
+        """
+        tracked.typed = True
+        ask = getattr(tracked.provider, "key_type", None)
+        if ask is None:
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                kind = await ask(self.session())
+        except (BalanceUnavailable, aiohttp.ClientError, OSError, TimeoutError):
+            log.info("%s: could not learn the key type", tracked.provider.name)
+            return
+        tracked.key_type = kind if kind in ("SANDBOX", "PRODUCTION") else None
 
     async def _ask(self, tracked: Tracked, deadline: float) -> Decimal:
         provider = tracked.provider

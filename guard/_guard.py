@@ -112,7 +112,7 @@ class Reservation:
         hold = self._hold
         if hold is None or hold.entry is None:
             return None
-        return _balance(self.provider, hold.entry)
+        return _balance(self._tracked, hold.entry)
 
     def failed(self) -> None:
         """
@@ -375,7 +375,7 @@ class BalanceGuard:
             entry = await self._fetcher.refresh(
                 tracked, time.monotonic() + self.fetch_timeout
             )
-        return _balance(tracked.provider, entry)
+        return _balance(tracked, entry)
 
     async def invalidate(self, provider: Provider) -> None:
         """
@@ -749,12 +749,14 @@ class BalanceGuard:
                 log.exception("guard hook %r failed on %s", hook, kind)
 
 
-def _balance(provider: Provider, entry: Entry) -> Balance:
+def _balance(tracked: Tracked, entry: Entry) -> Balance:
+    provider = tracked.provider
     return Balance(
         provider=provider.name,
         amount=entry.amount,
         currency=provider.currency,
         fetched_at=entry.fetched_at,
+        sandbox=tracked.sandbox,
     )
 
 
