@@ -6,7 +6,7 @@ import json
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from ._guard import BalanceGuard
@@ -71,7 +71,7 @@ def _provider(name: str, base_url: str | None) -> Provider:
     if missing:
         raise UsageError(f"set {', '.join(missing)} to read the {name} balance")
     values = [os.environ[var] for var in ENV[name]]
-    where = {} if base_url is None else {"base_url": base_url}
+    where: dict[str, Any] = {} if base_url is None else {"base_url": base_url}
     try:
         if name == "oneclickdz":
             return OneClickDZ(values[0], **where)

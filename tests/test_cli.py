@@ -127,7 +127,7 @@ class TestBalance:
         )
 
     async def test_clickatell_platform(self) -> None:
-        """The Platform key comes from GUARD_CLICKATELL_API_KEY; its currency is the account's."""
+        """The Platform key is GUARD_CLICKATELL_API_KEY; the currency the account's."""
         async with Emulator() as emu:
             emu.add_clickatell_platform(SECRET_KEY, "1267.92865", currency="ZAR")
             env = {"GUARD_CLICKATELL_API_KEY": SECRET_KEY}

@@ -313,7 +313,7 @@ def _messages(to: list[str], content: str) -> dict[str, object]:
 
 class TestMessagesRule:
     async def test_guarded(self, emu: Emulator) -> None:
-        """POST /messages holds recipients x parts x price, and is refused when short."""
+        """POST /messages holds recipients x parts x price; refused when short."""
         emu.add_clickatell_platform(KEY, "1.00", price_per_part="0.25")
         provider = emu.clickatell_platform(KEY)
         async with BalanceGuard() as guard:

@@ -8,6 +8,7 @@ Wire details and sources: ``shared/providers.md``, section 1.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import json
 import re
@@ -484,6 +485,11 @@ Seconds guard keeps a gift card's prices ("personalized to your account").
 """
 
 _CENT = Decimal("0.01")
+# MONEY traps rounding (a bug must not admit a call); rounding a price up to
+# the cent is meant, and errs on the held side.
+_TO_CENT = MONEY.copy()
+_TO_CENT.traps[decimal.Inexact] = False
+_TO_CENT.traps[decimal.Rounded] = False
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]{1,128}", re.ASCII)
 
 
@@ -506,7 +512,7 @@ def _number(value: object) -> Decimal | None:
 
 def _price(value: Decimal) -> Decimal:
     # The provider debits to the cent; never hold less than it could.
-    return value.quantize(_CENT, rounding=ROUND_CEILING, context=MONEY)
+    return value.quantize(_CENT, rounding=ROUND_CEILING, context=_TO_CENT)
 
 
 async def _get(
