@@ -55,7 +55,7 @@ class TestDemo:
         assert "refused: 3,000.00 DZD required, 2,500.00 DZD available" in out
         # The hold: of two concurrent top-ups that fit only alone, one runs.
         assert "refused: 1,500.00 DZD required, 1,000.00 DZD available" in out
-        assert "9 of 9 checks passed" in out
+        assert "10 of 10 checks passed" in out
 
     def test_demo_money_format(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Every amount the demo prints is written one way: 2,500.00 DZD."""
