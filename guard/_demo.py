@@ -233,7 +233,7 @@ async def run_demo(*, quiet: bool = False) -> int:
         say("\n6. A fixed-plan top-up (PIXX_500) through the client middleware:")
         say(
             "   The request names a plan, not an amount. The guard reads the\n"
-            "   provider's plan list (500 DZD at cost 0.97) and holds what the\n"
+            "   provider's plan list (500.00 DZD at cost 0.97) and holds what the\n"
             "   provider will really debit, not the face value."
         )
         async with BalanceGuard() as guard:
