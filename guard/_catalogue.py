@@ -71,10 +71,3 @@ class Catalogues:
             self._loading.pop(key, None)
         self._kept[key] = (time.monotonic() + ttl, value)
         return value
-
-    def forget(self, account_key: str) -> None:
-        """
-        Drop every catalogue kept for an account.
-        """
-        for key in [k for k in self._kept if k[0] == account_key]:
-            del self._kept[key]

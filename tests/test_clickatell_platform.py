@@ -98,6 +98,17 @@ class TestParser:
         assert KEY not in str(ei.value)
         assert KEY not in repr(ei.value)
 
+    def test_request_id(self) -> None:
+        """A request id in an error body is kept, cleaned; a non-string one is not."""
+        body = b'{"errorCode": 19, "error": "x", "requestId": "r-1\\n2"}'
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_balance(200, body)
+        assert "r-1 2" == ei.value.request_id
+
+        with pytest.raises(BalanceUnavailable) as ei:
+            parse_balance(503, b'{"requestId": 5}')
+        assert ei.value.request_id is None
+
     def test_retry_after(self) -> None:
         """A 429 carries its Retry-After to the engine."""
         with pytest.raises(BalanceUnavailable) as ei:
@@ -217,6 +228,16 @@ class TestProvider:
 
         assert ("USD", Decimal("10.5")) == (balance.currency, balance.amount)
         assert "USD" == ei.value.currency
+
+    async def test_billing_currency_is_the_currency(
+        self, emu: Emulator, http: aiohttp.ClientSession
+    ) -> None:
+        """A configured billing currency is the provider's currency from the start."""
+        emu.add_clickatell_platform(KEY, 5, currency="USD")
+        provider = ClickatellPlatform(KEY, billing_currency="USD", base_url=emu.url)
+
+        assert "USD" == provider.currency
+        assert Decimal(5) == await provider.fetch_balance(http)
 
     async def test_billing_currency_checked(
         self, emu: Emulator, http: aiohttp.ClientSession
@@ -362,6 +383,7 @@ class TestMessagesRule:
                             "messages": [
                                 _messages(["1", "2"], "hi"),
                                 {"to": "3", "content": "x" * 161},
+                                {"to": ["4"]},  # refused without a charge
                             ]
                         },
                         headers={"Authorization": KEY},

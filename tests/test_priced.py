@@ -319,6 +319,7 @@ class TestUnreadableCatalogue:
     @pytest.mark.parametrize(
         "doc",
         [
+            [],
             {"fixedPlans": "nope"},
             {"fixedPlans": [{"code": "X", "cost": "0.9"}]},
             {"fixedPlans": [{"code": "X", "cost": 0.9}]},
@@ -335,6 +336,103 @@ class TestUnreadableCatalogue:
         )
         with pytest.raises(BalanceUnavailable, match="unreadable mobile plan"):
             await post(session, emu, MOBILE, mobile("X"))
+
+    @pytest.mark.parametrize(
+        ("route", "doc", "path", "body", "match"),
+        [
+            (
+                Route.ONECLICKDZ_INTERNET_PRODUCTS,
+                {"products": "none"},
+                INTERNET,
+                internet("ADSL", 500),
+                "unreadable ADSL products",
+            ),
+            (
+                Route.ONECLICKDZ_INTERNET_PRODUCTS,
+                [{"value": 500}],
+                INTERNET,
+                internet("ADSL", 500),
+                "unreadable ADSL products",
+            ),
+            (
+                Route.ONECLICKDZ_GIFT_CARD_PRODUCT,
+                {"types": {}},
+                GIFT,
+                gift("pubg-mobile", "uc-60"),
+                "unreadable gift card",
+            ),
+            (
+                Route.ONECLICKDZ_GIFT_CARD_PRODUCT,
+                {"types": [{"id": "uc-60", "price": "1"}]},
+                GIFT,
+                gift("pubg-mobile", "uc-60"),
+                "unreadable gift card",
+            ),
+        ],
+    )
+    async def test_unreadable_products(
+        self,
+        emu: Emulator,
+        session: aiohttp.ClientSession,
+        route: Route,
+        doc: object,
+        path: str,
+        body: dict[str, object],
+        match: str,
+    ) -> None:
+        """Product lists guard cannot read are unreadable answers, not prices."""
+        emu.fail(route, Fault(200, json={"success": True, "data": doc}), times=None)
+
+        with pytest.raises(BalanceUnavailable, match=match):
+            await post(session, emu, path, body)
+
+    async def test_bare_internet_list(
+        self, emu: Emulator, session: aiohttp.ClientSession
+    ) -> None:
+        """The products may come as a bare list (as one guide shows)."""
+        emu.fail(
+            Route.ONECLICKDZ_INTERNET_PRODUCTS,
+            Fault(
+                200,
+                json={"success": True, "data": [{"value": 500, "cost": 490}]},
+            ),
+        )
+        assert 200 == (await post(session, emu, INTERNET, internet("ADSL", 500)))[0]
+
+    async def test_gift_card_outage(
+        self, emu: Emulator, session: aiohttp.ClientSession
+    ) -> None:
+        """A gift card that cannot be checked is not an unknown one."""
+        emu.fail(
+            Route.ONECLICKDZ_GIFT_CARD_PRODUCT,
+            Fault.oneclickdz(400, "ERR_VALIDATION"),
+        )
+        with pytest.raises(BalanceUnavailable, match="ERR_VALIDATION"):
+            await post(session, emu, GIFT, gift("pubg-mobile", "uc-60"))
+
+    @pytest.mark.parametrize("path", [MOBILE, INTERNET, GIFT])
+    async def test_body_not_an_object(
+        self, emu: Emulator, session: aiohttp.ClientSession, path: str
+    ) -> None:
+        """A JSON body that is not an object cannot be priced: not sent."""
+        with pytest.raises(ValueError, match="not a JSON object"):
+            await post(session, emu, path, [1, 2])
+        assert 0 == emu.count()
+
+    async def test_reply_not_json_settles_as_usual(
+        self, emu: Emulator, guard: BalanceGuard, session: aiohttp.ClientSession
+    ) -> None:
+        """A 200 reply that is not JSON reports no balance; the cache is dropped."""
+        emu.fail(Route.ONECLICKDZ_SEND, Fault(200, body="<html>ok</html>"))
+        async with session.post(
+            f"{emu.url}{MOBILE}",
+            json=mobile("PIXX_500"),
+            headers={"X-Access-Token": KEY},
+        ) as response:
+            assert "<html>ok</html>" == await response.text()
+
+        await guard.balance(emu.oneclickdz(KEY))
+        assert 2 == emu.count(Route.ONECLICKDZ_BALANCE)
 
 
 class TestCatalogueKept:

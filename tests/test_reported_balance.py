@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from guard import AmountError, BalanceGuard
+from guard import AmountError, BalanceGuard, BalanceUnavailable
 from guard.stores import MemoryStore
 from guard.testing import InMemoryProvider
 from guard.typing import Store, TicketStore
@@ -119,3 +119,43 @@ class TestReportBalance:
         async with guard.reserve(provider, 1) as r:
             with pytest.raises(AmountError, match="amount"):
                 r.report_balance(bad)  # type: ignore[arg-type]
+
+
+class _Broken(MemoryStore):
+    """A store whose ticket or put fails as a shared store that is down does."""
+
+    def __init__(self, *, ticket: bool = False, put: bool = False) -> None:
+        super().__init__()
+        self.fail_ticket = ticket
+        self.fail_put = put
+        self.puts = 0
+
+    async def ticket(self, account: Any) -> Any:
+        if self.fail_ticket:
+            raise BalanceUnavailable("store down", provider=account.provider)
+        return await super().ticket(account)
+
+    async def put(self, account: Any, amount: Any, ticket: Any) -> Any:
+        self.puts += 1
+        if self.fail_put and self.puts > 1:
+            raise BalanceUnavailable("store down", provider=account.provider)
+        return await super().put(account, amount, ticket)
+
+
+class TestStoreDown:
+    async def test_ticket_fails_hold_released(self, provider: InMemoryProvider) -> None:
+        """A ticket that cannot be taken fails the call and leaves no hold."""
+        async with BalanceGuard(store=_Broken(ticket=True)) as guard:
+            with pytest.raises(BalanceUnavailable, match="store down"):
+                async with guard.reserve(provider, 300):
+                    pass  # pragma: no cover - never entered
+            assert Decimal(0) == guard.held(provider)
+
+    async def test_put_fails_balance_dropped(self, provider: InMemoryProvider) -> None:
+        """A reported balance the store cannot keep is dropped: fetched next."""
+        async with BalanceGuard(store=_Broken(put=True)) as guard:
+            async with guard.reserve(provider, 300) as r:
+                provider.spend(300)
+                r.report_balance(700)
+            assert Decimal(0) == guard.held(provider)
+            assert await guard.store.read(guard._track(provider).account) is None

@@ -191,9 +191,9 @@ def _error_of(doc: object) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) else None
 
 
-def _balance_of(data: dict[str, Any], status: int, rid: str | None) -> Decimal:
+def _balance_of(data: object, status: int, rid: str | None) -> Decimal:
     provider = NAME
-    if "balance" not in data:
+    if not isinstance(data, dict) or "balance" not in data:
         raise ProviderResponseError(
             "success envelope without data.balance",
             provider=provider,
@@ -239,10 +239,11 @@ def parse_envelope(
     retry_after: str | None = None,
     redact: Iterable[Secret] = (),
     now: dt.datetime | None = None,
-) -> tuple[dict[str, Any], str | None]:
+) -> tuple[Any, str | None]:
     """
-    Read any OneClickDZ answer: the ``data`` object of a success envelope
-    and the ``requestId``, or the error it carries.
+    Read any OneClickDZ answer: the ``data`` of a success envelope (an
+    object, or a list as one guide shows for products) and the
+    ``requestId``, or the error it carries.
 
     The error code decides first (403 means many things on this API); bodies
     without one (router misses, proxy HTML pages) are classified by status.
@@ -300,7 +301,7 @@ def parse_envelope(
                 request_id=rid,
             )
         data = doc.get("data")
-        if not isinstance(data, dict):
+        if not isinstance(data, dict | list):
             raise ProviderResponseError(
                 "success envelope without data",
                 provider=provider,
@@ -456,7 +457,7 @@ class OneClickDZ:
         .. versionadded:: 0.2
         """
         data = await _get(self, session, VALIDATE_PATH)
-        key = data.get("apiKey")
+        key = data.get("apiKey") if isinstance(data, dict) else None
         kind = key.get("type") if isinstance(key, dict) else None
         if kind not in ("SANDBOX", "PRODUCTION"):
             raise ProviderResponseError(
@@ -515,9 +516,7 @@ def _price(value: Decimal) -> Decimal:
     return value.quantize(_CENT, rounding=ROUND_CEILING, context=_TO_CENT)
 
 
-async def _get(
-    provider: OneClickDZ, session: aiohttp.ClientSession, path: str
-) -> dict[str, Any]:
+async def _get(provider: OneClickDZ, session: aiohttp.ClientSession, path: str) -> Any:
     redact = (provider.api_key,)
     status, body, retry_after = await request(
         NAME,
@@ -543,6 +542,8 @@ async def load_plans(
     Read ``GET /v3/mobile/plans``: the plans by code.
     """
     data = await _get(provider, session, PLANS_PATH)
+    if not isinstance(data, dict):
+        raise _bad_catalogue("mobile plans")
     plans: dict[str, _Plan] = {}
     for group, fixed in (("fixedPlans", True), ("dynamicPlans", False)):
         items = data.get(group, [])
@@ -574,7 +575,7 @@ async def load_internet_products(
     """
     Read ``GET /v3/internet/products?type=``: ``value -> (cost, available)``.
     """
-    data: Any = await _get(provider, session, f"{INTERNET_PRODUCTS_PATH}?type={kind}")
+    data = await _get(provider, session, f"{INTERNET_PRODUCTS_PATH}?type={kind}")
     # The EN docs nest the list under "products"; the AR guide sends it bare.
     items = data.get("products") if isinstance(data, dict) else data
     if not isinstance(items, list):
@@ -603,7 +604,7 @@ async def load_gift_card(
         if exc.code == "NOT_FOUND" or exc.status == 404:
             return None
         raise
-    types = data.get("types")
+    types = data.get("types") if isinstance(data, dict) else None
     if not isinstance(types, list):
         raise _bad_catalogue("gift card")
     prices: dict[str, tuple[Decimal, int | None]] = {}
