@@ -59,6 +59,11 @@ class TestParser:
             (b'{"errorCode": "1", "error": "Invalid key"}', ProviderAuthError),
             (b'{"errorCode": 19, "error": "retry"}', BalanceUnavailable),
             (b'{"balance": 5, "currency": "ZAR", "errorCode": 2}', ProviderAuthError),
+            (b'{"balance": 5, "currency": "ZAR", "error": "x"}', ProviderResponseError),
+            (
+                b'{"balance": 5, "currency": "ZAR", "errorCode": 999}',
+                ProviderResponseError,
+            ),
             (
                 b'{"messages": [], "errorCode": 108, "error": "Invalid key"}',
                 ProviderResponseError,

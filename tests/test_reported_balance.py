@@ -56,6 +56,19 @@ class TestReportBalance:
         assert 1 == provider.fetches
         assert Decimal(0) == guard.held(provider)
 
+    async def test_kept_after_an_earlier_invalidation(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """An invalidation before the spend was held does not drop its report."""
+        await guard.balance(provider)
+        await guard.invalidate(provider)
+        async with guard.reserve(provider, 300) as r:
+            provider.spend(300)
+            r.report_balance(700)
+
+        assert Decimal(700) == (await guard.balance(provider)).amount
+        assert 2 == provider.fetches
+
     async def test_not_over_an_invalidation(
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
