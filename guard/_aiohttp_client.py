@@ -398,12 +398,17 @@ def guard_client_middleware(
             # Its price list could not be read: the guard's policy decides.
             reserving = active.reserve_unavailable(provider, exc, settle=rule.settle)
         else:
-            reserving = active.reserve(provider, required, settle=rule.settle)
+            reserving = active.reserve(
+                provider,
+                required,
+                settle=rule.settle,
+                reports=rule.reported is not None,
+            )
         async with reserving as spent:
             response = await handler(request)
             if not 200 <= response.status < 300:
                 spent.failed()
-            elif rule.reported is not None:
+            elif rule.reported is not None and spent._report is not None:
                 reported = await rule.reported(response)
                 if reported is not None:
                     spent.report_balance(reported)

@@ -15,7 +15,7 @@ import functools
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
@@ -32,7 +32,7 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Hold, Short, Ticket
+from .stores import Hold, Short
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry
+    from .stores import Entry, Ticket
     from .typing import AmountLike, EventHook, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
@@ -71,8 +71,7 @@ class Reservation:
     __slots__ = (
         "_failed",
         "_hold",
-        "_reported",
-        "_ticket",
+        "_report",
         "_tracked",
         "amount",
         "provider",
@@ -83,8 +82,9 @@ class Reservation:
     _tracked: Tracked
     _hold: Hold | None
     _failed: bool
-    _ticket: Ticket | None
-    _reported: Decimal | None
+    # None, or (for a block entered with reports=True) [the store's ticket
+    # or None, the reported balance or None].
+    _report: list[Any] | None
 
     def __init__(
         self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -95,8 +95,7 @@ class Reservation:
         set_(self, "_tracked", tracked)
         set_(self, "_hold", hold)  # None: let through unchecked
         set_(self, "_failed", False)
-        set_(self, "_ticket", None)
-        set_(self, "_reported", None)
+        set_(self, "_report", None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -128,15 +127,23 @@ class Reservation:
         (OneClickDZ's ``data.newBalance``): if the spend succeeds, it is
         stored as the account's balance when it settles, less what other
         calls settled since this one was entered (like a fetch, it is never
-        stored over an invalidation made meanwhile). A store that cannot
-        tell (no `guard.typing.Store` ``ticket`` method) settles as usual.
+        stored over an invalidation made meanwhile). It needs a block
+        entered with ``reserve(..., reports=True)``; a store that cannot
+        tell (no `guard.typing.TicketStore` ``ticket`` method) settles as
+        usual.
 
         Raises:
             AmountError: *amount* is not a non-negative finite number.
+            RuntimeError: The block was not entered with ``reports=True``.
 
         .. versionadded:: 0.2
         """
-        object.__setattr__(self, "_reported", to_amount(amount, name="amount"))
+        value = to_amount(amount, name="amount")
+        if self._report is None:
+            raise RuntimeError(
+                "report_balance needs a block entered with reserve(..., reports=True)"
+            )
+        self._report[1] = value
 
 
 class _Reserve:
@@ -149,6 +156,7 @@ class _Reserve:
         "_amount",
         "_guard",
         "_provider",
+        "_reports",
         "_reservation",
         "_settle",
         "_unavailable",
@@ -161,12 +169,15 @@ class _Reserve:
         amount: Decimal,
         settle: Settle | None,
         unavailable: BalanceUnavailable | None = None,
+        *,
+        reports: bool = False,
     ) -> None:
         self._guard = guard
         self._provider = provider
         self._amount = amount
         self._settle = settle
         self._unavailable = unavailable
+        self._reports = reports
         self._reservation: Reservation | None = None
 
     async def __aenter__(self) -> Reservation:
@@ -174,13 +185,14 @@ class _Reserve:
             raise RuntimeError("a reserve() block can be entered only once")
         guard = self._guard
         loops = guard._loops
+        enter: Callable[[], Awaitable[Reservation]]
         if self._unavailable is not None:
             enter = functools.partial(
                 guard._enter_unavailable, self._provider, self._unavailable
             )
         else:
             enter = functools.partial(
-                guard._check_and_hold, self._provider, self._amount
+                guard._check_and_hold, self._provider, self._amount, self._reports
             )
         if loops.home is asyncio.get_running_loop() or loops.at_home():
             reservation = await enter()
@@ -491,7 +503,12 @@ class BalanceGuard:
     # -- the guarded call -------------------------------------------------
 
     def reserve(
-        self, provider: Provider, amount: AmountLike, *, settle: Settle | None = None
+        self,
+        provider: Provider,
+        amount: AmountLike,
+        *,
+        settle: Settle | None = None,
+        reports: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]:
         """
         Hold *amount* on *provider*'s account for the ``async with`` block.
@@ -515,6 +532,10 @@ class BalanceGuard:
             amount: An ``int``, ``Decimal`` or ``str`` (a ``float`` is read
                 through ``str()``).
             settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
+            reports: The block may call `Reservation.report_balance` with
+                the balance the provider reports after the spend: the
+                guard notes, before the block runs, what it needs to store
+                that balance safely.
 
         Raises:
             AmountError: At once, for an *amount* that is not a
@@ -523,12 +544,16 @@ class BalanceGuard:
                 does not cover *amount*.
             BalanceUnavailable: On entry, when the balance could not be
                 learned and the policy is ``"closed"``.
+
+        .. versionchanged:: 0.2 *reports*.
         """
         if settle is not None:
             check_settle(settle)
-        return _Reserve(self, provider, to_amount(amount), settle)
+        return _Reserve(self, provider, to_amount(amount), settle, reports=reports)
 
-    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> Reservation:
+    async def _check_and_hold(
+        self, provider: Provider, amount: Decimal, reports: bool = False
+    ) -> Reservation:
         tracked = self._track(provider)
         seen = tracked.fetches
         try:
@@ -538,21 +563,26 @@ class BalanceGuard:
         if isinstance(result, Hold):
             tracked.last = result.entry or tracked.last
             tracked.stats.allowed += 1
-            return await self._reserved(tracked, amount, result)
-        return await self._check_slow(tracked, amount, result, seen)
+            if reports:
+                return await self._with_ticket(tracked, amount, result)
+            return Reservation(tracked.provider, amount, tracked, result)
+        reservation = await self._check_slow(tracked, amount, result, seen)
+        if reports and reservation._hold is not None:
+            return await self._with_ticket(tracked, amount, reservation._hold)
+        return reservation
 
-    async def _reserved(
+    async def _with_ticket(
         self, tracked: Tracked, amount: Decimal, hold: Hold
     ) -> Reservation:
         reservation = Reservation(tracked.provider, amount, tracked, hold)
+        report: list[Any] = [None, None]
+        object.__setattr__(reservation, "_report", report)
         ticket = getattr(self._store, "ticket", None)
         if ticket is not None:
             # Before the spend is sent: what settles after this may or may
             # not be in the balance the provider reports for it.
             try:
-                object.__setattr__(
-                    reservation, "_ticket", await ticket(tracked.account)
-                )
+                report[0] = await ticket(tracked.account)
             except BaseException:
                 await self._store.release(hold, debit=False)
                 raise
@@ -596,7 +626,7 @@ class BalanceGuard:
             )
         tracked.last = outcome.entry or tracked.last
         tracked.stats.allowed += 1
-        return await self._reserved(tracked, amount, outcome)
+        return Reservation(tracked.provider, amount, tracked, outcome)
 
     async def _until_cached(
         self,
@@ -661,9 +691,9 @@ class BalanceGuard:
             self._emit(
                 "settled", reservation._tracked, amount=reservation.amount, ok=ok
             )
-        ticket, reported = reservation._ticket, reservation._reported
-        if ok and hold is not None and ticket is not None and reported is not None:
-            await self._settle_reported(reservation, hold, ticket, reported)
+        report = reservation._report
+        if ok and hold is not None and report is not None and None not in report:
+            await self._settle_reported(reservation, hold, report[0], report[1])
             return
         if ok and hold is not None and (settle or self.settle_mode) == "debit":
             await self._store.release(hold, debit=True)

@@ -48,7 +48,7 @@ class TestReportBalance:
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
         """A reported balance becomes the balance; no fetch follows."""
-        async with guard.reserve(provider, 300) as r:
+        async with guard.reserve(provider, 300, reports=True) as r:
             provider.spend(300)
             r.report_balance(700)
 
@@ -62,7 +62,7 @@ class TestReportBalance:
         """An invalidation before the spend was held does not drop its report."""
         await guard.balance(provider)
         await guard.invalidate(provider)
-        async with guard.reserve(provider, 300) as r:
+        async with guard.reserve(provider, 300, reports=True) as r:
             provider.spend(300)
             r.report_balance(700)
 
@@ -73,7 +73,7 @@ class TestReportBalance:
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
         """A balance invalidated while the spend ran is not overwritten."""
-        async with guard.reserve(provider, 300) as r:
+        async with guard.reserve(provider, 300, reports=True) as r:
             await guard.invalidate(provider)
             r.report_balance(5)
 
@@ -84,7 +84,7 @@ class TestReportBalance:
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
         """A call settled while the spend ran is taken off the reported balance."""
-        async with guard.reserve(provider, 300) as r:
+        async with guard.reserve(provider, 300, reports=True) as r:
             async with guard.reserve(provider, 100):
                 provider.spend(100)
             provider.spend(300)
@@ -98,7 +98,7 @@ class TestReportBalance:
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
         """A spend marked failed settles as a failure: the report is dropped."""
-        async with guard.reserve(provider, 300) as r:
+        async with guard.reserve(provider, 300, reports=True) as r:
             r.report_balance(1)
             r.failed()
 
@@ -113,7 +113,7 @@ class TestReportBalance:
         assert isinstance(store, Store)
         assert not isinstance(store, TicketStore)
         async with BalanceGuard(store=store) as guard:
-            async with guard.reserve(provider, 300) as r:
+            async with guard.reserve(provider, 300, reports=True) as r:
                 provider.spend(300)
                 r.report_balance(1)
 
@@ -129,9 +129,27 @@ class TestReportBalance:
         self, guard: BalanceGuard, provider: InMemoryProvider, bad: object
     ) -> None:
         """A reported balance that is no amount is an AmountError."""
-        async with guard.reserve(provider, 1) as r:
+        async with guard.reserve(provider, 1, reports=True) as r:
             with pytest.raises(AmountError, match="amount"):
                 r.report_balance(bad)  # type: ignore[arg-type]
+
+    async def test_needs_reports(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """Reporting in a block not entered with reports=True says what is missing."""
+        async with guard.reserve(provider, 1) as r:
+            with pytest.raises(RuntimeError, match="reports=True"):
+                r.report_balance(5)
+
+    async def test_refetched_balance_then_held(
+        self, guard: BalanceGuard, provider: InMemoryProvider
+    ) -> None:
+        """A hold made after a fetch (slow path) can report too."""
+        async with guard.reserve(provider, 300, reports=True) as r:
+            provider.spend(300)
+            r.report_balance(700)
+        assert 1 == provider.fetches
+        assert Decimal(700) == (await guard.balance(provider)).amount
 
 
 class _Broken(MemoryStore):
@@ -160,14 +178,14 @@ class TestStoreDown:
         """A ticket that cannot be taken fails the call and leaves no hold."""
         async with BalanceGuard(store=_Broken(ticket=True)) as guard:
             with pytest.raises(BalanceUnavailable, match="store down"):
-                async with guard.reserve(provider, 300):
+                async with guard.reserve(provider, 300, reports=True):
                     pass  # pragma: no cover - never entered
             assert Decimal(0) == guard.held(provider)
 
     async def test_put_fails_balance_dropped(self, provider: InMemoryProvider) -> None:
         """A reported balance the store cannot keep is dropped: fetched next."""
         async with BalanceGuard(store=_Broken(put=True)) as guard:
-            async with guard.reserve(provider, 300) as r:
+            async with guard.reserve(provider, 300, reports=True) as r:
                 provider.spend(300)
                 r.report_balance(700)
             assert Decimal(0) == guard.held(provider)
