@@ -429,3 +429,46 @@ class TestMessagesRule:
                         json=_messages(["1"], "hi"),
                         headers=[("Authorization", KEY), ("Authorization", "other")],
                     )
+
+
+class TestEmulator:
+    def test_accounts(self) -> None:
+        """Platform accounts are found by key or provider; keys are unique."""
+        emu = Emulator()
+        account = emu.add_clickatell_platform(KEY, 5, currency="USD")
+
+        assert account is emu.account(KEY)
+        emu.set_balance(KEY, "7.12345")
+        assert Decimal("7.12345") == emu.balance(account)
+        with pytest.raises(ValueError, match="exists"):
+            emu.add_clickatell_platform(KEY)
+        with pytest.raises(ValueError, match="empty"):
+            emu.add_clickatell_platform("")
+        assert KEY not in repr(account)
+
+    @pytest.mark.parametrize(
+        ("body", "status", "code"),
+        [
+            (b"nope", 400, 101),
+            (b'{"to": [], "content": "x"}', 400, 41),
+            (b'{"to": ["1"], "content": 5}', 400, 41),
+            (b'{"to": ["1", "2"], "content": "x"}', 402, 20),
+        ],
+    )
+    async def test_messages_refusals(
+        self,
+        emu: Emulator,
+        http: aiohttp.ClientSession,
+        body: bytes,
+        status: int,
+        code: int,
+    ) -> None:
+        """/messages refuses bad bodies and a short balance, debiting nothing."""
+        emu.add_clickatell_platform(KEY, "0.30", price_per_part="0.25")
+        async with http.post(
+            f"{emu.url}/messages", data=body, headers={"Authorization": KEY}
+        ) as response:
+            doc = await response.json()
+
+        assert (status, code) == (response.status, doc["errorCode"])
+        assert Decimal("0.30") == emu.balance(KEY)

@@ -694,3 +694,61 @@ class TestSandbox:
             )
             with pytest.raises(BalanceUnavailable, match="SANDBOX or PRODUCTION"):
                 await emu.oneclickdz(KEY).key_type(http)
+
+
+class TestEmulatedRoutes:
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "status", "code"),
+        [
+            ("GET", "/v3/internet/products?type=5G", None, 400, "ERR_VALIDATION"),
+            ("POST", INTERNET, {"type": "ADSL", "value": 500}, 400, "ERR_VALIDATION"),
+            ("POST", INTERNET, internet("ADSL", 501), 400, "ERR_VALIDATION"),
+            ("POST", INTERNET, internet("4G", 3000), 400, "OUT_OF_STOCK"),
+            ("POST", INTERNET, [1], 400, "ERR_VALIDATION"),
+            ("POST", INTERNET, internet("ADSL", 2000), 403, "INSUFFICIENT_BALANCE"),
+            ("GET", "/v3/gift-cards/checkProduct/steam", None, 404, "NOT_FOUND"),
+            ("POST", GIFT, gift("steam", "x"), 400, "ERR_VALIDATION"),
+            ("POST", GIFT, gift("pubg-mobile", "x"), 400, "ERR_VALIDATION"),
+            ("POST", GIFT, gift("pubg-mobile", "uc-60", 0), 400, "ERR_VALIDATION"),
+            ("POST", GIFT, gift("google-play", "gp-10", 4), 400, "OUT_OF_STOCK"),
+            ("POST", GIFT, gift("google-play", "gp-5", 2), 403, "INSUFFICIENT_BALANCE"),
+        ],
+    )
+    async def test_refusals(
+        self,
+        emu: Emulator,
+        method: str,
+        path: str,
+        body: object,
+        status: int,
+        code: str,
+    ) -> None:
+        """The emulated internet and gift-card routes refuse as the API does."""
+        emu.set_balance(KEY, 1500)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method, f"{emu.url}{path}", json=body, headers={"X-Access-Token": KEY}
+            ) as response,
+        ):
+            doc = await response.json()
+
+        assert (status, code) == (response.status, doc["error"]["code"])
+        assert Decimal(1500) == emu.balance(KEY)
+
+    async def test_sandbox_never_debited(self, emu: Emulator) -> None:
+        """A sandbox key's internet and gift-card orders move no money."""
+        emu.add_oneclickdz("sandbox-key", 10, key_type="SANDBOX")
+        async with aiohttp.ClientSession() as http:
+            for path, body in (
+                (INTERNET, internet("ADSL", 2000)),
+                (GIFT, gift("google-play", "gp-5")),
+            ):
+                async with http.post(
+                    f"{emu.url}{path}",
+                    json=body,
+                    headers={"X-Access-Token": "sandbox-key"},
+                ) as response:
+                    assert 200 == response.status
+
+        assert Decimal(10) == emu.balance("sandbox-key")
