@@ -637,6 +637,26 @@ class TestRequestId:
         assert first.value.request_id == again.value.request_id
         assert first.value.request_id in str(again.value)
 
+    async def test_echoed_key_masked(self, emu: Emulator) -> None:
+        """A request id that echoes the key is masked like any provider text."""
+        emu.fail(
+            Route.ONECLICKDZ_BALANCE,
+            Fault(
+                503,
+                json={
+                    "success": False,
+                    "error": {"code": "SERVICE_UNAVAILABLE", "message": "down"},
+                    "requestId": f"req_{KEY}",
+                },
+            ),
+        )
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(BalanceUnavailable) as ei:
+                await emu.oneclickdz(KEY).fetch_balance(http)
+
+        assert "req_[secure]" == ei.value.request_id
+        assert KEY not in str(ei.value) + repr(ei.value)
+
     def test_survives_pickling(self) -> None:
         """The request id survives a pickle round trip."""
         import pickle
