@@ -211,8 +211,13 @@ class Fetcher:
         try:
             async with asyncio.timeout_at(deadline):
                 kind = await ask(self.session())
-        except (BalanceUnavailable, aiohttp.ClientError, OSError, TimeoutError):
-            log.info("%s: could not learn the key type", tracked.provider.name)
+        # An optional extra: whatever it raises must not fail the read.
+        except Exception as exc:  # noqa: BLE001
+            log.info(
+                "%s: could not learn the key type: %s",
+                tracked.provider.name,
+                type(exc).__name__,
+            )
             return
         tracked.key_type = kind if kind in ("SANDBOX", "PRODUCTION") else None
 

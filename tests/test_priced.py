@@ -772,3 +772,30 @@ class TestEmulatedRoutes:
                     assert 200 == response.status
 
         assert Decimal(10) == emu.balance("sandbox-key")
+
+
+class _OddKeyType:
+    """A provider of the user's own whose key_type is not what guard expects."""
+
+    name = "odd"
+    currency = "DZD"
+    account_id = "odd-1"
+
+    def key_type(self) -> str:
+        return "SANDBOX"  # not a coroutine, and takes no session
+
+    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
+        return Decimal(5)
+
+
+async def test_odd_key_type_does_not_fail_the_read() -> None:
+    """A provider's key_type that misbehaves leaves the key type unknown."""
+    async with BalanceGuard() as guard:
+        balance = await guard.balance(_OddKeyType())
+        (state,) = guard.accounts()
+
+    assert (Decimal(5), False, None) == (
+        balance.amount,
+        balance.sandbox,
+        state.key_type,
+    )
