@@ -212,7 +212,7 @@ class Fetcher:
             async with asyncio.timeout_at(deadline):
                 kind = await ask(self.session())
         # An optional extra: whatever it raises must not fail the read.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info(
                 "%s: could not learn the key type: %s",
                 tracked.provider.name,
