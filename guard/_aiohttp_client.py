@@ -315,8 +315,11 @@ def guard_client_middleware(
     is released and the cached balance invalidated, or debited when the rule
     or guard settles by ``"debit"`` and the status is 2xx (a Clickatell
     ``ERR:`` answer comes with 200: it is debited too, which errs on the safe
-    side until the next fetch). Balance reads go through the guard's own
-    session, never through this one.
+    side until the next fetch); when the rule reads a balance the 2xx reply
+    reports (OneClickDZ's ``data.newBalance``), that is kept instead. Balance
+    and catalogue reads go through the guard's own session, never through
+    this one. A spend whose price list cannot be read follows the guard's
+    *on_unavailable*.
 
     A request a rule matches is refused, never sent, with `ValueError` when
     its body is streamed (multipart `aiohttp.FormData`, a file, a generator:
