@@ -55,7 +55,7 @@ from aiocache import SimpleMemoryCache, cached
 
 import guard
 from guard import BalanceGuard, InsufficientBalance, require_balance
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -50,8 +50,8 @@ import redis.asyncio as aioredis
 from aiocache import RedisCache
 from redis.utils import HIREDIS_AVAILABLE
 
-from guard import BalanceGuard, require_balance
-from guard.testing._memory import InMemoryProvider
+from guard import BalanceGuard
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -69,6 +69,7 @@ _IN_SCRIPTS = frozenset(
         *("time", "get", "set", "del", "incr", "incrby", "decrby", "pexpire"),
         *("hmget", "hget", "hset", "hincrby", "info"),
         *("zrangebyscore", "zremrangebyscore", "zadd", "zrem", "zscore"),
+        *("sadd", "sismember"),
     )
 )
 
@@ -110,9 +111,11 @@ async def run(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
                 cache=cache, namespace=namespace, settle=settle
             ) as guard:
 
-                @require_balance(provider, 1, guard=guard)
-                async def call() -> None:
-                    pass
+                async def call(
+                    guard: BalanceGuard = guard, provider: InMemoryProvider = provider
+                ) -> None:
+                    async with guard.reserve(provider, 1):
+                        pass
 
                 for _ in range(50):  # warm: scripts loaded, pool filled
                     await call()
@@ -123,7 +126,7 @@ async def run(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
                 per_call = (sent1 - sent0) / calls
                 inner = (inner1 - inner0) / calls
 
-                store: Any = guard._store
+                store: Any = guard.store
                 get = functools.partial(store.client.get, "guard-bench:get")
                 default_get = functools.partial(probe.get, "guard-bench:get")
 
@@ -133,7 +136,7 @@ async def run(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
                     guarded.append(await _time_loop(call, n))
                     raw.append(await _time_loop(get, n))
                     default.append(await _time_loop(default_get, n))
-                await store.client.delete(*store._key5(guard._account(provider)))
+                await store.client.delete(*store._keys(guard._track(provider).account))
             g, r = statistics.median(guarded), statistics.median(raw)
             rows.append(
                 {

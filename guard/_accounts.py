@@ -100,9 +100,12 @@ class Tracked:
         "down_until",
         "fetches",
         "inflight",
+        "inflight_at",
         "key_type",
         "last",
         "provider",
+        "refreshed_at",
+        "refreshing",
         "stats",
         "typed",
     )
@@ -112,6 +115,7 @@ class Tracked:
         self.account = account
         self.fetches = 0
         self.inflight: asyncio.Task[Entry | None] | None = None
+        self.inflight_at = 0.0  # when it began (time.monotonic())
         self.auth_until = 0.0
         self.auth_error: ProviderAuthError | None = None
         # After a failed fetch, new fetches fail fast until down_until.
@@ -119,6 +123,9 @@ class Tracked:
         self.down_error: BalanceUnavailable | None = None
         self.backoff = 0.0
         self.last: Entry | None = None
+        # The background refresh pending or running, and when the last began.
+        self.refreshing: asyncio.Task[None] | None = None
+        self.refreshed_at = float("-inf")
         self.stats = Stats()
         # "SANDBOX" or "PRODUCTION" once the provider said (*typed*: it was
         # asked).

@@ -228,7 +228,7 @@ class SpendRule:
     settle: Settle | None = attrs.field(
         default=None,
         kw_only=True,
-        validator=attrs.validators.in_((None, "invalidate", "debit")),
+        validator=attrs.validators.in_((None, "refresh", "invalidate", "debit")),
     )
     reported: ReportedBalance | None = attrs.field(
         default=None,

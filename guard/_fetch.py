@@ -50,6 +50,8 @@ class Fetcher:
         outage_backoff: Seconds a new fetch fails fast, after a fetch failed
             for good, before the provider is asked again; doubled while the
             outage lasts, up to 30 s (or this, if longer). 0: no back-off.
+        refresh_interval: The least number of seconds between two
+            background refreshes of one account (`refresh_soon`).
         session: A session of the user's, not closed here; None: the
             fetcher's own, made per event loop.
     """
@@ -64,6 +66,7 @@ class Fetcher:
         max_retry_after: float,
         auth_cooldown: float,
         outage_backoff: float,
+        refresh_interval: float,
         session: aiohttp.ClientSession | None,
     ) -> None:
         self.store = store
@@ -74,6 +77,7 @@ class Fetcher:
         self.auth_cooldown = auth_cooldown
         self.outage_backoff = outage_backoff
         self.max_outage_backoff = max(MAX_OUTAGE_BACKOFF, outage_backoff)
+        self.refresh_interval = refresh_interval
         self.closed = False
         self._session = session
         self._own_session = session is None
@@ -87,9 +91,10 @@ class Fetcher:
         self.closed = True
         loop = asyncio.get_running_loop()
         fetches = [
-            t.inflight
+            task
             for t in self._tracked
-            if t.inflight is not None and t.inflight.get_loop() is loop
+            for task in (t.inflight, t.refreshing)
+            if task is not None and task.get_loop() is loop
         ]
         for task in fetches:
             task.cancel()
@@ -102,11 +107,47 @@ class Fetcher:
     def track(self, tracked: Tracked) -> None:
         self._tracked.append(tracked)
 
-    async def refresh(self, tracked: Tracked, deadline: float) -> Entry:
+    def refresh_soon(self, tracked: Tracked) -> None:
+        """
+        Have *tracked*'s balance fetched again in the background: at once, or
+        once *refresh_interval* has passed since the last such fetch began.
+        One at a time per account; nobody waits for it.
+        """
+        if tracked.refreshing is not None or self.closed:
+            return
+        delay = tracked.refreshed_at + self.refresh_interval - time.monotonic()
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_later(tracked, delay)
+        )
+        tracked.refreshing = task
+
+    async def _refresh_later(self, tracked: Tracked, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tracked.refreshed_at = time.monotonic()
+            await self.refresh(tracked, tracked.refreshed_at + self.timeout)
+        except BalanceUnavailable as exc:
+            # The estimate stays until it expires; calls that find it short
+            # fetch at once, and an outage is backed off.
+            log.debug(
+                "%s: background refresh failed: %s",
+                tracked.provider.name,
+                exc.reason,
+                extra={"guard_event": "refresh_failed"},
+            )
+        finally:
+            tracked.refreshing = None
+
+    async def refresh(
+        self, tracked: Tracked, deadline: float, *, since: float | None = None
+    ) -> Entry:
         """
         Fetch and store *tracked*'s balance, one fetch at a time per
         account; fetch again if it was invalidated meanwhile, until
-        *deadline* (``time.monotonic()``).
+        *deadline* (``time.monotonic()``). With *since*, only a fetch begun
+        at or after that time will do: one in flight from before is waited
+        for, then another made (a recheck must see a refill made meanwhile).
         """
         while True:
             if time.monotonic() >= deadline:
@@ -122,7 +163,13 @@ class Fetcher:
             if task is None or task.done() or task.get_loop() is not loop:
                 task = loop.create_task(self._fetch_and_put(tracked))
                 tracked.inflight = task
+                tracked.inflight_at = time.monotonic()
                 task.add_done_callback(functools.partial(_done, tracked))
+            elif since is not None and tracked.inflight_at < since:
+                # Its answer may predate what this caller needs to see.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+                continue
             try:
                 entry = await asyncio.shield(task)
             except asyncio.CancelledError:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry, Ticket
+    from .stores import Entry, Outcome, Ticket
     from .typing import AmountLike, EventHook, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
@@ -51,7 +51,7 @@ log = logging.getLogger("guard")
 
 T = TypeVar("T")
 
-Settle: TypeAlias = Literal["invalidate", "debit"]
+Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
 
@@ -68,14 +68,7 @@ class Reservation:
             checked.
     """
 
-    __slots__ = (
-        "_failed",
-        "_hold",
-        "_report",
-        "_tracked",
-        "amount",
-        "provider",
-    )
+    __slots__ = ("_failed", "_hold", "_report", "_tracked", "amount", "provider")
 
     provider: Provider
     amount: Decimal
@@ -86,16 +79,18 @@ class Reservation:
     # or None, the reported balance or None].
     _report: list[Any] | None
 
-    def __init__(
-        self, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
-    ) -> None:
-        set_ = object.__setattr__
-        set_(self, "provider", provider)
-        set_(self, "amount", amount)
-        set_(self, "_tracked", tracked)
-        set_(self, "_hold", hold)  # None: let through unchecked
-        set_(self, "_failed", False)
-        set_(self, "_report", None)
+    def __new__(
+        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
+    ) -> Reservation:
+        # Made on every guarded call: set through the slots, not __setattr__.
+        self = object.__new__(cls)
+        _RESERVATION_PROVIDER(self, provider)
+        _RESERVATION_AMOUNT(self, amount)
+        _RESERVATION_TRACKED(self, tracked)
+        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
+        _RESERVATION_FAILED(self, False)
+        _RESERVATION_REPORT(self, None)
+        return self
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Reservation is read-only: can't set {name}")
@@ -119,7 +114,7 @@ class Reservation:
         provider that answered an error): it settles as a failure, and
         ``settle="debit"`` invalidates the balance instead of debiting it.
         """
-        object.__setattr__(self, "_failed", True)
+        _RESERVATION_FAILED(self, True)
 
     def report_balance(self, amount: AmountLike) -> None:
         """
@@ -146,21 +141,26 @@ class Reservation:
         self._report[1] = value
 
 
+(
+    _RESERVATION_PROVIDER,
+    _RESERVATION_AMOUNT,
+    _RESERVATION_TRACKED,
+    _RESERVATION_HOLD,
+    _RESERVATION_FAILED,
+    _RESERVATION_REPORT,
+) = (
+    Reservation.__dict__[name].__set__
+    for name in ("provider", "amount", "_tracked", "_hold", "_failed", "_report")
+)
+
+
 class _Reserve:
     """
     What `BalanceGuard.reserve` returns: an async context manager for one
     guarded block. Not reusable.
     """
 
-    __slots__ = (
-        "_amount",
-        "_guard",
-        "_provider",
-        "_reports",
-        "_reservation",
-        "_settle",
-        "_unavailable",
-    )
+    __slots__ = ("_amount", "_guard", "_provider", "_reservation", "_settle")
 
     def __init__(
         self,
@@ -168,36 +168,44 @@ class _Reserve:
         provider: Provider,
         amount: Decimal,
         settle: Settle | None,
-        unavailable: BalanceUnavailable | None = None,
-        *,
-        reports: bool = False,
     ) -> None:
         self._guard = guard
         self._provider = provider
         self._amount = amount
         self._settle = settle
-        self._unavailable = unavailable
-        self._reports = reports
         self._reservation: Reservation | None = None
+
+    def _enter_now(self) -> Reservation | None:
+        """
+        Check and hold without awaiting, if the store can (a warm in-process
+        balance that covers the amount); None: `_enter` must run.
+        """
+        guard = self._guard
+        hold_now = guard._hold_now
+        if hold_now is None or guard._loops.home is not asyncio.get_running_loop():
+            return None
+        tracked = guard._track(self._provider)
+        result = hold_now(tracked.account, self._amount)
+        if type(result) is not Hold:
+            return None  # a miss or a shortage: the slow path decides
+        tracked.last = result.entry
+        tracked.stats.allowed += 1
+        return Reservation(self._provider, self._amount, tracked, result)
+
+    async def _enter(self) -> Reservation:
+        guard = self._guard
+        loops = guard._loops
+        if loops.home is asyncio.get_running_loop() or loops.at_home():
+            return await guard._check_and_hold(self._provider, self._amount)
+        return await loops.make(
+            functools.partial(guard._check_and_hold, self._provider, self._amount),
+            guard._drop,
+        )
 
     async def __aenter__(self) -> Reservation:
         if self._reservation is not None:
             raise RuntimeError("a reserve() block can be entered only once")
-        guard = self._guard
-        loops = guard._loops
-        enter: Callable[[], Awaitable[Reservation]]
-        if self._unavailable is not None:
-            enter = functools.partial(
-                guard._enter_unavailable, self._provider, self._unavailable
-            )
-        else:
-            enter = functools.partial(
-                guard._check_and_hold, self._provider, self._amount, self._reports
-            )
-        if loops.home is asyncio.get_running_loop() or loops.at_home():
-            reservation = await enter()
-        else:
-            reservation = await loops.make(enter, guard._drop)
+        reservation = self._enter_now() or await self._enter()
         self._reservation = reservation
         return reservation
 
@@ -212,7 +220,52 @@ class _Reserve:
             raise RuntimeError("a reserve() block exited without being entered")
         # The one place that decides whether a spend succeeded.
         ok = exc_type is None and not reservation._failed
-        await self._guard._settle(reservation, ok=ok, settle=self._settle)
+        guard = self._guard
+        if not guard._settle_now(reservation, ok, self._settle):
+            await guard._settle(reservation, ok=ok, settle=self._settle)
+
+
+class _ReserveOther(_Reserve):
+    """
+    A `_Reserve` off the fast path: for a spend that may report the balance
+    left after it (*reports*), or whose amount could not be learned
+    (*unavailable*: the guard's policy decides).
+    """
+
+    __slots__ = ("_reports", "_unavailable")
+
+    def __init__(
+        self,
+        guard: BalanceGuard,
+        provider: Provider,
+        amount: Decimal,
+        settle: Settle | None,
+        *,
+        reports: bool = False,
+        unavailable: BalanceUnavailable | None = None,
+    ) -> None:
+        super().__init__(guard, provider, amount, settle)
+        self._reports = reports
+        self._unavailable = unavailable
+
+    def _enter_now(self) -> Reservation | None:
+        return None
+
+    async def _enter(self) -> Reservation:
+        guard = self._guard
+        loops = guard._loops
+        enter: Callable[[], Awaitable[Reservation]]
+        if self._unavailable is not None:
+            enter = functools.partial(
+                guard._enter_unavailable, self._provider, self._unavailable
+            )
+        else:
+            enter = functools.partial(
+                guard._check_and_hold, self._provider, self._amount, self._reports
+            )
+        if loops.home is asyncio.get_running_loop() or loops.at_home():
+            return await enter()
+        return await loops.make(enter, guard._drop)
 
 
 class BalanceGuard:
@@ -233,10 +286,15 @@ class BalanceGuard:
             configured. The guard closes it when it closes.
         ttl: Seconds a fetched balance is trusted (default 30), for the
             store made from *cache*; a *store* you pass has its own.
-        settle: After a guarded call, ``"invalidate"`` forgets the cached
-            balance (the next call fetches it); ``"debit"`` subtracts the
-            amount from it when the call succeeded (fewer fetches; a failed
-            call still invalidates).
+        settle: What a guarded call's end does to the cached balance.
+            ``"refresh"`` (the default) takes the call's amount off it
+            (failed or cancelled calls count as spent: an estimate that errs
+            low) and has the provider's value fetched again in the
+            background, at most once per *refresh_interval* per account; no
+            call waits for that fetch. ``"invalidate"`` forgets it: the next
+            call waits for a fetch. ``"debit"`` takes a successful call's
+            amount off it and trusts that until *ttl* (fewest fetches); a
+            failed call forgets it.
         on_unavailable: ``"closed"`` raises `BalanceUnavailable` when the
             balance cannot be learned; ``"open"`` logs a warning and lets the
             call go ahead. Refused credentials and unreadable answers raise
@@ -256,6 +314,9 @@ class BalanceGuard:
             long is left) instead of each asking the provider; doubled
             while the outage lasts, up to 30 s, and longer if the provider's
             ``Retry-After`` asks it. 0: ask on every fetch.
+        refresh_interval: With ``settle="refresh"``, the least number of
+            seconds between two background fetches of one account (2: at
+            most 30 a minute under sustained traffic).
         hooks: Callables given every `GuardEvent`.
         session: An aiohttp session to fetch balances with, instead of the
             guard's own. The guard does not close it.
@@ -272,7 +333,7 @@ class BalanceGuard:
         *,
         store: Store | None = None,
         ttl: float | None = None,
-        settle: Settle = "invalidate",
+        settle: Settle = "refresh",
         on_unavailable: Policy = "closed",
         fetch_timeout: float = 10.0,
         retries: int = 2,
@@ -280,6 +341,7 @@ class BalanceGuard:
         recheck_after: float = 2.0,
         auth_cooldown: float = 900.0,
         outage_backoff: float = 1.0,
+        refresh_interval: float = 2.0,
         hooks: Iterable[EventHook] = (),
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
@@ -313,9 +375,15 @@ class BalanceGuard:
             max_retry_after=seconds("max_retry_after", max_retry_after, zero_ok=True),
             auth_cooldown=seconds("auth_cooldown", auth_cooldown, zero_ok=True),
             outage_backoff=seconds("outage_backoff", outage_backoff, zero_ok=True),
+            refresh_interval=seconds(
+                "refresh_interval", refresh_interval, zero_ok=True
+            ),
             session=session,
         )
         self._loops = HomeLoop()
+        # The store's I/O-free check and release, for the fast path.
+        self._hold_now = getattr(self._store, "hold_now", None)
+        self._release_now = getattr(self._store, "release_now", None)
         self._accounts = Accounts(self.namespace, self._fetcher.track)
         self._catalogues = Catalogues()
         self._track = self._accounts.get
@@ -486,7 +554,7 @@ class BalanceGuard:
         """
         if settle is not None:
             check_settle(settle)
-        return _Reserve(self, provider, ZERO, settle, error)
+        return _ReserveOther(self, provider, ZERO, settle, unavailable=error)
 
     async def _enter_unavailable(
         self, provider: Provider, error: BalanceUnavailable
@@ -532,6 +600,7 @@ class BalanceGuard:
             amount: An ``int``, ``Decimal`` or ``str`` (a ``float`` is read
                 through ``str()``).
             settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
+
             reports: The block may call `Reservation.report_balance` with
                 the balance the provider reports after the spend: the
                 guard notes, before the block runs, what it needs to store
@@ -549,7 +618,11 @@ class BalanceGuard:
         """
         if settle is not None:
             check_settle(settle)
-        return _Reserve(self, provider, to_amount(amount), settle, reports=reports)
+        if reports:
+            return _ReserveOther(
+                self, provider, to_amount(amount), settle, reports=True
+            )
+        return _Reserve(self, provider, to_amount(amount), settle)
 
     async def _check_and_hold(
         self, provider: Provider, amount: Decimal, reports: bool = False
@@ -565,7 +638,7 @@ class BalanceGuard:
             tracked.stats.allowed += 1
             if reports:
                 return await self._with_ticket(tracked, amount, result)
-            return Reservation(tracked.provider, amount, tracked, result)
+            return Reservation(provider, amount, tracked, result)
         reservation = await self._check_slow(tracked, amount, result, seen)
         if reports and reservation._hold is not None:
             return await self._with_ticket(tracked, amount, reservation._hold)
@@ -576,7 +649,7 @@ class BalanceGuard:
     ) -> Reservation:
         reservation = Reservation(tracked.provider, amount, tracked, hold)
         report: list[Any] = [None, None]
-        object.__setattr__(reservation, "_report", report)
+        _RESERVATION_REPORT(reservation, report)
         ticket = getattr(self._store, "ticket", None)
         if ticket is not None:
             # Before the spend is sent: what settles after this may or may
@@ -584,14 +657,15 @@ class BalanceGuard:
             try:
                 report[0] = await ticket(tracked.account)
             except BaseException:
-                await self._store.release(hold, debit=False)
+                await self._store.release(hold, outcome="forget")
                 raise
         return reservation
 
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
     ) -> Reservation:
-        deadline = time.monotonic() + self.fetch_timeout
+        began = time.monotonic()
+        deadline = began + self.fetch_timeout
         try:
             outcome = await self._until_cached(tracked, amount, result, seen, deadline)
             if isinstance(outcome, Short) and (
@@ -603,7 +677,7 @@ class BalanceGuard:
                 # hand still says the call is short.
                 short = outcome
                 try:
-                    await self._fetcher.refresh(tracked, deadline)
+                    await self._fetcher.refresh(tracked, deadline, since=began)
                     again = await self._store.try_hold(tracked.account, amount)
                 except BalanceUnavailable as exc:
                     if isinstance(exc, ProviderAuthError | ProviderResponseError):
@@ -668,13 +742,49 @@ class BalanceGuard:
         self._emit("failed_open", tracked, amount=amount, error=exc)
         return Reservation(tracked.provider, amount, tracked, None)
 
+    def _count_settled(self, reservation: Reservation, ok: bool) -> None:
+        if ok:
+            stats = reservation._tracked.stats
+            stats.spent = MONEY.add(stats.spent, reservation.amount)
+        if self._hooks:
+            self._emit(
+                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+            )
+
+    def _outcome(
+        self, reservation: Reservation, ok: bool, settle: Settle | None
+    ) -> Outcome:
+        mode = settle or self.settle_mode
+        self._count_settled(reservation, ok)
+        if mode == "refresh":
+            self._fetcher.refresh_soon(reservation._tracked)
+            return "spent"
+        return "debit" if ok and mode == "debit" else "forget"
+
+    def _settle_now(
+        self, reservation: Reservation, ok: bool, settle: Settle | None
+    ) -> bool:
+        """
+        Settle without awaiting when the store can; False: `_settle` must.
+        """
+        release_now = self._release_now
+        hold = reservation._hold
+        if (
+            release_now is None
+            or hold is None
+            or reservation._report is not None
+            or self._loops.home is not asyncio.get_running_loop()
+            or (settle or self.settle_mode) == "invalidate"
+        ):
+            return False
+        return bool(release_now(hold, self._outcome(reservation, ok, settle)))
+
     async def _settle(
         self, reservation: Reservation, *, ok: bool, settle: Settle | None
     ) -> None:
         """
-        Release *reservation* and settle the cached balance: debit it (``"debit"``
-        and *ok*) or invalidate it. Finishes even if the calling task is
-        cancelled meanwhile.
+        Release *reservation* and settle the cached balance (see *settle*).
+        Finishes even if the calling task is cancelled meanwhile.
         """
         loops = self._loops
         if loops.forwarding and not loops.at_home():
@@ -684,28 +794,26 @@ class BalanceGuard:
             )
             return
         hold = reservation._hold
-        if ok:
-            stats = reservation._tracked.stats
-            stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if self._hooks:
-            self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
-            )
         report = reservation._report
         if ok and hold is not None and report is not None and None not in report:
+            self._count_settled(reservation, ok)
             await self._settle_reported(reservation, hold, report[0], report[1])
             return
-        if ok and hold is not None and (settle or self.settle_mode) == "debit":
-            await self._store.release(hold, debit=True)
+        outcome = self._outcome(reservation, ok, settle)
+        if hold is None:
+            await self._drop(reservation)
+            return
+        if outcome != "forget":
+            await self._store.release(hold, outcome=outcome)
             return
         try:
             # Calls woken by the same fetch as this one check before it
-            # invalidates that balance, rather than each fetching anew.
+            # forgets that balance, rather than each fetching anew.
             await asyncio.sleep(0)
         finally:
             # Stores release the hold before their first await: a second
             # cancellation can't leave it behind.
-            await self._drop(reservation)
+            await self._store.release(hold, outcome="forget")
 
     async def _settle_reported(
         self, reservation: Reservation, hold: Hold, ticket: Ticket, reported: Decimal
@@ -715,7 +823,7 @@ class BalanceGuard:
         the spend, with the ticket taken before it was sent.
         """
         account = reservation._tracked.account
-        await self._store.release(hold, debit=False)
+        await self._store.release(hold, outcome="forget")
         # The store subtracts what settled since the ticket, this call
         # included; the reported balance already counts this call.
         try:
@@ -729,13 +837,14 @@ class BalanceGuard:
 
     async def _drop(self, reservation: Reservation) -> None:
         """
-        Release *reservation* and invalidate the balance, at once (no yield): also
+        Release *reservation* and forget the balance, at once (no yield):
         for the hold of a call that never ran because its caller left, which
-        a call checking meanwhile must not find still held.
+        a call checking meanwhile must not find still held, and for a call
+        that went ahead unchecked.
         """
         hold = reservation._hold
         if hold is not None:
-            await self._store.release(hold, debit=False)
+            await self._store.release(hold, outcome="forget")
         else:
             # What an unchecked call spent is unknown, so a fetch that ran
             # meanwhile can't be corrected: drop it.

@@ -48,6 +48,7 @@ MONEY = decimal.Context(
 
 ZERO = Decimal(0)
 _LIMIT = Decimal(10) ** MAX_MAGNITUDE
+_INT_LIMIT = 10**MAX_MAGNITUDE
 _QUANTUM = Decimal(1).scaleb(-MAX_PLACES)
 # Longer strings can't spell an amount within the limits (leading zeros and
 # spaces aside); refused before Decimal reads them.
@@ -72,6 +73,8 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
     elif isinstance(value, bool):
         raise AmountError(f"{name} must be a number, not a bool ({value!r})")
     elif isinstance(value, int):
+        if 0 <= value < _INT_LIMIT:
+            return Decimal(value)  # the usual case, in range by construction
         # Checked before converting: a huge int is slow to turn into digits.
         if value.bit_length() > 64:
             raise AmountError(f"{name} must be below 1e{MAX_MAGNITUDE}")

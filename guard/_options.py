@@ -40,9 +40,9 @@ def name(name: str, value: object) -> str:
 
 
 def check_settle(value: object, name: str = "settle") -> None:
-    if value not in ("invalidate", "debit"):
+    if value not in ("refresh", "invalidate", "debit"):
         raise ConfigurationError(
-            f"{name} must be 'invalidate' or 'debit', got {value!r}"
+            f"{name} must be 'refresh', 'invalidate' or 'debit', got {value!r}"
         )
 
 

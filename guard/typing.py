@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._events import GuardEvent
-    from .stores import Account, Entry, Hold, Short, Ticket
+    from .stores import Account, Entry, Hold, Outcome, Short, Ticket
 
 __all__ = [
     "AmountLike",
@@ -145,10 +145,10 @@ class Store(Protocol):
         (a value fetched before an invalidation is never stored after it).
         """
 
-    async def release(self, hold: Hold, *, debit: bool) -> None:
+    async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         """
-        Drop *hold*; subtract its amount from the cached balance (*debit*)
-        or forget the balance.
+        Drop *hold* and settle the cached balance as *outcome* says
+        (``"debit"``, ``"spent"`` or ``"forget"``, see `guard.stores.Outcome`).
 
         Must not leave the hold behind if cancelled while it awaits.
         """

@@ -144,7 +144,9 @@ class RedisProxy:
 
     ``async with RedisProxy(host, port) as proxy:``, then connect to
     ``proxy.port``. Set `lose` to drop the connections that the next *lose*
-    replies come back on, and `refuse` to drop every connection at once.
+    replies come back on, `refuse` to drop every connection at once, and
+    `delay` to hold every reply back that many seconds (the server has run
+    the command; the client is still waiting).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -152,6 +154,7 @@ class RedisProxy:
         self.port = 0
         self.lose = 0
         self.refuse = False
+        self.delay = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -195,6 +198,8 @@ class RedisProxy:
                         if not up:
                             self.lose -= 1
                         break
+                    if not up and self.delay:
+                        await asyncio.sleep(self.delay)
                     writer.write(data)
                     await writer.drain()
             client_w.transport.abort()

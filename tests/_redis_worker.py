@@ -28,7 +28,7 @@ if os.environ.get("COVERAGE_PROCESS_START"):  # pragma: no cover
 import aiohttp
 from aiocache import RedisCache
 
-from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard import BalanceGuard, InsufficientBalance
 from guard.providers import OneClickDZ
 
 
@@ -50,8 +50,11 @@ async def _topups(job: dict[str, Any], guard: BalanceGuard) -> dict[str, Any]:
 
     async with aiohttp.ClientSession() as session:
 
-        @require_balance(provider, lambda amount: amount, guard=guard)
         async def topup(amount: int) -> None:
+            async with guard.reserve(provider, amount):
+                await post(amount)
+
+        async def post(amount: int) -> None:
             nonlocal sent
             async with session.post(
                 f"{job['url']}/v3/mobile/send",
@@ -82,7 +85,7 @@ async def _main(job: dict[str, Any]) -> dict[str, Any]:
             return await _topups(job, guard)
         provider = OneClickDZ(job["key"], base_url=job["url"])
         if job["job"] == "hold":
-            await guard.acquire(provider, Decimal(job["amount"]))
+            await guard.reserve(provider, Decimal(job["amount"])).__aenter__()
             print("held", flush=True)
             await asyncio.sleep(3600)
         print("ready", flush=True)

@@ -6,11 +6,11 @@ import inspect
 import logging
 import threading
 from decimal import Decimal
-from typing import Any
 
 import aiohttp
 import pytest
 from _holds import hold
+from _providers import LoopRecorder, Network
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -94,11 +94,17 @@ class TestCheck:
     async def test_single_flight(self, guard: BalanceGuard) -> None:
         """1,000 concurrent cold calls make one balance fetch."""
         provider = InMemoryProvider(10**6, delay=0.05)
-        guarded = require_balance(provider, 1, guard=guard)(spend)
+        asked: list[int] = []
 
-        await asyncio.gather(*(guarded(provider, 1, pause=0.01) for _ in range(1000)))
+        @require_balance(provider, 1, guard=guard)
+        async def call() -> None:
+            asked.append(provider.fetches)
+            await asyncio.sleep(0.01)
 
-        assert 1 == provider.fetches
+        await asyncio.gather(*(call() for _ in range(1000)))
+
+        # Every call ran on the one fetch (the settles then refresh it).
+        assert [1] * 1000 == asked
 
     async def test_cached_within_ttl(
         self, guard: BalanceGuard, provider: InMemoryProvider
@@ -148,8 +154,10 @@ class TestSettle:
     async def test_invalidates_after_return(
         self, guard: BalanceGuard, provider: InMemoryProvider
     ) -> None:
-        """After a call returns, the next one fetches a fresh balance."""
-        guarded = require_balance(provider, 100, guard=guard)(spend)
+        """With settle="invalidate", the next call fetches a fresh balance."""
+        guarded = require_balance(provider, 100, guard=guard, settle="invalidate")(
+            spend
+        )
 
         await guarded(provider, 100)
         balance = await guard.balance(provider)
@@ -179,7 +187,7 @@ class TestSettle:
         """A cancelled call releases its hold and invalidates the balance."""
         started = asyncio.Event()
 
-        @require_balance(provider, 600, guard=guard)
+        @require_balance(provider, 600, guard=guard, settle="invalidate")
         async def slow() -> None:
             started.set()
             await asyncio.sleep(3600)
@@ -265,7 +273,7 @@ class TestRace:
     ) -> None:
         """Calls that never yield all check against the fetch they waited for."""
         provider = InMemoryProvider(10**6, delay=0.001)
-        guarded = require_balance(provider, 1, guard=guard)(spend)
+        guarded = require_balance(provider, 1, guard=guard, settle="invalidate")(spend)
 
         results = await asyncio.gather(*(guarded(provider, 1) for _ in range(1000)))
 
@@ -274,12 +282,14 @@ class TestRace:
 
     async def test_fetch_racing_invalidation_is_not_stored(self) -> None:
         """A balance fetched before an invalidation is never cached after it."""
-        provider = InMemoryProvider(1000, delay=0.05)
+        provider = Network(1000)
         async with BalanceGuard() as guard:
+            gate = provider.slow_down()
             reading = asyncio.create_task(guard.balance(provider))
-            await asyncio.sleep(0.01)
+            await provider.asked.wait()  # it read 1000; the answer is on its way
             provider.balance = Decimal(100)
             await guard.invalidate(provider)
+            gate.set()
             first = await reading
             second = await guard.balance(provider)
 
@@ -290,17 +300,22 @@ class TestRace:
 
     async def test_spend_during_fetch_is_not_overspent(self) -> None:
         """A call that settles while a fetch is in flight can't be counted twice."""
-        provider = InMemoryProvider(1000, delay=0.05)
+        provider = Network(1000)
         async with BalanceGuard(ttl=0.02) as guard:
             async with require_balance(provider, 600, guard=guard):
                 await asyncio.sleep(0.03)  # the cached balance expires
+                gate = provider.slow_down()
                 second = asyncio.create_task(
                     require_balance(provider, 600, guard=guard)(spend)(provider, 600)
                 )
-                await asyncio.sleep(0.01)  # its fetch still sees 1000
+                await provider.asked.wait()  # its fetch read 1000
                 provider.spend(600)
-            with pytest.raises(InsufficientBalance):
+            gate.set()  # ... and answers after the first call settled
+            with pytest.raises(InsufficientBalance) as info:
                 await second
+
+        assert Decimal(400) == info.value.available
+        assert Decimal(400) == provider.balance
 
 
 class TestPolicy:
@@ -550,7 +565,7 @@ class TestConfiguration:
         [
             ({"ttl": 0}, "ttl must be a finite positive number"),
             ({"ttl": "30"}, "ttl must be a number"),
-            ({"settle": "refund"}, "settle must be .invalidate. or .debit."),
+            ({"settle": "refund"}, "settle must be .refresh., .invalidate. or .debit."),
             ({"on_unavailable": "maybe"}, "on_unavailable must be .closed. or .open."),
             ({"retries": -1}, "retries must be a non-negative int"),
             (
@@ -584,7 +599,7 @@ class TestConfiguration:
 
     def test_repr(self) -> None:
         """The guard's repr shows its settings."""
-        assert "settle='invalidate'" in repr(BalanceGuard())
+        assert "settle='refresh'" in repr(BalanceGuard())
 
     async def test_balance_value(
         self, guard: BalanceGuard, provider: InMemoryProvider
@@ -626,18 +641,6 @@ class TestUserProviders:
         assert isinstance(info.value.__cause__, ConnectionResetError)
 
 
-class LoopRecorder(InMemoryProvider):
-    """Records the event loop each fetch runs on."""
-
-    def __init__(self, balance: int, **options: Any) -> None:
-        super().__init__(balance, **options)
-        self.loops: list[asyncio.AbstractEventLoop] = []
-
-    async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
-        self.loops.append(asyncio.get_running_loop())
-        return await super().fetch_balance(session)  # type: ignore[arg-type]
-
-
 class TestEventLoops:
     async def test_calls_from_another_loop_run_at_home(
         self, guard: BalanceGuard
@@ -669,7 +672,9 @@ class TestEventLoops:
 
         assert Decimal(0) == guard.held(provider)
         assert home_session is guard._fetcher._session
-        assert [asyncio.get_running_loop()] * 2 == provider.loops
+        # Its fetches (the second call's, and the refresh after the first
+        # settled) ran at home.
+        assert {asyncio.get_running_loop()} == set(provider.loops)
 
     async def test_cancelled_call_from_another_loop_leaves_no_hold(
         self, guard: BalanceGuard
@@ -694,7 +699,7 @@ class TestEventLoops:
 
     def test_adopts_the_next_loop(self, provider: InMemoryProvider) -> None:
         """A guard whose loop has ended works on the next one (asyncio.run again)."""
-        guard = BalanceGuard()
+        guard = BalanceGuard(settle="invalidate")
 
         async def use() -> Decimal:
             async with require_balance(provider, 1, guard=guard) as seen:
@@ -719,7 +724,9 @@ class TestEventLoops:
             return amount
 
         assert Decimal(100) == await asyncio.to_thread(asyncio.run, elsewhere())
-        assert [asyncio.get_running_loop()] * 2 == provider.loops
+        # Its fetches (the second call's, and the refresh after the first
+        # settled) ran at home.
+        assert {asyncio.get_running_loop()} == set(provider.loops)
         assert guard.closed
 
     async def test_forgets_its_loop(

@@ -422,7 +422,7 @@ class TestUnreadableCatalogue:
     async def test_reply_not_json_settles_as_usual(
         self, emu: Emulator, guard: BalanceGuard, session: aiohttp.ClientSession
     ) -> None:
-        """A 200 reply that is not JSON reports no balance; the cache is dropped."""
+        """A 200 reply that is not JSON reports no balance: settled as usual."""
         emu.fail(Route.ONECLICKDZ_SEND, Fault(200, body="<html>ok</html>"))
         async with session.post(
             f"{emu.url}{MOBILE}",
@@ -431,8 +431,9 @@ class TestUnreadableCatalogue:
         ) as response:
             assert "<html>ok</html>" == await response.text()
 
-        await guard.balance(emu.oneclickdz(KEY))
-        assert 2 == emu.count(Route.ONECLICKDZ_BALANCE)
+        # The guard's default settle: the price taken off the cached balance.
+        estimate = (await guard.balance(emu.oneclickdz(KEY))).amount
+        assert Decimal(1_000_000) - Decimal("485.00") == estimate
 
 
 class TestCatalogueKept:

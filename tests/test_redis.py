@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
+import attrs
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -26,14 +29,21 @@ from guard import (
     InsufficientBalance,
     require_balance,
 )
-from guard._redis import RedisStore
+from guard._sync import close_guard
 from guard.providers import OneClickDZ
+from guard.stores import Hold, RedisStore
 from guard.testing import Emulator, Fault, InMemoryProvider, Plan
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+    from contextlib import AbstractAsyncContextManager
+
+    from guard._guard import Reservation, Settle
+    from guard.typing import Provider
 
 pytestmark = pytest.mark.redis
+
+T = TypeVar("T")
 
 WORKER = Path(__file__).with_name("_redis_worker.py")
 KEY = "emulated-oneclickdz-key"
@@ -101,6 +111,43 @@ async def keys(addr: tuple[str, int], namespace: str) -> list[str]:
         return sorted([k async for k in r.scan_iter(match=f"*{namespace}*")])
 
 
+@attrs.frozen
+class Held:
+    """
+    A ``reserve()`` block entered by hand, for tests that settle it later.
+    """
+
+    block: AbstractAsyncContextManager[Reservation]
+    reservation: Reservation
+
+    @property
+    def amount(self) -> Decimal:
+        return self.reservation.amount
+
+
+async def acquire(
+    guard: BalanceGuard,
+    provider: Provider,
+    amount: Decimal,
+    *,
+    settle: Settle | None = None,
+) -> Held:
+    """
+    Check and hold *amount*, as entering ``guard.reserve(...)`` does.
+    """
+    block = guard.reserve(provider, amount, settle=settle)
+    return Held(block, await block.__aenter__())
+
+
+async def settle(held: Held, *, ok: bool) -> None:
+    """
+    Leave *held*'s block: as a success, or as a spend that failed.
+    """
+    if not ok:
+        held.reservation.failed()
+    await held.block.__aexit__(None, None, None)
+
+
 async def eventually(check: Any, what: str, *, limit: float = 30.0) -> None:
     """
     Wait until *check()* is true; fail after *limit* seconds.
@@ -118,10 +165,10 @@ async def fits(guard: BalanceGuard, provider: InMemoryProvider, amount: int) -> 
     Tell whether *guard* can hold *amount* now (giving the hold back).
     """
     try:
-        hold = await guard.acquire(provider, Decimal(amount))
+        hold = await acquire(guard, provider, Decimal(amount))
     except InsufficientBalance:
         return False
-    await guard.settle(hold, ok=False)
+    await settle(hold, ok=False)
     return True
 
 
@@ -148,23 +195,23 @@ class TestHolds:
     async def test_holds_are_shared(self, g1: BalanceGuard, g2: BalanceGuard) -> None:
         """A hold made through one guard counts against the other's calls."""
         provider = InMemoryProvider(100, account_id="shared")
-        hold = await g1.acquire(provider, Decimal(60))
+        hold = await acquire(g1, provider, Decimal(60))
 
         with pytest.raises(InsufficientBalance) as info:
-            await g2.acquire(provider, Decimal(60))
+            await acquire(g2, provider, Decimal(60))
 
         assert Decimal(40) == info.value.available
         assert Decimal(60) == g1.held(provider)
-        await g1.settle(hold, ok=True)
+        await settle(hold, ok=True)
         assert Decimal(0) == g1.held(provider)
-        assert await g2.acquire(provider, Decimal(60)) is not None
+        assert await acquire(g2, provider, Decimal(60)) is not None
 
     async def test_debit_is_exact(self, addr: tuple[str, int], namespace: str) -> None:
         """settle='debit' takes exact decimal amounts off the shared balance."""
         provider = InMemoryProvider(Decimal("100.25"))
         async with make(addr, namespace, settle="debit") as guard:
             for _ in range(3):
-                async with require_balance(provider, Decimal("0.1"), guard=guard):
+                async with guard.reserve(provider, Decimal("0.1")):
                     pass
 
             balance = await guard.balance(provider)
@@ -178,7 +225,7 @@ class TestHolds:
         provider = InMemoryProvider(Decimal("1.00009"))
 
         with pytest.raises(InsufficientBalance) as info:
-            await g1.acquire(provider, Decimal("1.00001"))
+            await acquire(g1, provider, Decimal("1.00001"))
 
         assert Decimal(1) == info.value.available
         assert "1" == str(info.value.available)
@@ -186,9 +233,9 @@ class TestHolds:
     async def test_invalidate_refetches(self, g1: BalanceGuard) -> None:
         """settle='invalidate' makes the next call fetch the balance again."""
         provider = InMemoryProvider(100)
-        async with require_balance(provider, 30, guard=g1):
+        async with g1.reserve(provider, 30, settle="invalidate"):
             provider.spend(30)
-        async with require_balance(provider, 30, guard=g1):
+        async with g1.reserve(provider, 30, settle="invalidate"):
             pass
 
         assert Decimal(70) == (await g1.balance(provider)).amount
@@ -200,14 +247,14 @@ class TestHolds:
         """Settling one hold twice debits it once."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, settle="debit") as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             provider.spend(10)
-            await guard.settle(hold, ok=True)
-            await guard.settle(hold, ok=True)
+            await settle(hold, ok=True)
+            await settle(hold, ok=True)
 
             assert Decimal(0) == guard.held(provider)
             assert Decimal(90) == (await guard.balance(provider)).amount
-            hold = await guard.acquire(provider, Decimal(90))
+            hold = await acquire(guard, provider, Decimal(90))
             assert hold is not None
 
     async def test_debit_after_refetch_invalidates(
@@ -215,10 +262,10 @@ class TestHolds:
     ) -> None:
         """A hold made against an older balance invalidates rather than debits."""
         provider = InMemoryProvider(100)
-        hold = await g1.acquire(provider, Decimal(10))
+        hold = await acquire(g1, provider, Decimal(10), settle="debit")
         await g2.balance(provider, fresh=True)
 
-        await g1.settle(hold, ok=True, settle="debit")
+        await settle(hold, ok=True)
 
         assert [] == [k for k in await g1_keys(g1) if k.endswith(":b")]
         assert Decimal(100) == (await g2.balance(provider)).amount
@@ -229,11 +276,11 @@ class TestHolds:
     ) -> None:
         """An account's keys share one hash tag and never contain the API key."""
         async with make(addr, namespace) as guard:
-            await guard.acquire(emu.oneclickdz(KEY), Decimal(1))
+            await acquire(guard, emu.oneclickdz(KEY), Decimal(1))
 
             found = await keys(addr, namespace)
 
-        assert {"b", "g", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
+        assert {"b", "e", "g", "h", "s"} == {k.rsplit(":", 1)[1] for k in found}
         assert 1 == len({k[: k.index("}") + 1] for k in found})
         assert all(k.startswith(f"{{{namespace}:oneclickdz:") for k in found)
         assert not any(KEY in k for k in found)
@@ -241,8 +288,8 @@ class TestHolds:
     async def test_huge_amounts_stay_exact(self, g1: BalanceGuard) -> None:
         """Amounts past 2**53 ten-thousandths are held and debited exactly."""
         provider = InMemoryProvider(10**14)
-        hold = await g1.acquire(provider, Decimal(10**13))
-        await g1.settle(hold, ok=True, settle="debit")
+        hold = await acquire(g1, provider, Decimal(10**13), settle="debit")
+        await settle(hold, ok=True)
 
         assert Decimal(9 * 10**13) == (await g1.balance(provider)).amount
 
@@ -255,21 +302,21 @@ class TestHolds:
             make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
             make(addr, namespace) as other,
         ):
-            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            await settle(await acquire(guard, provider, Decimal(1)), ok=True)
             proxy.lose = 1
 
-            hold = await guard.acquire(provider, Decimal(60))
+            hold = await acquire(guard, provider, Decimal(60))
 
             with pytest.raises(InsufficientBalance) as info:
-                await other.acquire(provider, Decimal(50))
-            await guard.settle(hold, ok=False)
+                await acquire(other, provider, Decimal(50))
+            await settle(hold, ok=False)
 
         assert Decimal(60) == hold.amount
         assert Decimal(39) == info.value.available
 
 
 async def g1_keys(guard: BalanceGuard) -> list[str]:
-    store = guard._store
+    store = guard.store
     assert isinstance(store, RedisStore)
     # Only this guard's namespace: other runs may share the machine's Redis.
     match = f"*{guard.namespace}:*"
@@ -283,15 +330,15 @@ class TestLeases:
         """A hold nobody renews lapses after its lease, and the balance is refetched."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.2) as gone:
-            await gone.acquire(provider, Decimal(80))
+            await acquire(gone, provider, Decimal(80))
         async with make(addr, namespace) as guard:
 
             async def fits() -> bool:
                 try:
-                    hold = await guard.acquire(provider, Decimal(80))
+                    hold = await acquire(guard, provider, Decimal(80))
                 except InsufficientBalance:
                     return False
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
                 return True
 
             await eventually(fits, "the lapsed hold freed its amount")
@@ -302,14 +349,14 @@ class TestLeases:
         """A call that outlives its lease keeps its hold."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.15) as guard:
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             await asyncio.sleep(0.6)
 
             with pytest.raises(InsufficientBalance):
-                await g2.acquire(provider, Decimal(80))
-            await guard.settle(hold, ok=False)
+                await acquire(g2, provider, Decimal(80))
+            await settle(hold, ok=False)
 
-        assert await g2.acquire(provider, Decimal(80)) is not None
+        assert await acquire(g2, provider, Decimal(80)) is not None
 
     async def test_renewal_reports_lost_holds(
         self,
@@ -320,11 +367,11 @@ class TestLeases:
         """A hold found expired at renewal is logged."""
         provider = InMemoryProvider(100)
         async with make(addr, namespace, lease=0.3) as guard:
-            await guard.acquire(provider, Decimal(10))
+            await acquire(guard, provider, Decimal(10))
             # Another process prunes it as if this one had stalled.
             for key in await keys(addr, namespace):
                 if key.endswith(":h"):
-                    await guard._store.client.delete(key)  # type: ignore[attr-defined]
+                    await guard.store.client.delete(key)  # type: ignore[attr-defined]
 
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await asyncio.sleep(0.25)
@@ -340,11 +387,11 @@ class TestLeases:
             make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
             make(addr, namespace) as other,
         ):
-            await guard.settle(await guard.acquire(provider, Decimal(1)), ok=True)
+            await settle(await acquire(guard, provider, Decimal(1)), ok=True)
             proxy.lose = 2
 
             with pytest.raises(BalanceUnavailable):
-                await guard.acquire(provider, Decimal(60))
+                await acquire(guard, provider, Decimal(60))
 
             await eventually(
                 lambda: fits(other, provider, 99), "the hold was dropped", limit=5
@@ -355,11 +402,11 @@ class TestLeases:
         provider = InMemoryProvider(100)
         addr = ("127.0.0.1", server.port)
         async with make(addr, "cancel") as guard, make(addr, "cancel") as other:
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
             try:
-                settling = asyncio.create_task(guard.settle(hold, ok=False))
+                settling = asyncio.create_task(settle(hold, ok=False))
                 for _ in range(5):  # until it waits for Redis
                     await asyncio.sleep(0)
                 settling.cancel()
@@ -385,10 +432,10 @@ class TestLeases:
             make(("127.0.0.1", proxy.port), namespace) as guard,
             make(addr, namespace) as other,
         ):
-            hold = await guard.acquire(provider, Decimal(80))
+            hold = await acquire(guard, provider, Decimal(80))
             proxy.refuse = True
             with caplog.at_level(logging.WARNING, logger="guard"):
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
             proxy.refuse = False
 
             await eventually(
@@ -396,6 +443,89 @@ class TestLeases:
             )
 
         assert "could not release a hold" in caplog.text
+
+
+async def holds_sum(addr: tuple[str, int], key: str) -> int:
+    """
+    Return the sum of the holds in Redis, asked directly (not via a proxy).
+    """
+    async with aioredis.Redis(host=addr[0], port=addr[1]) as client:
+        return int(await client.get(key) or 0)
+
+
+# Where a check is cancelled: after so many event-loop iterations (sending),
+# or after so many ms while its replies come back 20 ms late (the hold is
+# made, the reply, or the unlock of an unused fetch lock, is on its way).
+CANCEL_AT = [("loop", n) for n in range(12)] + [("ms", t) for t in range(0, 50, 3)]
+
+
+class TestCancelledCheck:
+    @pytest.mark.parametrize("ticket", [False, True], ids=["warm", "after-a-miss"])
+    async def test_cancelled_check_leaves_no_hold(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy, ticket: bool
+    ) -> None:
+        """A check cancelled at any await leaves no hold in Redis past 0.2 s."""
+        provider = InMemoryProvider(1000)
+        left: list[tuple[str, int, int]] = []
+        async with (
+            make(("127.0.0.1", proxy.port), namespace) as guard,
+            aioredis.Redis(host=addr[0], port=addr[1]) as direct,
+        ):
+            store = guard.store
+            assert isinstance(store, RedisStore)
+            account = guard._track(provider).account
+            keys = store._keys(account)
+            for where, n in CANCEL_AT:
+                proxy.delay = 0.0
+                await direct.delete(keys[0], keys[4])
+                if ticket:  # a miss took the fetch lock, then a balance came
+                    assert None is await store.try_hold(account, Decimal(1))
+                await direct.hset(keys[0], mapping={"u": 10**7, "f": "x", "t": 0})
+                # Two connections ready, as in a warm process.
+                await asyncio.gather(store.read(account), store.read(account))
+                proxy.delay = 0.02
+                checking = asyncio.create_task(store.try_hold(account, Decimal(60)))
+                if where == "loop":
+                    for _ in range(n):
+                        await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(n / 1000)
+                checking.cancel()
+                result = (await asyncio.gather(checking, return_exceptions=True))[0]
+                if isinstance(result, Hold):  # done before the cancellation
+                    await store.release(result, outcome="forget")
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 0.2
+                while (held := await holds_sum(addr, keys[3])) and (
+                    loop.time() < deadline
+                ):
+                    await asyncio.sleep(0.01)
+                if held:
+                    left.append((where, n, held))
+                    await direct.delete(keys[2], keys[3])
+            proxy.delay = 0.0
+
+        assert [] == left
+
+    async def test_cancelled_call_leaves_no_hold(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """A guarded call cancelled while its check waits for Redis holds nothing."""
+        provider = InMemoryProvider(1000)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace) as guard,
+            make(addr, namespace) as other,
+        ):
+            await guard.balance(provider)
+            proxy.delay = 0.05
+            checking = asyncio.create_task(acquire(guard, provider, Decimal(1000)))
+            await asyncio.sleep(0.02)  # the hold is made, its reply on its way
+            checking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await checking
+
+            await asyncio.sleep(0.2)
+            assert await fits(other, provider, 1000)
 
 
 class TestSingleFlight:
@@ -431,7 +561,7 @@ class TestSingleFlight:
         """A lock left by a dead fetcher holds others back only until it lapses."""
         provider = InMemoryProvider(100)
         lock = await _lock_key(g1, provider)
-        await g1._store.client.set(lock, "dead", px=300)  # type: ignore[attr-defined]
+        await g1.store.client.set(lock, "dead", px=300)  # type: ignore[attr-defined]
 
         assert Decimal(100) == (await g1.balance(provider)).amount
         assert 1 == provider.fetches
@@ -443,7 +573,7 @@ class TestSingleFlight:
         provider = InMemoryProvider(100)
         async with make(addr, namespace, fetch_timeout=0.2) as guard:
             lock = await _lock_key(guard, provider)
-            await guard._store.client.set(lock, "alive", px=10_000)  # type: ignore[attr-defined]
+            await guard.store.client.set(lock, "alive", px=10_000)  # type: ignore[attr-defined]
 
             with pytest.raises(BalanceUnavailable, match="another process"):
                 await guard.balance(provider)
@@ -469,9 +599,9 @@ class TestSingleFlight:
         provider = InMemoryProvider(10**6)
         async with make(addr, namespace, pool=8, settle="debit") as guard:
 
-            @require_balance(provider, 1, guard=guard)
             async def call() -> None:
-                await asyncio.sleep(0)
+                async with guard.reserve(provider, 1):
+                    await asyncio.sleep(0)
 
             await asyncio.gather(*(call() for _ in range(1000)))
 
@@ -484,9 +614,9 @@ async def _true(value: bool) -> bool:
 
 
 async def _lock_key(guard: BalanceGuard, provider: InMemoryProvider) -> str:
-    store = guard._store
+    store = guard.store
     assert isinstance(store, RedisStore)
-    return store._key5(guard._account(provider))[4]
+    return store._keys(guard._track(provider).account)[4]
 
 
 class TestRedisDown:
@@ -495,20 +625,21 @@ class TestRedisDown:
     ) -> None:
         """Redis down raises BalanceUnavailable; once back, calls work again."""
         provider = InMemoryProvider(100, name="oneclickdz")
-        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=1)
+        # After the restart, calls wait out the data-loss window (1.5 s).
+        guard = make(("127.0.0.1", server.port), "down", fetch_timeout=2, lease=0.3)
         async with guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             server.stop()
 
             with pytest.raises(BalanceUnavailable) as info:
-                await guard.acquire(provider, Decimal(10))
+                await acquire(guard, provider, Decimal(10))
             with caplog.at_level(logging.WARNING, logger="guard"):
-                await guard.settle(hold, ok=True)
+                await settle(hold, ok=True)
             with pytest.raises(BalanceUnavailable):
                 await guard.invalidate(provider)
 
             server.start()
-            async with require_balance(provider, 90, guard=guard):
+            async with guard.reserve(provider, 90):
                 pass
 
         assert "oneclickdz" == info.value.provider
@@ -521,17 +652,17 @@ class TestRedisDown:
         async with make(
             ("127.0.0.1", server.port), "stall", fetch_timeout=0.5
         ) as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
             try:
                 with pytest.raises(BalanceUnavailable) as info:
-                    await guard.acquire(provider, Decimal(10))
+                    await acquire(guard, provider, Decimal(10))
             finally:
                 server.process.send_signal(signal.SIGCONT)
-            await guard.settle(hold, ok=False)
+            await settle(hold, ok=False)
             # The unanswered hold may have been made after all: 90 still fit.
-            async with require_balance(provider, 90, guard=guard):
+            async with guard.reserve(provider, 90):
                 pass
 
         assert "cache unavailable: no answer within 0.5 s" == info.value.reason
@@ -542,12 +673,12 @@ class TestRedisDown:
         """Renewing while Redis is down logs a warning and keeps trying."""
         provider = InMemoryProvider(100)
         async with make(("127.0.0.1", server.port), "renew", lease=0.15) as guard:
-            hold = await guard.acquire(provider, Decimal(10))
+            hold = await acquire(guard, provider, Decimal(10))
             server.stop()
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await asyncio.sleep(0.2)
             server.start()
-            await guard.settle(hold, ok=False)
+            await settle(hold, ok=False)
             # One more round finds nothing left to renew.
             await asyncio.sleep(0.1)
 
@@ -569,11 +700,11 @@ class TestRedisDown:
             server.stop()
             ran = []
             with caplog.at_level(logging.WARNING, logger="guard"):
-                async with require_balance(provider, 10, guard=guard):
+                async with guard.reserve(provider, 10):
                     ran.append(True)
 
         assert [True] == ran
-        assert ["failed_open"] == [e.kind for e in events]
+        assert ["failed_open", "settled"] == [e.kind for e in events]
 
     async def test_restart_mid_run_stays_correct(
         self, server: RedisServer, emu: Emulator
@@ -582,13 +713,15 @@ class TestRedisDown:
         provider = emu.oneclickdz(KEY)
         results: dict[str, int] = {"ok": 0, "refused": 0, "unavailable": 0}
         async with (
-            make(("127.0.0.1", server.port), "restart", fetch_timeout=1) as guard,
+            make(
+                ("127.0.0.1", server.port), "restart", fetch_timeout=2, lease=0.6
+            ) as guard,
             aiohttp.ClientSession() as session,
         ):
 
-            @require_balance(provider, lambda amount: amount, guard=guard)
             async def topup(amount: int) -> None:
-                await send(session, emu, amount)
+                async with guard.reserve(provider, amount):
+                    await send(session, emu, amount)
 
             async def wave() -> None:
                 async def one() -> None:
@@ -609,8 +742,12 @@ class TestRedisDown:
             await wave()
             await wave()
 
-        assert {"ok": 25, "refused": 5, "unavailable": 10} == results
-        assert Decimal(0) == emu.balance(KEY)
+        # The wave while Redis is down fails closed; after the restart, what
+        # went through is exactly what the provider debited, never more.
+        assert 40 == sum(results.values())
+        assert results["unavailable"] >= 10
+        assert Decimal(10_000 - 400 * results["ok"]) == emu.balance(KEY)
+        assert emu.balance(KEY) >= 0
 
     async def test_close_leaks_no_connection(self, server: RedisServer) -> None:
         """Closing the guard closes every connection it opened, without warnings."""
@@ -636,13 +773,13 @@ class TestRedisDown:
             server.start()
             # As many invalidations as before the loss, each after a spend.
             for _ in range(3):
-                async with require_balance(provider, 300, guard=other):
+                async with other.reserve(provider, 300):
                     provider.spend(300)
             provider.go.set()
 
             assert Decimal(100) == (await fetching).amount
             with pytest.raises(InsufficientBalance):
-                await other.acquire(provider, Decimal(300))
+                await acquire(other, provider, Decimal(300))
 
     async def test_holds_lost_by_redis_come_back(
         self, server: RedisServer, caplog: pytest.LogCaptureFixture
@@ -652,9 +789,9 @@ class TestRedisDown:
         addr = ("127.0.0.1", server.port)
         async with (
             make(addr, "lost", lease=0.3) as running,
-            make(addr, "lost") as other,
+            make(addr, "lost", lease=0.3) as other,
         ):
-            hold = await running.acquire(provider, Decimal(600))
+            hold = await acquire(running, provider, Decimal(600))
             await other.balance(provider)
             server.stop()
             server.start()
@@ -665,8 +802,8 @@ class TestRedisDown:
             with caplog.at_level(logging.WARNING, logger="guard"):
                 await eventually(back, "the hold was put back", limit=5)
             with pytest.raises(InsufficientBalance) as info:
-                await other.acquire(provider, Decimal(600))
-            await running.settle(hold, ok=False)
+                await acquire(other, provider, Decimal(600))
+            await settle(hold, ok=False)
 
         assert Decimal(400) == info.value.available
         assert "put back" in caplog.text
@@ -678,11 +815,11 @@ class TestRedisDown:
         provider = InMemoryProvider(1000)
         addr = ("127.0.0.1", server.port)
         guard = make(addr, "inflight", pool=4)
-        holds = [await guard.acquire(provider, Decimal(1)) for _ in range(4)]
+        holds = [await acquire(guard, provider, Decimal(1)) for _ in range(4)]
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
         try:
-            settles = [asyncio.create_task(guard.settle(h, ok=True)) for h in holds]
+            settles = [asyncio.create_task(settle(h, ok=True)) for h in holds]
             closing = asyncio.create_task(guard.aclose())
             for _ in range(10):  # until close waits for the settles
                 await asyncio.sleep(0)
@@ -701,12 +838,12 @@ class TestRedisDown:
 
         async def burst() -> None:
             async def one() -> None:
-                hold = await guard.acquire(provider, Decimal(1))
-                await guard.settle(hold, ok=True)
+                hold = await acquire(guard, provider, Decimal(1))
+                await settle(hold, ok=True)
 
             await asyncio.gather(*(one() for _ in range(20)))
             # A call this loop never settles.
-            await guard.acquire(provider, Decimal(1))
+            await acquire(guard, provider, Decimal(1))
 
         asyncio.run(burst())
         asyncio.run(burst())
@@ -722,8 +859,8 @@ class TestRedisDown:
         """The store, in use by a running loop, refuses calls from another one."""
         provider = InMemoryProvider(100)
         await g1.balance(provider)
-        store = g1._store
-        account = g1._account(provider)
+        store = g1.store
+        account = g1._track(provider).account
 
         def elsewhere() -> object:
             return asyncio.run(store.read(account))
@@ -736,17 +873,245 @@ class TestRedisDown:
         provider = InMemoryProvider(100)
         await g1.balance(provider)
         await g1.aclose()
-        await g1._store.close()
+        await g1.store.close()
 
         with pytest.raises(BalanceUnavailable, match="closed"):
-            await g1._store.read(g1._account(provider))
+            await g1.store.read(g1._track(provider).account)
+
+
+class TestDataLoss:
+    @pytest.mark.parametrize("how", ["restart", "flushall"])
+    async def test_no_admission_until_holders_renew(
+        self, server: RedisServer, caplog: pytest.LogCaptureFixture, how: str
+    ) -> None:
+        """After Redis loses its data, a running call's amount is not admitted again."""
+        provider = InMemoryProvider(1000)
+        addr = ("127.0.0.1", server.port)
+        # Renewals every second; the window after a loss is 1.5 s.
+        async with (
+            make(addr, "loss", lease=3) as holder,
+            make(addr, "loss", lease=3) as other,
+        ):
+            async with other.reserve(provider, 1):  # it has used the account
+                pass
+            hold = await acquire(holder, provider, Decimal(800))
+            if how == "restart":
+                server.stop()
+                server.start()
+            else:
+                with redis.Redis(port=server.port) as client:
+                    client.flushall()
+
+            with (
+                caplog.at_level(logging.WARNING, logger="guard"),
+                pytest.raises(InsufficientBalance) as info,
+            ):
+                await acquire(other, provider, Decimal(800))
+            await settle(hold, ok=False)
+            losses = (holder.store.data_losses, other.store.data_losses)  # type: ignore[attr-defined]
+
+        assert Decimal(200) == info.value.available
+        assert (1, 1) == losses
+        assert 2 == caplog.text.count("Redis lost guard's data")
+
+    async def test_new_account_is_admitted_at_once(self, server: RedisServer) -> None:
+        """An account no process knew is used at once: no window without a loss."""
+        provider = InMemoryProvider(1000)
+        async with make(("127.0.0.1", server.port), "new", lease=60) as guard:
+            async with asyncio.timeout(1):
+                hold = await acquire(guard, provider, Decimal(800))
+            await settle(hold, ok=False)
+
+            assert 0 == guard.store.data_losses  # type: ignore[attr-defined]
+
+    async def test_window_longer_than_the_wait_fails_fast(
+        self, server: RedisServer
+    ) -> None:
+        """A loss window longer than the fetch timeout fails the check at once."""
+        provider = InMemoryProvider(1000)
+        async with make(
+            ("127.0.0.1", server.port), "long", lease=60, fetch_timeout=1
+        ) as guard:
+            async with guard.reserve(provider, 1):
+                pass
+            server.stop()
+            server.start()
+
+            async with asyncio.timeout(0.5):
+                with pytest.raises(BalanceUnavailable, match="lost its data") as info:
+                    await acquire(guard, provider, Decimal(1))
+
+        assert info.value.retry_after is not None
+        assert 19 < info.value.retry_after <= 20.5
+
+
+class LoopThread:
+    """
+    An event loop in a daemon thread, as the sync API runs guards on
+    (``guard/_sync.py``): calls are submitted to it from other threads.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def in_child(job: Callable[[], object]) -> dict[str, Any]:
+    """
+    Run *job* in a child made by ``os.fork()``; return what it returned, or
+    the error it raised, as the child reported it through a pipe.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - in the child
+        signal.alarm(20)  # never outlive a hung job
+        try:
+            report = {"ok": job()}
+        except BaseException as exc:  # reported to the parent
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write, json.dumps(report, default=str).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert 0 == status, data
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+async def spend(guard: BalanceGuard, provider: InMemoryProvider, amount: int) -> str:
+    """
+    Run one guarded call of *amount*; say how it went.
+    """
+    try:
+        async with guard.reserve(provider, amount):
+            pass
+    except InsufficientBalance as exc:
+        return f"refused, {exc.available} available"
+    return "spent"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+class TestFork:
+    @pytest.mark.parametrize("in_flight", [False, True], ids=["idle", "in-flight"])
+    def test_child_uses_the_guard_on_its_own_loop(
+        self, addr: tuple[str, int], namespace: str, in_flight: bool
+    ) -> None:
+        """A forked child's calls work on its own loop; the parent's are untouched."""
+        provider = InMemoryProvider(1000)
+        guard = make(addr, namespace, settle="debit")
+        portal = LoopThread()
+        holding = threading.Event()
+        done = threading.Event()
+
+        async def hold_until_done() -> str:
+            async with guard.reserve(provider, 600):
+                holding.set()
+                await asyncio.to_thread(done.wait, 10)
+            return "spent"
+
+        def child() -> list[str]:
+            # What guard/_sync.py does in a child: forget the parent's loop,
+            # and start a loop thread of its own.
+            guard._forget_loop()
+            own = LoopThread()
+            return [
+                own.run(spend(guard, provider, 300)),
+                own.run(spend(guard, provider, 500)),
+            ]
+
+        try:
+            assert "spent" == portal.run(spend(guard, provider, 1))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                running = pool.submit(portal.run, hold_until_done())
+                if in_flight:
+                    assert holding.wait(5)
+                else:
+                    done.set()
+                    assert "spent" == running.result(5)
+
+                report = in_child(child)
+
+                done.set()
+                assert "spent" == running.result(10)
+            after = portal.run(spend(guard, provider, 1))
+            portal.run(guard.aclose())
+        finally:
+            done.set()
+            portal.stop()
+
+        # 999 less the parent's 600 (held in flight, or spent before).
+        assert {"ok": ["spent", "refused, 99 available"]} == report
+        assert "spent" == after
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+class TestForkSyncAPI:
+    @pytest.mark.parametrize("in_flight", [False, True], ids=["idle", "in-flight"])
+    def test_child_calls_through_the_sync_api(
+        self, addr: tuple[str, int], namespace: str, in_flight: bool
+    ) -> None:
+        """After a fork, the sync API works in the child, idle or not at the fork."""
+        provider = InMemoryProvider(1000)
+        guard = make(addr, namespace, settle="debit")
+        holding = threading.Event()
+        done = threading.Event()
+
+        def hold_until_done() -> None:
+            with require_balance(provider, 600, guard=guard):
+                holding.set()
+                done.wait(10)
+
+        @require_balance(provider, 300, guard=guard)
+        def send() -> str:
+            return "spent"
+
+        def child() -> list[str]:
+            spent = send()
+            try:
+                with require_balance(provider, 500, guard=guard):
+                    return [spent, "spent"]
+            except InsufficientBalance as exc:
+                return [spent, f"refused, {exc.available} available"]
+
+        with require_balance(provider, 1, guard=guard):
+            pass
+        worker = threading.Thread(target=hold_until_done)
+        worker.start()
+        try:
+            if in_flight:
+                assert holding.wait(5)
+            else:
+                done.set()
+                worker.join(5)
+            report = in_child(child)
+        finally:
+            done.set()
+            worker.join(10)
+        with require_balance(provider, 1, guard=guard):
+            pass
+        close_guard(guard)
+
+        assert {"ok": ["spent", "refused, 99 available"]} == report
 
 
 class TestSetup:
     def test_needs_redis_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without redis-py a RedisCache names the extra to install."""
         cache = RedisCache()
-        monkeypatch.delitem(sys.modules, "guard._redis")
+        for name in list(sys.modules):
+            if name.startswith("guard.stores.redis"):
+                monkeypatch.delitem(sys.modules, name)
         monkeypatch.setitem(sys.modules, "redis.asyncio", None)
 
         with pytest.raises(ConfigurationError, match=r"pip install guard\[redis\]"):
@@ -758,8 +1123,8 @@ class TestSetup:
             BalanceGuard(lease=0)
 
     async def test_repr(self, g1: BalanceGuard) -> None:
-        """The store's repr shows its lease."""
-        assert "<RedisStore lease=60>" == repr(g1._store)
+        """The store's repr shows its ttl and lease."""
+        assert "<RedisStore ttl=30 lease=60>" == repr(g1.store)
 
 
 # -- several processes ---------------------------------------------------------
@@ -837,14 +1202,14 @@ class TestProcesses:
         async with make(addr, namespace) as guard:
             provider = OneClickDZ(KEY, base_url=job["url"])
             with pytest.raises(InsufficientBalance):
-                await guard.acquire(provider, Decimal(2000))
+                await acquire(guard, provider, Decimal(2000))
 
             async def fits() -> bool:
                 try:
-                    hold = await guard.acquire(provider, Decimal(2000))
+                    hold = await acquire(guard, provider, Decimal(2000))
                 except InsufficientBalance:
                     return False
-                await guard.settle(hold, ok=False)
+                await settle(hold, ok=False)
                 return True
 
             await eventually(fits, "the killed worker's hold lapsed")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._memory import MemoryStore
-from ._values import Account, Entry, Hold, Short, Ticket
+from ._values import Account, Entry, Hold, Outcome, Short, Ticket
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -23,6 +23,7 @@ __all__ = [
     "Entry",
     "Hold",
     "MemoryStore",
+    "Outcome",
     "RedisStore",
     "Short",
     "Ticket",

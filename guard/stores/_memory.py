@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._money import MONEY, ZERO
 from ..errors import BalanceUnavailable
-from ._values import Account, Entry, Hold, Short, Ticket
+from ._values import Account, Entry, Hold, Outcome, Short, Ticket
 
 if TYPE_CHECKING:
     from aiocache.base import BaseCache
@@ -23,6 +23,44 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 log = logging.getLogger("guard")
+
+# Frozen attrs values built on the guarded call's path: set through their
+# slots, which costs half of going through their __init__.
+_new = object.__new__
+_HOLD_SLOTS = tuple(
+    Hold.__dict__[name].__set__ for name in ("account", "amount", "entry", "token")
+)
+_ENTRY_SLOTS = tuple(
+    Entry.__dict__[name].__set__
+    for name in ("amount", "fetch_id", "fetched_at", "monotonic", "exact")
+)
+
+
+def _hold(account: Account, amount: Decimal, entry: Entry) -> Hold:
+    hold = _new(Hold)
+    set_account, set_amount, set_entry, set_token = _HOLD_SLOTS
+    set_account(hold, account)
+    set_amount(hold, amount)
+    set_entry(hold, entry)
+    set_token(hold, "")
+    return hold
+
+
+def _entry(
+    amount: Decimal,
+    fetch_id: str,
+    fetched_at: dt.datetime,
+    monotonic: float,
+    exact: bool,
+) -> Entry:
+    entry = _new(Entry)
+    set_amount, set_fetch_id, set_fetched_at, set_monotonic, set_exact = _ENTRY_SLOTS
+    set_amount(entry, amount)
+    set_fetch_id(entry, fetch_id)
+    set_fetched_at(entry, fetched_at)
+    set_monotonic(entry, monotonic)
+    set_exact(entry, exact)
+    return entry
 
 
 class _State:
@@ -97,19 +135,6 @@ class MemoryStore:
     async def read(self, account: Account) -> Entry | None:
         return self._current(self._state(account))
 
-    async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
-        state = self._state(account)
-        entry = self._current(state)
-        if entry is None:
-            return None
-        available = MONEY.subtract(entry.amount, state.held)
-        if available < amount:
-            return Short(entry, available)
-        # No await between the read and this line: the check and the hold are
-        # one step for every other task on this loop.
-        state.held = MONEY.add(state.held, amount)
-        return Hold(account, amount, entry)
-
     def held(self, account: Account) -> Decimal:
         state = self._states.get(account.key)
         return ZERO if state is None else state.held
@@ -168,27 +193,67 @@ class MemoryStore:
         async with asyncio.timeout(self.timeout):
             return await getattr(self.cache, method)(*args, timeout=None, **kwargs)
 
-    async def release(self, hold: Hold, *, debit: bool) -> None:
-        state = self._state(hold.account)
-        entry = hold.entry
+    def hold_now(self, account: Account, amount: Decimal) -> Hold | Short | None:
+        """
+        `try_hold` without I/O: what a guarded call uses on its fast path.
+        """
+        state = self._states.get(account.key)
+        if state is None:
+            return None
+        entry = state.entry
+        if entry is None or time.monotonic() - entry.monotonic > self.ttl:
+            return None
+        available = MONEY.subtract(entry.amount, state.held)
+        if available < amount:
+            return Short(entry, available)
+        state.held = MONEY.add(state.held, amount)
+        return _hold(account, amount, entry)
+
+    async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
+        # No await between the check and the hold: they are one step for
+        # every other task on this loop.
+        return self.hold_now(account, amount)
+
+    def release_now(self, hold: Hold, outcome: Outcome) -> bool:
+        """
+        `release` without I/O, when it needs none (no cache to delete a
+        copy from); False when `release` must be awaited instead.
+        """
+        if self.cache is not None and outcome == "forget":
+            return False
+        self._release(hold, outcome)
+        return True
+
+    async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         # All of the bookkeeping happens before the first await, so a
         # cancellation can't leave the hold behind.
+        if not self._release(hold, outcome) and self.cache is not None:
+            await self._delete(hold.account)
+
+    def _release(self, hold: Hold, outcome: Outcome) -> bool:
+        """
+        Drop *hold* and settle the balance; tell whether one is still kept.
+        """
+        state = self._state(hold.account)
         state.held = MONEY.subtract(state.held, hold.amount)
         state.settled = MONEY.add(state.settled, hold.amount)
-        # Debit only the entry the hold was made against: an entry fetched
-        # while the call ran may or may not include this spend.
-        if debit and entry is not None and entry is state.entry:
-            state.entry = Entry(
-                MONEY.subtract(entry.amount, hold.amount),
-                entry.fetch_id,
-                entry.fetched_at,
-                entry.monotonic,
-                exact=entry.exact,
+        current = state.entry
+        if current is not None and (
+            outcome == "spent" or (outcome == "debit" and hold.entry is current)
+        ):
+            # "debit" only the entry the hold was made against: one fetched
+            # while the call ran may or may not include this spend. "spent"
+            # takes it off whatever is there, which errs low.
+            state.entry = _entry(
+                MONEY.subtract(current.amount, hold.amount),
+                current.fetch_id,
+                current.fetched_at,
+                current.monotonic,
+                current.exact and outcome == "debit",
             )
-            return
+            return True
         state.entry = None
-        if self.cache is not None:
-            await self._delete(hold.account)
+        return False
 
     async def _delete(self, account: Account) -> None:
         try:

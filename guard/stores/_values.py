@@ -6,10 +6,23 @@ from __future__ import annotations
 
 import datetime as dt  # noqa: TC003 - attrs resolves the annotations
 from decimal import Decimal  # noqa: TC003
+from typing import Literal, TypeAlias
 
 import attrs
 
-__all__ = ["Account", "Entry", "Hold", "Short", "Ticket"]
+__all__ = ["Account", "Entry", "Hold", "Outcome", "Short", "Ticket"]
+
+Outcome: TypeAlias = Literal["debit", "spent", "forget"]
+"""
+How `guard.typing.Store.release` settles the balance as it drops a hold:
+
+- ``"debit"``: the call succeeded; take its amount off the balance it was
+  checked against if that is still the cached one, else forget the balance
+  (one fetched while the call ran may or may not include the spend).
+- ``"spent"``: take the amount off whatever balance is cached, and mark it
+  inexact (``exact=False``); keep it (it errs low).
+- ``"forget"``: forget the balance; the next check fetches it.
+"""
 
 
 @attrs.frozen
