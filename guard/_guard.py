@@ -823,8 +823,10 @@ class BalanceGuard:
         the spend, with the ticket taken before it was sent.
         """
         account = reservation._tracked.account
-        await self._store.release(hold, outcome="forget")
-        # The store subtracts what settled since the ticket, this call
+        # "spent" moves no generation: the put below still counts. Should
+        # the put be dropped, the balance is left with this call taken off.
+        await self._store.release(hold, outcome="spent")
+        # The store subtracts what was spent since the ticket, this call
         # included; the reported balance already counts this call.
         try:
             entry = await self._store.put(

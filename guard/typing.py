@@ -172,11 +172,12 @@ class TicketStore(Store, Protocol):
 
     The guard takes a `ticket` when a call is held, before its spend is
     sent. When the spend succeeded with a reported balance, it releases the
-    hold and calls `put` with that ticket and the reported balance plus the
+    hold with the ``"spent"`` outcome (which must not move the generation)
+    and calls `put` with that ticket and the reported balance plus the
     call's own amount: `put` drops the value if the balance was invalidated
-    since the ticket, and subtracts whatever settled since (this call
-    included), or drops the value when it cannot tell. A store without
-    `ticket` settles such calls as usual (invalidate or debit).
+    since the ticket, and subtracts whatever was settled as spent since
+    (this call included). A store without `ticket` settles such calls as
+    usual.
 
     .. versionadded:: 0.2
     """

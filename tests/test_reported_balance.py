@@ -183,11 +183,13 @@ class TestStoreDown:
                     pass  # pragma: no cover - never entered
             assert Decimal(0) == guard.held(provider)
 
-    async def test_put_fails_balance_dropped(self, provider: InMemoryProvider) -> None:
-        """A reported balance the store cannot keep is dropped: fetched next."""
+    async def test_put_fails_spend_taken_off(self, provider: InMemoryProvider) -> None:
+        """A reported balance the store cannot keep leaves the spend taken off."""
         async with BalanceGuard(store=_Broken(put=True)) as guard:
             async with guard.reserve(provider, 300, reports=True) as r:
                 provider.spend(300)
-                r.report_balance(700)
+                r.report_balance(1)
             assert Decimal(0) == guard.held(provider)
-            assert await guard.store.read(guard._track(provider).account) is None
+            entry = await guard.store.read(guard._track(provider).account)
+        assert entry is not None
+        assert (Decimal(700), False) == (entry.amount, entry.exact)
