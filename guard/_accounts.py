@@ -81,6 +81,17 @@ class Stats:
                 self.fetch_buckets[i] += 1
 
 
+def account_digest(provider: Provider) -> str:
+    """
+    The non-secret digest naming *provider*'s account in cache keys, events
+    and the history.
+    """
+    # Hash again: a user's account_id is trusted to be non-secret, but the
+    # key should not depend on that.
+    identity = f"{provider.name}\0{provider.account_id}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
 class Tracked:
     """
     What a guard knows of one account besides the store's state: its
@@ -106,6 +117,7 @@ class Tracked:
         "provider",
         "refreshed_at",
         "refreshing",
+        "reported_at",
         "stats",
         "typed",
     )
@@ -126,6 +138,8 @@ class Tracked:
         # The background refresh pending or running, and when the last began.
         self.refreshing: asyncio.Task[None] | None = None
         self.refreshed_at = float("-inf")
+        # The provider's own time of the last balance fetched, if it said.
+        self.reported_at: dt.datetime | None = None
         self.stats = Stats()
         # "SANDBOX" or "PRODUCTION" once the provider said (*typed*: it was
         # asked).
@@ -247,11 +261,10 @@ class Accounts:
         identity = (name, account_id)
         tracked = self._by_identity.get(identity)
         if tracked is None:
-            # Hash again: a user's account_id is trusted to be non-secret, but
-            # the key should not depend on that.
-            digest = hashlib.sha256(f"{name}\0{account_id}".encode()).hexdigest()
             account = Account(
-                f"{self.namespace}:{name}:{digest[:24]}", name, provider.currency
+                f"{self.namespace}:{name}:{account_digest(provider)}",
+                name,
+                provider.currency,
             )
             tracked = self._by_identity[identity] = Tracked(provider, account)
             self._on_new(tracked)

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import attrs
 
-__all__ = ["Balance"]
+__all__ = ["Balance", "Reported"]
 
 
 @attrs.define(frozen=True)
@@ -37,3 +37,20 @@ class Balance:
         Seconds since the provider reported this balance.
         """
         return (dt.datetime.now(dt.UTC) - self.fetched_at).total_seconds()
+
+
+class Reported(Decimal):
+    """
+    A balance as a provider's ``fetch_balance`` may return it: a `Decimal`
+    that also carries when the provider says it read it, for the balance
+    history (OneClickDZ ``meta.timestamp``).
+    """
+
+    __slots__ = ("reported_at",)
+
+    reported_at: dt.datetime
+
+    def __new__(cls, value: Decimal, reported_at: dt.datetime) -> Reported:
+        self = super().__new__(cls, value)
+        self.reported_at = reported_at
+        return self

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from .errors import BalanceUnavailable, GuardError, ProviderAuthError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .history import BaseHistory
     from .testing import Emulator
     from .typing import Provider
 
@@ -24,6 +26,7 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+EXIT_FLAGGED = 5  # import: some transactions' balances don't add up
 
 ENV = {
     "oneclickdz": ("GUARD_ONECLICKDZ_API_KEY",),
@@ -62,6 +65,106 @@ def _port(text: str) -> int:
         msg = f"must be a port number from 0 to 65535, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return int(text)
+
+
+def _when(text: str) -> dt.datetime:
+    # A date (midnight UTC) or an ISO-8601 time (UTC unless it says).
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"must be a date (YYYY-MM-DD) or an ISO-8601 time, not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        msg = f"must be a date (YYYY-MM-DD), not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _history(db: str) -> BaseHistory:
+    from .history import PostgresHistory, SQLiteHistory
+
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresHistory(db)
+    return SQLiteHistory(db)
+
+
+async def _import(args: argparse.Namespace) -> int:
+    from .history import import_oneclickdz
+    from .providers import OneClickDZ
+
+    provider = _provider("oneclickdz", args.base_url)
+    assert isinstance(provider, OneClickDZ)
+    async with _history(args.db) as history:
+        result = await import_oneclickdz(
+            history, provider, since=args.since, until=args.until
+        )
+    print(
+        f"{result.added} new of {result.seen} transactions "
+        f"({result.pages} pages) into {args.db}"
+    )
+    for t in result.flagged:
+        print(
+            f"guard: transaction {t.id} ({t.type} {t.amount}) does not add up: "
+            f"{t.old_balance} -> {t.new_balance}",
+            file=sys.stderr,
+        )
+    return EXIT_FLAGGED if result.flagged else 0
+
+
+async def _report(args: argparse.Namespace) -> str:
+    from .history import build_report, render
+
+    if args.until < args.since:
+        raise UsageError("--to is before --from")
+    async with _history(args.db) as history:
+        account = args.account
+        if account is None:
+            accounts = [a for _, a in await history.accounts(args.provider)]
+            if len(accounts) > 1:
+                raise UsageError(
+                    f"{args.db} holds {len(accounts)} {args.provider} accounts; "
+                    f"choose one with --account: {', '.join(accounts)}"
+                )
+            account = accounts[0] if accounts else None
+        report = await build_report(
+            history, args.since, args.until, provider=args.provider, account=account
+        )
+    return render(report, args.format)
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    text = asyncio.run(_report(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"report written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from ._dashboard_demo import serve_dashboard
+
+    if not args.emulator:
+        raise UsageError(
+            "only --emulator can be served from here; mount "
+            "guard.aiohttp.dashboard() in your application"
+        )
+    try:
+        return asyncio.run(
+            serve_dashboard(host=args.host, port=args.port, token=args.token)
+        )
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"guard: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _provider(name: str, base_url: str | None) -> Provider:
@@ -197,6 +300,45 @@ def _parser() -> argparse.ArgumentParser:
         default=8080,
         help="default: %(default)s; 0 picks a free port (printed)",
     )
+
+    imports = commands.add_parser(
+        "import",
+        help="copy a provider's own transactions into a history database",
+        description="The key comes from GUARD_ONECLICKDZ_API_KEY. Exit code 5: "
+        "some transactions' balances don't add up (listed on stderr).",
+    )
+    imports.add_argument("provider", choices=["oneclickdz"])
+    imports.add_argument(
+        "--db", required=True, help="an SQLite file, or a postgresql:// URL"
+    )
+    imports.add_argument("--from", dest="since", type=_when, help="date or time")
+    imports.add_argument("--to", dest="until", type=_when, help="date or time")
+    imports.add_argument("--base-url", help="API root, e.g. an emulator's URL")
+
+    report = commands.add_parser(
+        "report", help="daily balances, deposits, spend and refunds from a history"
+    )
+    report.add_argument(
+        "--db", required=True, help="an SQLite file, or a postgresql:// URL"
+    )
+    report.add_argument("--from", dest="since", type=_day, required=True)
+    report.add_argument("--to", dest="until", type=_day, required=True)
+    report.add_argument("--format", choices=["csv", "json", "html"], default="csv")
+    report.add_argument("--output", "-o", help="write here instead of stdout")
+    report.add_argument("--provider", default="oneclickdz")
+    report.add_argument("--account", help="the account digest, if several")
+
+    board = commands.add_parser(
+        "dashboard", help="serve the operator dashboard against the emulator"
+    )
+    board.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run the bundled emulator with live guarded traffic",
+    )
+    board.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    board.add_argument("--port", type=_port, default=8080, help="default: %(default)s")
+    board.add_argument("--token", help="the bearer token (default: a random one)")
     return parser
 
 
@@ -212,6 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(quiet=args.quiet))
         if args.command == "emulator":
             return _emulator(args)
+        if args.command == "import":
+            return asyncio.run(_import(args))
+        if args.command == "report":
+            return _write_report(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
         return asyncio.run(_balance(args))
     except UsageError as exc:
         print(f"guard: {exc}", file=sys.stderr)
@@ -222,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BalanceUnavailable as exc:
         print(f"guard: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except GuardError as exc:  # pragma: no cover - every GuardError is above
+    except GuardError as exc:
+        # A history that cannot be opened, an unreadable transaction list...
         print(f"guard: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,9 +6,12 @@ emulator, told as a short story.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sys
+import tempfile
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -17,6 +20,13 @@ from ._aiohttp_client import guard_client_middleware
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
+from .history import (
+    SQLiteHistory,
+    build_report,
+    import_oneclickdz,
+    reconcile,
+    render,
+)
 from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
@@ -31,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._events import GuardEvent
+    from .providers import OneClickDZ
 
 __all__ = ["run_demo"]
 
@@ -230,12 +241,19 @@ async def run_demo(*, quiet: bool = False) -> int:
             log.removeHandler(handler)
         emu.clear_faults()
 
-        # -- 6. a priced fixed-plan top-up ------------------------------------
-        say("\n6. A fixed-plan top-up (PIXX_500) through the client middleware:")
+        # -- 6. history, reconciliation and a report -------------------------
+        report_path = await _history_step(emu, http, oneclick, say, check)
+
+        # -- 7. a priced fixed-plan top-up ------------------------------------
+        say("\n7. A fixed-plan top-up (PIXX_500) through the client middleware:")
         say(
             "   The request names a plan, not an amount. The guard reads the\n"
             "   provider's plan list (500.00 DZD at cost 0.97) and holds what the\n"
-            "   provider will really debit, not the face value."
+            "   provider will really debit, not the face value. The account is\n"
+            "   refilled with 1,000.00 DZD first."
+        )
+        emu.set_balance(
+            DEMO_ONECLICKDZ_KEY, emu.balance(DEMO_ONECLICKDZ_KEY) + Decimal(1000)
         )
         async with BalanceGuard() as guard:
             held: list[Decimal] = []
@@ -272,4 +290,58 @@ async def run_demo(*, quiet: bool = False) -> int:
         print(f"{summary}; failed: {'; '.join(failed)}", file=sys.stderr)
         return 1
     say(summary)
+    say(f"\nThe report is in {report_path}")
     return 0
+
+
+async def _history_step(
+    emu: Emulator,
+    http: aiohttp.ClientSession,
+    oneclick: OneClickDZ,
+    say: Callable[[str], None],
+    check: Callable[[str, bool], None],
+) -> Path:
+    say("\n6. Three guarded top-ups of 200.00 DZD, one of 300.00 DZD around guard:")
+    say(
+        "   A guard given a history records every balance it reads and every\n"
+        "   call it settles, off the hot path. The provider's own transactions\n"
+        "   are then imported and reconciled with them."
+    )
+
+    async def send(amount: int) -> None:
+        async with http.post(
+            f"{emu.url}/v3/mobile/send",
+            headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+            json={
+                "plan_code": "PREPAID_DJEZZY",
+                "MSSIDN": "0770000000",
+                "amount": amount,
+            },
+        ) as response:
+            await response.read()
+
+    folder = Path(tempfile.mkdtemp(prefix="guard-demo-"))
+    since = dt.datetime.now(dt.UTC)
+    async with SQLiteHistory(folder / "history.db") as history:
+        async with BalanceGuard(history=history) as guard:
+            for _ in range(3):
+                async with guard.reserve(oneclick, 200):
+                    await send(200)
+        await send(300)  # around guard
+        imported = await import_oneclickdz(history, oneclick)
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        found = await reconcile(history, since, until)
+        report = await build_report(history, since.date(), until.date())
+    say(
+        f"   imported {imported.added} transactions; {len(found.through_guard)} "
+        f"spends went through guard, {len(found.bypassed)} around it "
+        f"({_money(found.bypassed_total, 'DZD')})"
+    )
+    check(
+        "the spend made around guard shows up as bypassing it",
+        len(found.through_guard) == 3 and found.bypassed_total == Decimal(300),
+    )
+    check("every imported transaction adds up", not imported.flagged)
+    path = folder / "guard-report.html"
+    path.write_text(render(report, "html"), encoding="utf-8")
+    return path

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import attrs
 
 if TYPE_CHECKING:
+    import datetime as dt
     from decimal import Decimal
 
 __all__ = ["EventKind", "GuardEvent"]
@@ -45,6 +46,9 @@ class GuardEvent:
             as spent).
         error: The error behind ``"unavailable"``, ``"failed_open"`` and
             ``"auth_cooldown"``.
+        duration: For ``"settled"``: seconds the guarded block ran.
+        reported_at: For ``"fetched"``: when the provider says it read the
+            balance (OneClickDZ ``meta.timestamp``), if it said.
     """
 
     kind: EventKind
@@ -56,3 +60,5 @@ class GuardEvent:
     available: Decimal | None = None
     ok: bool | None = None
     error: BaseException | None = attrs.field(default=None, eq=False)
+    duration: float | None = attrs.field(default=None, eq=False)
+    reported_at: dt.datetime | None = None

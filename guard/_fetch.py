@@ -201,7 +201,9 @@ class Fetcher:
         if entry is not None:
             tracked.last = entry
             tracked.fetches += 1
-            self.emit("fetched", tracked, amount=amount)
+            self.emit(
+                "fetched", tracked, amount=amount, reported_at=tracked.reported_at
+            )
         return entry
 
     async def _fetch(self, tracked: Tracked, deadline: float) -> Decimal:
@@ -294,6 +296,7 @@ class Fetcher:
                         )
                         error.__cause__ = exc
                     else:
+                        tracked.reported_at = getattr(amount, "reported_at", None)
                         return _as_balance(amount, provider)
                     attempt += 1
                     delay = self._delay(attempt, error.retry_after)
@@ -366,7 +369,8 @@ def _as_balance(value: object, provider: Provider) -> Decimal:
         with contextlib.suppress(ArithmeticError, ValueError):
             value = Decimal(value)
     if isinstance(value, Decimal):
-        bounded = bounded_balance(value)
+        # A `Reported` balance is stored as the plain number.
+        bounded = bounded_balance(Decimal(value))
         if bounded is not None:
             return bounded
     raise ProviderResponseError(

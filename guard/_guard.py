@@ -35,6 +35,7 @@ from .errors import (
 from .stores import Hold, Short
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Awaitable, Callable, Iterable
     from decimal import Decimal
     from types import TracebackType
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from aiocache.base import BaseCache
 
     from .stores import Entry, Outcome, Ticket
-    from .typing import AmountLike, EventHook, Provider, Store
+    from .typing import AmountLike, EventHook, History, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 
@@ -68,7 +69,15 @@ class Reservation:
             checked.
     """
 
-    __slots__ = ("_failed", "_hold", "_report", "_tracked", "amount", "provider")
+    __slots__ = (
+        "_failed",
+        "_hold",
+        "_report",
+        "_started",
+        "_tracked",
+        "amount",
+        "provider",
+    )
 
     provider: Provider
     amount: Decimal
@@ -78,6 +87,7 @@ class Reservation:
     # None, or (for a block entered with reports=True) [the store's ticket
     # or None, the reported balance or None].
     _report: list[Any] | None
+    _started: float
 
     def __new__(
         cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
@@ -90,6 +100,7 @@ class Reservation:
         _RESERVATION_HOLD(self, hold)  # None: let through unchecked
         _RESERVATION_FAILED(self, False)
         _RESERVATION_REPORT(self, None)
+        _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -148,9 +159,18 @@ class Reservation:
     _RESERVATION_HOLD,
     _RESERVATION_FAILED,
     _RESERVATION_REPORT,
+    _RESERVATION_STARTED,
 ) = (
     Reservation.__dict__[name].__set__
-    for name in ("provider", "amount", "_tracked", "_hold", "_failed", "_report")
+    for name in (
+        "provider",
+        "amount",
+        "_tracked",
+        "_hold",
+        "_failed",
+        "_report",
+        "_started",
+    )
 )
 
 
@@ -325,6 +345,9 @@ class BalanceGuard:
             died holding it (or could not reach Redis to release it). Holds
             of running calls are renewed every ``lease / 3`` seconds, so a
             call may run longer than this.
+        history: Where to record every balance fetched and every settled
+            call, such as a `guard.history.SQLiteHistory`; recorded off the
+            hot path. Closing the guard flushes it; you close it.
     """
 
     def __init__(
@@ -346,6 +369,7 @@ class BalanceGuard:
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
         lease: float = 60.0,
+        history: History | None = None,
     ) -> None:
         check_settle(settle)
         if on_unavailable not in ("closed", "open"):
@@ -389,6 +413,10 @@ class BalanceGuard:
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
+        self.history = history
+        """Where this guard's balances and calls are recorded, if anywhere."""
+        if history is not None:
+            history.attach(self)
 
     @property
     def ttl(self) -> float:
@@ -433,6 +461,8 @@ class BalanceGuard:
         if self.closed:
             return
         self.closed = True
+        if self.history is not None:
+            await self.history.detach(self)
         await self._fetcher.aclose()
         await self._store.close()
 
@@ -748,7 +778,11 @@ class BalanceGuard:
             stats.spent = MONEY.add(stats.spent, reservation.amount)
         if self._hooks:
             self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
+                "settled",
+                reservation._tracked,
+                amount=reservation.amount,
+                ok=ok,
+                duration=time.monotonic() - reservation._started,
             )
 
     def _outcome(
@@ -868,6 +902,8 @@ class BalanceGuard:
         available: Decimal | None = None,
         ok: bool | None = None,
         error: BaseException | None = None,
+        duration: float | None = None,
+        reported_at: dt.datetime | None = None,
     ) -> None:
         if not self._hooks:
             return
@@ -882,6 +918,8 @@ class BalanceGuard:
             available=available,
             ok=ok,
             error=error,
+            duration=duration,
+            reported_at=reported_at,
         )
         for hook in self._hooks:
             try:

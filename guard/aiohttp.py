@@ -41,6 +41,7 @@ from guard._aiohttp_client import (
     guard_client_middleware,
     oneclickdz_rules,
 )
+from guard._dashboard import DashboardAuth, dashboard
 from guard._guard import BalanceGuard, Settle, _Reserve
 from guard._money import to_amount
 from guard._require import get_default_guard
@@ -64,6 +65,7 @@ __all__ = [
     "GUARD_KEY",
     "INSUFFICIENT_BALANCE_TYPE",
     "PROBLEM_CONTENT_TYPE",
+    "DashboardAuth",
     "ProblemHandler",
     "ReportedBalance",
     "RequestAmount",
@@ -72,6 +74,7 @@ __all__ = [
     "SpendRule",
     "clickatell_platform_rules",
     "clickatell_rules",
+    "dashboard",
     "default_rules",
     "guard_client_middleware",
     "guard_middleware",

@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._events import GuardEvent
+    from ._guard import BalanceGuard
     from .stores import Account, Entry, Hold, Outcome, Short, Ticket
 
 __all__ = [
     "AmountLike",
     "AmountSpec",
     "EventHook",
+    "History",
     "Provider",
     "Store",
     "TicketStore",
@@ -186,4 +188,24 @@ class TicketStore(Store, Protocol):
         """
         Return a lock-free `Ticket` for `put`: the account's generation
         now, with an empty token (no leave to fetch is taken).
+        """
+
+
+@runtime_checkable
+class History(Protocol):
+    """
+    **Protocol:** where a `guard.BalanceGuard` given ``history=`` records
+    its balances and settled calls, such as a `guard.history.SQLiteHistory`.
+    """
+
+    def attach(self, guard: BalanceGuard) -> None:
+        """
+        Start recording *guard*'s events (it calls this when made); must not
+        block.
+        """
+
+    async def detach(self, guard: BalanceGuard) -> None:
+        """
+        Stop recording *guard*'s events and write what is queued (it calls
+        this when it closes).
         """

@@ -55,7 +55,11 @@ class TestDemo:
         assert "refused: 3,000.00 DZD required, 2,500.00 DZD available" in out
         # The hold: of two concurrent top-ups that fit only alone, one runs.
         assert "refused: 1,500.00 DZD required, 1,000.00 DZD available" in out
-        assert "10 of 10 checks passed" in out
+        assert "12 of 12 checks passed" in out
+        # It ends by saying where its report is.
+        report = out.rstrip().rpartition("The report is in ")[2]
+        with open(report, encoding="utf-8") as page:
+            assert "Debits that bypassed guard" in page.read()
 
     def test_demo_money_format(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Every amount the demo prints is written one way: 2,500.00 DZD."""

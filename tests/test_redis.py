@@ -790,7 +790,11 @@ class TestRedisDown:
         """A fetch that began before Redis lost its data is not stored after it."""
         provider = HeldBack(1000)
         addr = ("127.0.0.1", server.port)
-        async with make(addr, "loss") as slow, make(addr, "loss") as other:
+        # Invalidating settles: each bumps the generation, as the loss must.
+        async with (
+            make(addr, "loss", settle="invalidate") as slow,
+            make(addr, "loss", settle="invalidate") as other,
+        ):
             for _ in range(3):
                 await slow.invalidate(provider)
             fetching = asyncio.create_task(slow.balance(provider))

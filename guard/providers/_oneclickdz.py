@@ -8,6 +8,7 @@ Wire details and sources: ``shared/providers.md``, section 1.
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import functools
 import json
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
+from guard._balance import Reported
 from guard._money import MONEY, bounded_balance
 from guard.errors import (
     AmountError,
@@ -41,7 +43,6 @@ from ._http import (
 )
 
 if TYPE_CHECKING:
-    import datetime as dt
     from collections.abc import Iterable, Sequence
 
     import aiohttp
@@ -191,7 +192,7 @@ def _error_of(doc: object) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) else None
 
 
-def _balance_of(data: object, status: int, rid: str | None) -> Decimal:
+def _balance_of(data: object, meta: object, status: int, rid: str | None) -> Decimal:
     provider = NAME
     if not isinstance(data, dict) or "balance" not in data:
         raise ProviderResponseError(
@@ -209,7 +210,21 @@ def _balance_of(data: object, status: int, rid: str | None) -> Decimal:
             status=status,
             request_id=rid,
         )
-    return checked_balance(Decimal(balance), provider, status)
+    amount = checked_balance(Decimal(balance), provider, status)
+    reported_at = _timestamp(meta)
+    return amount if reported_at is None else Reported(amount, reported_at)
+
+
+def _timestamp(meta: object) -> dt.datetime | None:
+    # ``meta.timestamp`` is optional, and only recorded: never fail on it.
+    stamp = meta.get("timestamp") if isinstance(meta, dict) else None
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _json_type(value: object) -> str:
@@ -239,11 +254,11 @@ def parse_envelope(
     retry_after: str | None = None,
     redact: Iterable[Secret] = (),
     now: dt.datetime | None = None,
-) -> tuple[Any, str | None]:
+) -> tuple[Any, str | None, object]:
     """
     Read any OneClickDZ answer: the ``data`` of a success envelope (an
-    object, or a list as one guide shows for products) and the
-    ``requestId``, or the error it carries.
+    object, or a list as one guide shows for products), the ``requestId``
+    and the ``meta``, or the error it carries.
 
     The error code decides first (403 means many things on this API); bodies
     without one (router misses, proxy HTML pages) are classified by status.
@@ -308,7 +323,7 @@ def parse_envelope(
                 status=status,
                 request_id=rid,
             )
-        return data, rid
+        return data, rid, doc.get("meta")
 
     if code is not None:
         # SECURITY: an unknown code is provider text too; it may echo a key.
@@ -359,10 +374,10 @@ def parse_balance(
         ProviderResponseError: An answer that holds no readable balance.
         BalanceUnavailable: A transient failure (429, 5xx...).
     """
-    data, rid = parse_envelope(
+    data, rid, meta = parse_envelope(
         status, body, retry_after=retry_after, redact=redact, now=now
     )
-    return _balance_of(data, status, rid)
+    return _balance_of(data, meta, status, rid)
 
 
 # --- The provider -------------------------------------------------------------
@@ -527,7 +542,7 @@ async def _get(provider: OneClickDZ, session: aiohttp.ClientSession, path: str) 
         redact=redact,
         headers={TOKEN_HEADER: provider.api_key, "Accept": "application/json"},
     )
-    data, _ = parse_envelope(status, body, retry_after=retry_after, redact=redact)
+    data, _, _ = parse_envelope(status, body, retry_after=retry_after, redact=redact)
     return data
 
 

@@ -21,6 +21,7 @@ from ._common import (
     JSON_TYPE,
     AmountInput,
     Clock,
+    RawJSON,
     Refused,
     dumps,
     iso,
@@ -403,6 +404,10 @@ class OneClickDZServer:
         # balances stay exact however callers race.
         self._lock = lock
         self.accounts: dict[str, OneClickDZAccount] = {}
+        # Each ledger entry's JSON, written once: paging through a long
+        # ledger would otherwise serialize the same rows again and again.
+        # Keyed by value, so that a test that replaces an entry sees it.
+        self._entry_json: dict[Transaction, RawJSON] = {}
         self._failures: dict[str, list[float]] = {}
         self._blocked: dict[str, float] = {}
 
@@ -506,19 +511,19 @@ class OneClickDZServer:
     ) -> None:
         old = account.balance
         account.balance = old + delta
-        account.transactions.append(
-            Transaction(
-                new_id(),
-                kind,
-                "CREDIT" if delta > 0 else "DEBIT",
-                abs(delta),
-                old,
-                account.balance,
-                objid,
-                note,
-                self._clock.wall(),
-            )
+        entry = Transaction(
+            new_id(),
+            kind,
+            "CREDIT" if delta > 0 else "DEBIT",
+            abs(delta),
+            old,
+            account.balance,
+            objid,
+            note,
+            self._clock.wall(),
         )
+        account.transactions.append(entry)
+        self._json_of(entry)
 
     def unblock(self) -> None:
         self._blocked.clear()
@@ -831,7 +836,7 @@ class OneClickDZServer:
         first = (page - 1) * size
         return self._ok(
             {
-                "items": [t.to_json() for t in items[first : first + size]],
+                "items": [self._json_of(t) for t in items[first : first + size]],
                 "pagination": {
                     "page": page,
                     "pageSize": size,
@@ -840,6 +845,12 @@ class OneClickDZServer:
                 },
             }
         )
+
+    def _json_of(self, entry: Transaction) -> RawJSON:
+        text = self._entry_json.get(entry)
+        if text is None:
+            text = self._entry_json[entry] = RawJSON(dumps(entry.to_json()))
+        return text
 
     async def _plans(self, request: web.Request) -> web.Response:
         self._authenticate(request)

@@ -77,3 +77,21 @@ async def priced(platform_key: str) -> None:
         await send_topup("0550000000", Decimal(1))
     except BalanceUnavailable as exc:
         assert_type(exc.request_id, str | None)
+
+
+async def use_history() -> None:
+    from aiohttp import web
+
+    from guard.aiohttp import dashboard
+    from guard.history import Reconciliation, SQLiteHistory, reconcile
+
+    async with (
+        SQLiteHistory("history.db") as history,
+        BalanceGuard(history=history) as guard,
+    ):
+        assert_type(dashboard(guard, history=history, auth="t" * 16), web.Application)
+        readings = await history.readings(provider="oneclickdz")
+        assert_type(readings[0].amount, Decimal)
+        found = await reconcile(history, readings[0].at, readings[-1].at)
+        assert_type(found, Reconciliation)
+        assert_type(found.ratio, Decimal | None)
