@@ -18,6 +18,10 @@ One run prints:
     ``async with require_balance(...)``. Each figure is the median of several
     repeats of a tight loop; the repeats are interleaved so that noise from
     other processes hits every candidate alike. Target: at most 2.0x one get.
+    The same decorated call on a guard whose metrics are exported
+    (``guard.prometheus.GuardCollector`` and ``guard.otel.instrument`` with
+    the OpenTelemetry SDK's in-memory reader, both scraped between repeats),
+    as a ratio to the call without. Target: at most 1.05x.
 (b) balance requests reaching the provider for 1,000 concurrent cold guarded
     calls on a fresh guard. Target: exactly 1.
 (c) the same figures for the naive version (an ``@cached(ttl=30)`` balance
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     Loop = Callable[[int], Awaitable[None]]
 
 TARGET_RATIO = 2.0
+METRICS_TARGET = 1.05
 COLD_CALLS = 1_000
 SPENDERS = 50
 SPEND = Decimal(100)
@@ -249,6 +254,11 @@ async def warm_path(
     provider = backend.account(PLENTY, delay=0)
     required = require_balance(provider, 1, guard=guard_)
     guarded = required(_noop)
+    # The same call on a guard whose metrics are exported (Prometheus and,
+    # through the SDK, OpenTelemetry) and scraped between repeats.
+    metered_guard = BalanceGuard(settle="debit")
+    scrape = _export(metered_guard)
+    metered = require_balance(provider, 1, guard=metered_guard)(_noop)
 
     get_balance = naive_reader(backend, provider)
     amount = Decimal(1)
@@ -264,6 +274,10 @@ async def warm_path(
     async def decorator(n: int) -> None:
         for _ in range(n):
             await guarded()
+
+    async def decorator_metered(n: int) -> None:
+        for _ in range(n):
+            await metered()
 
     async def context_manager(n: int) -> None:
         for _ in range(n):
@@ -284,6 +298,7 @@ async def warm_path(
         "await": bare,
         "get": cache_get,
         "decorator": decorator,
+        "decorator, metrics": decorator_metered,
         "async with": context_manager,
         "async with, inline": context_manager_inline,
         "naive": naive,
@@ -301,12 +316,42 @@ async def warm_path(
             names = names[repeat % len(names) :] + names[: repeat % len(names)]
             for name in names:
                 samples[name].append(await _time(loops[name], calls))
+            scrape()
         fetches = backend.balance_requests(provider) - before
     finally:
         await guard_.aclose()
+        await metered_guard.aclose()
         await cache.close()
         await get_balance.cache.close()  # type: ignore[attr-defined]
     return samples, fetches
+
+
+def _export(guard_: BalanceGuard) -> Callable[[], object]:
+    """
+    Export *guard_*'s metrics to Prometheus and OpenTelemetry (SDK readers);
+    return a function that scrapes both once.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from guard.otel import instrument
+    from guard.prometheus import GuardCollector
+
+    registry = CollectorRegistry()
+    registry.register(GuardCollector(guard_))
+    reader = InMemoryMetricReader()
+    instrument(
+        guard_,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracer_provider=TracerProvider(),
+    )
+
+    def scrape() -> object:
+        return generate_latest(registry), reader.get_metrics_data()
+
+    return scrape
 
 
 def _paired(samples: dict[str, list[float]], base: str) -> dict[str, float]:
@@ -426,6 +471,7 @@ LOOP_LABELS = {
     "await": "await trivial()",
     "get": "await SimpleMemoryCache(timeout=None).get(key)",
     "decorator": "await guarded()  # @require_balance(p, 1)",
+    "decorator, metrics": "the same, metrics exported (Prometheus, OTel SDK)",
     "async with": "async with rb: await trivial()  # rb made once",
     "async with, inline": "async with require_balance(p, 1): await trivial()",
     "naive": "if await get_balance() >= 1: await trivial()",
@@ -475,6 +521,7 @@ async def run(args: argparse.Namespace) -> bool:
     print()
 
     deco = per_get["decorator"]
+    metered_ratio = _paired(samples, "decorator")["decorator, metrics"]
     rows: list[tuple[str, str, str, str, bool | None]] = [
         (
             "(a) warm call / aiocache get, decorator",
@@ -489,6 +536,13 @@ async def run(args: argparse.Namespace) -> bool:
             "",
             "",
             None,
+        ),
+        (
+            "(a) warm call with metrics / without",
+            _ratio(metered_ratio),
+            "",
+            f"<= {METRICS_TARGET:.2f}x",
+            metered_ratio <= METRICS_TARGET,
         ),
         (
             "(a) warm call / bare await, decorator",

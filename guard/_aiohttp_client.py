@@ -19,6 +19,7 @@ import attrs
 from aiohttp import payload as aiohttp_payload
 from multidict import MultiDict, MultiDictProxy
 
+from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
 from guard.errors import BalanceUnavailable, ConfigurationError
@@ -390,6 +391,13 @@ def guard_client_middleware(
                 "sent unguarded",
                 request.method,
                 request.url.path,
+                extra=fields(
+                    "sent_unguarded",
+                    provider="",
+                    account="",
+                    method=request.method,
+                    path=request.url.path,
+                ),
             )
             return await handler(request)
         active = guard or get_default_guard()

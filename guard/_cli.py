@@ -16,6 +16,7 @@ from .errors import BalanceUnavailable, GuardError, ProviderAuthError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._watch import Mode
     from .history import BaseHistory
     from .testing import Emulator
     from .typing import Provider
@@ -210,6 +211,69 @@ async def _balance(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _watch(args: argparse.Namespace) -> int:
+    from ._watch import emulated_traffic, watch
+
+    unknown = [name for name in args.providers if name not in ENV]
+    if unknown:
+        raise UsageError(
+            f"watch: unknown provider {unknown[0]!r} (choose from "
+            f"{', '.join(sorted(ENV))})"
+        )
+    names = list(dict.fromkeys(args.providers))
+    mode = _mode(args)
+    options = {"fetch_timeout": args.timeout, "outage_backoff": 0}
+    if args.emulator:
+        from .testing import (
+            DEMO_CLICKATELL_API_ID,
+            DEMO_CLICKATELL_PASSWORD,
+            DEMO_CLICKATELL_USER,
+            DEMO_ONECLICKDZ_KEY,
+            Emulator,
+        )
+
+        async with Emulator.with_demo_accounts() as emu:
+            emulated: dict[str, Provider] = {
+                "oneclickdz": emu.oneclickdz(DEMO_ONECLICKDZ_KEY),
+                "clickatell": emu.clickatell(
+                    DEMO_CLICKATELL_USER,
+                    DEMO_CLICKATELL_PASSWORD,
+                    DEMO_CLICKATELL_API_ID,
+                ),
+            }
+            providers = [emulated[n] for n in names or ENV]
+            async with (
+                BalanceGuard(**options) as guard,
+                emulated_traffic(emu, guard, providers),
+            ):
+                await watch(guard, providers, interval=args.interval, mode=mode)
+        return 0  # pragma: no cover - watch only ends by an exception
+    if not names:
+        names = [n for n in ENV if all(os.environ.get(v) for v in ENV[n])]
+        if not names:
+            raise UsageError(
+                "watch: name a provider and set its credentials ("
+                + "; ".join(f"{n}: {', '.join(env)}" for n, env in ENV.items())
+                + "), or try --emulator"
+            )
+    providers = [_provider(name, args.base_url) for name in names]
+    async with BalanceGuard(**options) as guard:
+        await watch(guard, providers, interval=args.interval, mode=mode)
+    return 0  # pragma: no cover - watch only ends by an exception
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    if args.json:
+        return "json"
+    if not sys.stdout.isatty():
+        return "plain"
+    try:
+        import rich  # noqa: F401
+    except ImportError:  # pragma: no cover - the test extra has rich
+        return "plain"
+    return "rich"
+
+
 def _banner(emu: Emulator) -> str:
     from .testing import (
         DEMO_CLICKATELL_API_ID,
@@ -289,6 +353,35 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
     )
 
+    watch = commands.add_parser(
+        "watch",
+        help="a live view of provider balances (credentials as for balance)",
+        description="Polls each balance and shows it with what is held, what "
+        "is available, its age, the spend per hour, the time to empty and the "
+        "alert level. A table on a terminal (the cli extra), a line per poll "
+        "otherwise, JSON lines with --json. Credentials as for balance; with "
+        "no provider named, every one whose credentials are set.",
+    )
+    watch.add_argument(
+        "providers",
+        nargs="*",
+        metavar="provider",
+        help=f"{' or '.join(sorted(ENV))} (default: all with credentials)",
+    )
+    watch.add_argument(
+        "--interval", type=_seconds, default=5.0, help="seconds (default: 5)"
+    )
+    watch.add_argument("--json", action="store_true", help="print JSON lines")
+    watch.add_argument(
+        "--emulator",
+        action="store_true",
+        help="watch the bundled emulator's demo accounts, with traffic",
+    )
+    watch.add_argument("--base-url", help="API root, e.g. an emulator's URL")
+    watch.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
+    )
+
     emulator = commands.add_parser(
         "emulator",
         help="serve the OneClickDZ and Clickatell emulator with demo accounts",
@@ -360,6 +453,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _write_report(args)
         if args.command == "dashboard":
             return _dashboard(args)
+        if args.command == "watch":
+            try:
+                return asyncio.run(_watch(args))
+            except KeyboardInterrupt:
+                return 0
+            except BrokenPipeError:  # `| head`: the reader has seen enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         return asyncio.run(_balance(args))
     except UsageError as exc:
         print(f"guard: {exc}", file=sys.stderr)

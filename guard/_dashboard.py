@@ -15,13 +15,13 @@ import datetime as dt
 import hashlib
 import inspect
 import json
-import logging
 from decimal import Decimal
 from html import escape
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from aiohttp import web
 
+from guard._logs import fields, log
 from guard.errors import ConfigurationError, GuardError
 from guard.history._chart import svg_chart
 from guard.providers import Secret
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DashboardAuth", "dashboard"]
 
-log = logging.getLogger("guard")
 
 DashboardAuth: TypeAlias = "str | Secret | Callable[[web.Request], Awaitable[bool]]"
 """
@@ -241,7 +240,14 @@ class _View:
             if inspect.isawaitable(level):
                 level = await level
         except Exception:
-            log.exception("dashboard: the monitor's level() failed")
+            log.exception(
+                "dashboard: the monitor's level() failed",
+                extra=fields(
+                    "dashboard_level_failed",
+                    provider=state.provider,
+                    account=state.account,
+                ),
+            )
             return "unknown"
         if level is None:
             return None

@@ -13,10 +13,11 @@ import logging
 import random
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import aiohttp
 
+from ._logs import fields
 from ._money import bounded_balance
 from .errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 from .stores import Entry
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
     from ._accounts import Tracked
     from .typing import Provider, Store
+
+    FetchEnd: TypeAlias = Callable[[str, float, BaseException | None], None]
+    FetchTrace: TypeAlias = Callable[[Tracked], FetchEnd]
 
 __all__ = ["Fetcher"]
 
@@ -83,6 +87,10 @@ class Fetcher:
         self._own_session = session is None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._tracked: list[Tracked] = []
+        # Called as each provider request begins; what it returns, as it
+        # ends, with the outcome (as counted), the seconds and the error.
+        # None (the default) costs a fetch one test.
+        self.trace: FetchTrace | None = None
 
     async def aclose(self) -> None:
         """
@@ -134,7 +142,12 @@ class Fetcher:
                 "%s: background refresh failed: %s",
                 tracked.provider.name,
                 exc.reason,
-                extra={"guard_event": "refresh_failed"},
+                extra=fields(
+                    "refresh_failed",
+                    provider=tracked.provider.name,
+                    account=tracked.digest,
+                    reason=exc.reason,
+                ),
             )
         finally:
             tracked.refreshing = None
@@ -214,16 +227,23 @@ class Fetcher:
             # An outage: don't pile a new request on it for every caller.
             raise _still_down(tracked.down_error, tracked.down_until - now)
         stats = tracked.stats
+        end = None if self.trace is None else self.trace(tracked)
+        outcome = "cancelled"
+        error: BaseException | None = None
         try:
             amount = await self._ask(tracked, deadline)
-        except ProviderAuthError:
+            outcome = "ok"
+        except ProviderAuthError as exc:
             stats.fetches_auth += 1
+            outcome, error = "auth", exc
             raise
-        except ProviderResponseError:
+        except ProviderResponseError as exc:
             stats.fetches_bad_response += 1
+            outcome, error = "bad_response", exc
             raise
         except BalanceUnavailable as exc:
             stats.fetches_unavailable += 1
+            outcome, error = "unavailable", exc
             if stats.unavailable_since is None:
                 stats.unavailable_since = dt.datetime.now(dt.UTC)
             if self.outage_backoff:
@@ -236,7 +256,10 @@ class Fetcher:
                 tracked.down_error = exc
             raise
         finally:
-            stats.fetched(time.monotonic() - now)
+            seconds = time.monotonic() - now
+            stats.fetched(seconds)
+            if end is not None:
+                end(outcome, seconds, error)
         stats.fetches_ok += 1
         stats.unavailable_since = None
         tracked.backoff = 0.0

@@ -22,6 +22,7 @@ from ._balance import Balance
 from ._catalogue import Catalogues
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher
+from ._logs import fields
 from ._loops import HomeLoop
 from ._money import MONEY, ZERO, to_amount
 from ._options import check_settle, count, make_store, name, seconds
@@ -768,6 +769,14 @@ class BalanceGuard:
             "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
             tracked.provider.name,
             exc.reason,
+            extra=fields(
+                "failed_open",
+                provider=tracked.provider.name,
+                account=tracked.digest,
+                currency=tracked.provider.currency,
+                amount=amount,
+                reason=exc.reason,
+            ),
         )
         self._emit("failed_open", tracked, amount=amount, error=exc)
         return Reservation(tracked.provider, amount, tracked, None)
@@ -925,7 +934,17 @@ class BalanceGuard:
             try:
                 hook(event)
             except Exception:
-                log.exception("guard hook %r failed on %s", hook, kind)
+                log.exception(
+                    "guard hook %r failed on %s",
+                    hook,
+                    kind,
+                    extra=fields(
+                        "hook_failed",
+                        provider=event.provider,
+                        account=event.account,
+                        kind=kind,
+                    ),
+                )
 
 
 def _balance(tracked: Tracked, entry: Entry) -> Balance:

@@ -43,6 +43,7 @@ from guard._aiohttp_client import (
 )
 from guard._dashboard import DashboardAuth, dashboard
 from guard._guard import BalanceGuard, Settle, _Reserve
+from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
 from guard.errors import (
@@ -361,14 +362,33 @@ def guard_middleware(
     ):
         raise ValueError(f"retry_after must be seconds >= 0, got {retry_after!r}")
 
-    async def answer(request: web.Request, exc: GuardError) -> web.StreamResponse:
+    async def answer(
+        request: web.Request, exc: GuardError, rule: RouteRule | None
+    ) -> web.StreamResponse:
         if isinstance(exc, BalanceUnavailable):
             # SECURITY: str(exc) never holds a credential; the client gets a
             # generic detail all the same.
             level = (
                 logging.ERROR if isinstance(exc, ProviderAuthError) else logging.WARNING
             )
-            log.log(level, "%s %s: %s", request.method, request.path, exc)
+            # A handler's own guarded call: its account is not known here.
+            account = "" if rule is None else account_of(request, rule)
+            log.log(
+                level,
+                "%s %s: %s",
+                request.method,
+                request.path,
+                exc,
+                extra=fields(
+                    "request_unavailable",
+                    provider=exc.provider,
+                    account=account,
+                    method=request.method,
+                    path=request.path,
+                    reason=exc.reason,
+                    status=exc.status,
+                ),
+            )
         if problem is not None:
             custom = problem(request, exc)
             if inspect.isawaitable(custom):
@@ -378,6 +398,10 @@ def guard_middleware(
         return problem_response(
             exc, retry_after=retry_after, expose_available=expose_available
         )
+
+    def account_of(request: web.Request, rule: RouteRule) -> str:
+        active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
+        return active._track(rule.provider).digest
 
     async def guarded(
         request: web.Request,
@@ -442,6 +466,7 @@ def guard_middleware(
     async def guard_balance(
         request: web.Request, handler: Handler
     ) -> web.StreamResponse:
+        rule: RouteRule | None = None
         try:
             if rules:
                 match_info = request.match_info
@@ -453,7 +478,7 @@ def guard_middleware(
                     return await guarded(request, handler, rule, entry[2])
             return await handler(request)
         except (InsufficientBalance, BalanceUnavailable) as exc:
-            return await answer(request, exc)
+            return await answer(request, exc, rule)
         except AmountError as exc:
             # A handler decorated with require_balance whose amount could not
             # be read from the request: the client's fault, not a 500.

@@ -15,6 +15,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from guard._logs import fields
 from guard._money import to_amount
 from guard.errors import ConfigurationError, GuardError
 
@@ -265,6 +266,9 @@ class BaseHistory:
                     "guard history: queue full (%d records); %d dropped so far",
                     self.queue_size,
                     self.dropped,
+                    extra=fields(
+                        "history_dropped", provider="", account="", dropped=self.dropped
+                    ),
                 )
             return
         self._queue.append(record)
@@ -307,7 +311,16 @@ class BaseHistory:
                 await self.write(batch)
             except Exception:
                 self.dropped += len(taken)
-                log.exception("guard history: %d records not written", len(taken))
+                log.exception(
+                    "guard history: %d records not written",
+                    len(taken),
+                    extra=fields(
+                        "history_write_failed",
+                        provider="",
+                        account="",
+                        dropped=len(taken),
+                    ),
+                )
                 continue
             self.written += len(taken)
             if (
@@ -318,7 +331,10 @@ class BaseHistory:
                 try:
                     await self.prune(self.clock() - self.retention)
                 except Exception:
-                    log.exception("guard history: pruning failed")
+                    log.exception(
+                        "guard history: pruning failed",
+                        extra=fields("history_prune_failed", provider="", account=""),
+                    )
 
     async def write(self, records: Iterable[Reading | Call | Alert]) -> None:
         """

@@ -13,6 +13,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .._logs import digest, fields
 from .._money import MONEY, ZERO
 from ..errors import BalanceUnavailable
 from ._values import Account, Entry, Hold, Outcome, Short, Ticket
@@ -263,6 +264,12 @@ class MemoryStore:
                 "%s: could not delete a cached balance: %s",
                 account.provider,
                 type(exc).__name__,
+                extra=fields(
+                    "cache_delete_failed",
+                    provider=account.provider,
+                    account=digest(account.key),
+                    error=type(exc).__name__,
+                ),
             )
 
     async def invalidate(self, account: Account) -> None:
