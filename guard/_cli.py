@@ -227,6 +227,7 @@ async def _watch(args: argparse.Namespace) -> int:
         from .testing import (
             DEMO_CLICKATELL_API_ID,
             DEMO_CLICKATELL_PASSWORD,
+            DEMO_CLICKATELL_PLATFORM_KEY,
             DEMO_CLICKATELL_USER,
             DEMO_ONECLICKDZ_KEY,
             Emulator,
@@ -239,6 +240,9 @@ async def _watch(args: argparse.Namespace) -> int:
                     DEMO_CLICKATELL_USER,
                     DEMO_CLICKATELL_PASSWORD,
                     DEMO_CLICKATELL_API_ID,
+                ),
+                "clickatell-platform": emu.clickatell_platform(
+                    DEMO_CLICKATELL_PLATFORM_KEY
                 ),
             }
             providers = [emulated[n] for n in names or ENV]
@@ -278,11 +282,15 @@ def _banner(emu: Emulator) -> str:
     from .testing import (
         DEMO_CLICKATELL_API_ID,
         DEMO_CLICKATELL_PASSWORD,
+        DEMO_CLICKATELL_PLATFORM_KEY,
         DEMO_CLICKATELL_USER,
         DEMO_ONECLICKDZ_KEY,
+        PlatformAccount,
     )
 
     oneclick = emu.balance(DEMO_ONECLICKDZ_KEY)
+    platform = emu.account(DEMO_CLICKATELL_PLATFORM_KEY)
+    assert isinstance(platform, PlatformAccount)
     credits = emu.balance(DEMO_CLICKATELL_USER)
     minutes = emu.ip_block_seconds / 60
     return "\n".join(
@@ -293,6 +301,8 @@ def _banner(emu: Emulator) -> str:
             f"  Clickatell  user: {DEMO_CLICKATELL_USER}  "
             f"password: {DEMO_CLICKATELL_PASSWORD}  "
             f"api_id: {DEMO_CLICKATELL_API_ID}  credits: {credits}",
+            f"  Clickatell Platform  Authorization: {DEMO_CLICKATELL_PLATFORM_KEY}  "
+            f"balance: {platform.balance} {platform.currency}",
             # The real API does this too; a client that retries bad keys
             # locks itself out here first.
             f"  As the real OneClickDZ does, {emu.auth_failure_limit} bad "

@@ -289,6 +289,12 @@ class Fetcher:
                 "%s: could not learn the key type: %s",
                 tracked.provider.name,
                 type(exc).__name__,
+                extra=fields(
+                    "key_type_unknown",
+                    provider=tracked.provider.name,
+                    account=tracked.digest,
+                    reason=type(exc).__name__,
+                ),
             )
             return
         tracked.key_type = kind if kind in ("SANDBOX", "PRODUCTION") else None

@@ -22,6 +22,7 @@ from ._clickatell_platform import PlatformAccount
 from ._core import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
+    DEMO_CLICKATELL_PLATFORM_KEY,
     DEMO_CLICKATELL_USER,
     DEMO_ONECLICKDZ_KEY,
     EMULATOR_KEY,
@@ -45,6 +46,7 @@ __all__ = [
     "ClickatellAccount",
     "DEMO_CLICKATELL_API_ID",
     "DEMO_CLICKATELL_PASSWORD",
+    "DEMO_CLICKATELL_PLATFORM_KEY",
     "DEMO_CLICKATELL_USER",
     "DEMO_ONECLICKDZ_KEY",
     "EMULATOR_KEY",

@@ -48,6 +48,7 @@ DEMO_ONECLICKDZ_KEY: Final = "demo-oneclickdz-key"
 DEMO_CLICKATELL_USER: Final = "demo"
 DEMO_CLICKATELL_PASSWORD: Final = "demo-password"  # noqa: S105 - a demo account
 DEMO_CLICKATELL_API_ID: Final = "3000001"
+DEMO_CLICKATELL_PLATFORM_KEY: Final = "demo-clickatell-platform-key"
 
 EMULATOR_KEY: Final = web.AppKey["Emulator"]("guard.emulator")
 """
@@ -198,6 +199,8 @@ class Emulator:
         - OneClickDZ key ``"demo-oneclickdz-key"`` with 10000 DZD.
         - Clickatell user ``"demo"``, password ``"demo-password"``, api_id
           ``"3000001"`` with 100 credits.
+        - Clickatell Platform key ``"demo-clickatell-platform-key"`` with
+          250 ZAR.
 
         Args:
             host: Where to listen.
@@ -212,6 +215,7 @@ class Emulator:
             DEMO_CLICKATELL_API_ID,
             100,
         )
+        emu.add_clickatell_platform(DEMO_CLICKATELL_PLATFORM_KEY, 250)
         return emu
 
     # -- lifecycle --
