@@ -18,12 +18,18 @@ class Balance:
         amount: The balance, exact.
         currency: ``"DZD"`` for OneClickDZ, ``"credits"`` for Clickatell.
         fetched_at: When the provider reported it (UTC).
+        sandbox: True when it was read with a sandbox key (a OneClickDZ
+            SANDBOX key, whose sends never move money), as the provider's
+            ``key_type`` said.
+
+    .. versionchanged:: 0.2 *sandbox*.
     """
 
     provider: str
     amount: Decimal = attrs.field(validator=attrs.validators.instance_of(Decimal))
     currency: str
     fetched_at: dt.datetime
+    sandbox: bool = attrs.field(default=False, kw_only=True)
 
     @property
     def age(self) -> float:

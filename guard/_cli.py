@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from ._guard import BalanceGuard
@@ -36,6 +36,7 @@ ENV = {
         "GUARD_CLICKATELL_PASSWORD",
         "GUARD_CLICKATELL_API_ID",
     ),
+    "clickatell-platform": ("GUARD_CLICKATELL_API_KEY",),
 }
 
 
@@ -168,20 +169,19 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _provider(name: str, base_url: str | None) -> Provider:
-    from .providers import Clickatell, OneClickDZ
+    from .providers import Clickatell, ClickatellPlatform, OneClickDZ
 
     missing = [var for var in ENV[name] if not os.environ.get(var)]
     if missing:
         raise UsageError(f"set {', '.join(missing)} to read the {name} balance")
     values = [os.environ[var] for var in ENV[name]]
+    where: dict[str, Any] = {} if base_url is None else {"base_url": base_url}
     try:
         if name == "oneclickdz":
-            if base_url is None:
-                return OneClickDZ(values[0])
-            return OneClickDZ(values[0], base_url=base_url)
-        if base_url is None:
-            return Clickatell(values[0], values[1], values[2])
-        return Clickatell(values[0], values[1], values[2], base_url=base_url)
+            return OneClickDZ(values[0], **where)
+        if name == "clickatell-platform":
+            return ClickatellPlatform(values[0], **where)
+        return Clickatell(values[0], values[1], values[2], **where)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -190,6 +190,7 @@ async def _balance(args: argparse.Namespace) -> int:
     provider = _provider(args.provider, args.base_url)
     async with BalanceGuard(fetch_timeout=args.timeout) as guard:
         balance = await guard.balance(provider)
+        (state,) = guard.accounts()
     if args.json:
         print(
             json.dumps(
@@ -198,11 +199,15 @@ async def _balance(args: argparse.Namespace) -> int:
                     "amount": str(balance.amount),
                     "currency": balance.currency,
                     "fetched_at": balance.fetched_at.isoformat(),
+                    "key_type": state.key_type,
+                    "sandbox": balance.sandbox,
                 }
             )
         )
     else:
-        print(f"{balance.provider}: {balance.amount} {balance.currency}")
+        # A sandbox key's balance is no money: say so where it is shown.
+        kind = "" if state.key_type is None else f" ({state.key_type} key)"
+        print(f"{balance.provider}: {balance.amount} {balance.currency}{kind}")
     return 0
 
 
@@ -222,6 +227,7 @@ async def _watch(args: argparse.Namespace) -> int:
         from .testing import (
             DEMO_CLICKATELL_API_ID,
             DEMO_CLICKATELL_PASSWORD,
+            DEMO_CLICKATELL_PLATFORM_KEY,
             DEMO_CLICKATELL_USER,
             DEMO_ONECLICKDZ_KEY,
             Emulator,
@@ -234,6 +240,9 @@ async def _watch(args: argparse.Namespace) -> int:
                     DEMO_CLICKATELL_USER,
                     DEMO_CLICKATELL_PASSWORD,
                     DEMO_CLICKATELL_API_ID,
+                ),
+                "clickatell-platform": emu.clickatell_platform(
+                    DEMO_CLICKATELL_PLATFORM_KEY
                 ),
             }
             providers = [emulated[n] for n in names or ENV]
@@ -273,11 +282,15 @@ def _banner(emu: Emulator) -> str:
     from .testing import (
         DEMO_CLICKATELL_API_ID,
         DEMO_CLICKATELL_PASSWORD,
+        DEMO_CLICKATELL_PLATFORM_KEY,
         DEMO_CLICKATELL_USER,
         DEMO_ONECLICKDZ_KEY,
+        PlatformAccount,
     )
 
     oneclick = emu.balance(DEMO_ONECLICKDZ_KEY)
+    platform = emu.account(DEMO_CLICKATELL_PLATFORM_KEY)
+    assert isinstance(platform, PlatformAccount)
     credits = emu.balance(DEMO_CLICKATELL_USER)
     minutes = emu.ip_block_seconds / 60
     return "\n".join(
@@ -288,6 +301,8 @@ def _banner(emu: Emulator) -> str:
             f"  Clickatell  user: {DEMO_CLICKATELL_USER}  "
             f"password: {DEMO_CLICKATELL_PASSWORD}  "
             f"api_id: {DEMO_CLICKATELL_API_ID}  credits: {credits}",
+            f"  Clickatell Platform  Authorization: {DEMO_CLICKATELL_PLATFORM_KEY}  "
+            f"balance: {platform.balance} {platform.currency}",
             # The real API does this too; a client that retries bad keys
             # locks itself out here first.
             f"  As the real OneClickDZ does, {emu.auth_failure_limit} bad "

@@ -285,6 +285,7 @@ class _View:
                     "level": await self._level(state),
                     "spent": format(state.spent, "f"),
                     "calls": dict(state.calls),
+                    "sandbox": state.sandbox,
                 }
             )
         return rows
@@ -326,7 +327,8 @@ class _View:
             level = row["level"]
             css = f' class="level-{escape(level)}"' if level else ""
             cells = [
-                escape(row["provider"]),
+                # A sandbox key's balance is no money: say so.
+                escape(row["provider"]) + (" (SANDBOX)" if row["sandbox"] else ""),
                 f"<code>{escape(row['account'])}</code>",
                 _money(row["balance"], row["currency"]),
                 _money(row["held"], row["currency"]),

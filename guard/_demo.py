@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ._aiohttp_client import guard_client_middleware
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
@@ -40,6 +41,7 @@ from .testing import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._events import GuardEvent
     from .providers import OneClickDZ
 
 __all__ = ["run_demo"]
@@ -297,6 +299,46 @@ async def run_demo(*, quiet: bool = False) -> int:
 
         # -- 7. history, reconciliation and a report -------------------------
         report_path = await _history_step(emu, http, oneclick, say, check)
+
+        # -- 7. a priced fixed-plan top-up ------------------------------------
+        say("\n7. A fixed-plan top-up (PIXX_500) through the client middleware:")
+        say(
+            "   The request names a plan, not an amount. The guard reads the\n"
+            "   provider's plan list (500.00 DZD at cost 0.97) and holds what the\n"
+            "   provider will really debit, not the face value. The account is\n"
+            "   refilled with 1,000.00 DZD first."
+        )
+        emu.set_balance(
+            DEMO_ONECLICKDZ_KEY, emu.balance(DEMO_ONECLICKDZ_KEY) + Decimal(1000)
+        )
+        async with BalanceGuard() as guard:
+            held: list[Decimal] = []
+
+            def on_settled(event: GuardEvent) -> None:
+                if event.kind == "settled" and event.amount is not None:
+                    held.append(event.amount)
+
+            guard.add_hook(on_settled)
+            middleware = guard_client_middleware(guard, providers=[oneclick])
+            before = emu.balance(DEMO_ONECLICKDZ_KEY)
+            async with (
+                aiohttp.ClientSession(middlewares=(middleware,)) as priced,
+                priced.post(
+                    f"{emu.url}/v3/mobile/send",
+                    headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+                    json={"plan_code": "PIXX_500", "MSSIDN": "0660000003"},
+                ) as response,
+            ):
+                await response.read()
+            debit = before - emu.balance(DEMO_ONECLICKDZ_KEY)
+            say(
+                f"   held {_money(sum(held, Decimal(0)), 'DZD')}; "
+                f"the provider debited {_money(debit, 'DZD')}"
+            )
+            check(
+                "the fixed plan was held at amount x cost, what the provider debited",
+                held == [debit] == [Decimal("485.00")],
+            )
 
     failed = [what for what, ok in checks if not ok]
     summary = f"guard demo: {len(checks) - len(failed)} of {len(checks)} checks passed"

@@ -264,7 +264,40 @@ class Fetcher:
         stats.unavailable_since = None
         tracked.backoff = 0.0
         tracked.down_error = None
+        if not tracked.typed:
+            await self._learn_key_type(tracked, deadline)
         return amount
+
+    async def _learn_key_type(self, tracked: Tracked, deadline: float) -> None:
+        """
+        Ask a provider that can tell (a ``key_type`` method, as
+        `guard.providers.OneClickDZ` has) whether its key is a sandbox key,
+        once per account: only after a balance was read, so that a bad key
+        is never tried twice. If it cannot say, the account is taken for a
+        real one.
+        """
+        tracked.typed = True
+        ask = getattr(tracked.provider, "key_type", None)
+        if ask is None:
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                kind = await ask(self.session())
+        # An optional extra: whatever it raises must not fail the read.
+        except Exception as exc:
+            log.info(
+                "%s: could not learn the key type: %s",
+                tracked.provider.name,
+                type(exc).__name__,
+                extra=fields(
+                    "key_type_unknown",
+                    provider=tracked.provider.name,
+                    account=tracked.digest,
+                    reason=type(exc).__name__,
+                ),
+            )
+            return
+        tracked.key_type = kind if kind in ("SANDBOX", "PRODUCTION") else None
 
     async def _ask(self, tracked: Tracked, deadline: float) -> Decimal:
         provider = tracked.provider
@@ -274,7 +307,7 @@ class Fetcher:
             async with asyncio.timeout_at(deadline):
                 while True:
                     try:
-                        amount = await provider.fetch_balance(self._get_session())
+                        amount = await provider.fetch_balance(self.session())
                     except ProviderAuthError as exc:
                         tracked.auth_until = time.monotonic() + self.auth_cooldown
                         tracked.auth_error = exc
@@ -314,7 +347,7 @@ class Fetcher:
         base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
         return float(random.uniform(base / 2, base))
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
         if self.closed:
             raise RuntimeError("this BalanceGuard is closed")
         loop = asyncio.get_running_loop()
@@ -382,6 +415,7 @@ def _still_down(error: BalanceUnavailable, remaining: float) -> BalanceUnavailab
         provider=error.provider,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )
 
 
@@ -392,4 +426,5 @@ def _cooled(error: ProviderAuthError, remaining: float) -> ProviderAuthError:
         code=error.code,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )

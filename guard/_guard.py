@@ -15,15 +15,16 @@ import functools
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, get_args
 
 from ._accounts import Accounts, AccountState, Tracked
 from ._balance import Balance
+from ._catalogue import Catalogues
 from ._events import EventKind, GuardEvent
 from ._fetch import Fetcher
 from ._logs import fields
 from ._loops import HomeLoop
-from ._money import MONEY, to_amount
+from ._money import MONEY, ZERO, to_amount
 from ._options import check_settle, count, make_store, name, seconds
 from .errors import (
     BalanceUnavailable,
@@ -36,14 +37,14 @@ from .stores import Hold, Short
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
     from decimal import Decimal
     from types import TracebackType
 
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry, Outcome
+    from .stores import Entry, Outcome, Ticket
     from .typing import AmountLike, EventHook, History, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
@@ -51,6 +52,7 @@ __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
 log = logging.getLogger("guard")
 
 _KINDS: frozenset[str] = frozenset(get_args(EventKind))
+T = TypeVar("T")
 
 Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
@@ -73,6 +75,7 @@ class Reservation:
         "_failed",
         "_hold",
         "_outcome",
+        "_report",
         "_started",
         "_tracked",
         "amount",
@@ -84,6 +87,9 @@ class Reservation:
     _tracked: Tracked
     _hold: Hold | None
     _failed: bool
+    # None, or (for a block entered with reports=True) [the store's ticket
+    # or None, the reported balance or None].
+    _report: list[Any] | None
     _started: float
     _outcome: Outcome | None
 
@@ -97,6 +103,7 @@ class Reservation:
         _RESERVATION_TRACKED(self, tracked)
         _RESERVATION_HOLD(self, hold)  # None: let through unchecked
         _RESERVATION_FAILED(self, False)
+        _RESERVATION_REPORT(self, None)
         _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
         _RESERVATION_OUTCOME(self, None)  # set once, when it settles
         return self
@@ -115,7 +122,7 @@ class Reservation:
         hold = self._hold
         if hold is None or hold.entry is None:
             return None
-        return _balance(self.provider, hold.entry)
+        return _balance(self._tracked, hold.entry)
 
     def failed(self) -> None:
         """
@@ -125,6 +132,30 @@ class Reservation:
         """
         _RESERVATION_FAILED(self, True)
 
+    def report_balance(self, amount: AmountLike) -> None:
+        """
+        Record the balance the provider reported right after this spend
+        (OneClickDZ's ``data.newBalance``): if the spend succeeds, it is
+        stored as the account's balance when it settles, less what other
+        calls settled since this one was entered (like a fetch, it is never
+        stored over an invalidation made meanwhile). It needs a block
+        entered with ``reserve(..., reports=True)``; a store that cannot
+        tell (no `guard.typing.TicketStore` ``ticket`` method) settles as
+        usual.
+
+        Raises:
+            AmountError: *amount* is not a non-negative finite number.
+            RuntimeError: The block was not entered with ``reports=True``.
+
+        .. versionadded:: 0.2
+        """
+        value = to_amount(amount, name="amount")
+        if self._report is None:
+            raise RuntimeError(
+                "report_balance needs a block entered with reserve(..., reports=True)"
+            )
+        self._report[1] = value
+
 
 (
     _RESERVATION_PROVIDER,
@@ -132,6 +163,7 @@ class Reservation:
     _RESERVATION_TRACKED,
     _RESERVATION_HOLD,
     _RESERVATION_FAILED,
+    _RESERVATION_REPORT,
     _RESERVATION_STARTED,
     _RESERVATION_OUTCOME,
 ) = (
@@ -142,6 +174,7 @@ class Reservation:
         "_tracked",
         "_hold",
         "_failed",
+        "_report",
         "_started",
         "_outcome",
     )
@@ -217,6 +250,49 @@ class _Reserve:
         guard = self._guard
         if not guard._settle_now(reservation, ok, self._settle):
             await guard._settle(reservation, ok=ok, settle=self._settle)
+
+
+class _ReserveOther(_Reserve):
+    """
+    A `_Reserve` off the fast path: for a spend that may report the balance
+    left after it (*reports*), or whose amount could not be learned
+    (*unavailable*: the guard's policy decides).
+    """
+
+    __slots__ = ("_reports", "_unavailable")
+
+    def __init__(
+        self,
+        guard: BalanceGuard,
+        provider: Provider,
+        amount: Decimal,
+        settle: Settle | None,
+        *,
+        reports: bool = False,
+        unavailable: BalanceUnavailable | None = None,
+    ) -> None:
+        super().__init__(guard, provider, amount, settle)
+        self._reports = reports
+        self._unavailable = unavailable
+
+    def _enter_now(self) -> Reservation | None:
+        return None
+
+    async def _enter(self) -> Reservation:
+        guard = self._guard
+        loops = guard._loops
+        enter: Callable[[], Awaitable[Reservation]]
+        if self._unavailable is not None:
+            enter = functools.partial(
+                guard._enter_unavailable, self._provider, self._unavailable
+            )
+        else:
+            enter = functools.partial(
+                guard._check_and_hold, self._provider, self._amount, self._reports
+            )
+        if loops.home is asyncio.get_running_loop() or loops.at_home():
+            return await enter()
+        return await loops.make(enter, guard._drop)
 
 
 class BalanceGuard:
@@ -343,6 +419,7 @@ class BalanceGuard:
         self._hold_now = getattr(self._store, "hold_now", None)
         self._release_now = getattr(self._store, "release_now", None)
         self._accounts = Accounts(self.namespace, self._fetcher.track)
+        self._catalogues = Catalogues()
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
@@ -418,7 +495,7 @@ class BalanceGuard:
             entry = await self._fetcher.refresh(
                 tracked, time.monotonic() + self.fetch_timeout
             )
-        return _balance(tracked.provider, entry)
+        return _balance(tracked, entry)
 
     async def invalidate(self, provider: Provider) -> None:
         """
@@ -487,6 +564,69 @@ class BalanceGuard:
             for tracked in self._accounts
         )
 
+    async def catalogue(
+        self,
+        provider: Provider,
+        name: str,
+        load: Callable[[aiohttp.ClientSession], Awaitable[T]],
+        *,
+        ttl: float,
+    ) -> T:
+        """
+        Return a catalogue of *provider*'s account (a price list): kept
+        from an earlier call for *ttl* seconds, else loaded by
+        ``load(session)`` through the guard's session, one load per
+        account and *name* at a time, within the fetch timeout. A failed
+        load is not kept.
+
+        Raises:
+            BalanceUnavailable: *load* raised it, or took longer than the
+                fetch timeout.
+
+        .. versionadded:: 0.2
+        """
+        if not self._loops.at_home():
+            return await self._loops.call(self.catalogue(provider, name, load, ttl=ttl))
+        tracked = self._track(provider)
+        try:
+            return await self._catalogues.get(
+                (tracked.account.key, name),
+                load,
+                self._fetcher.session(),
+                ttl=ttl,
+                limit=self.fetch_timeout,
+            )
+        except TimeoutError:
+            raise BalanceUnavailable(
+                f"no {name} within {self.fetch_timeout:g} s",
+                provider=provider.name,
+            ) from None
+
+    def reserve_unavailable(
+        self,
+        provider: Provider,
+        error: BalanceUnavailable,
+        *,
+        settle: Settle | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Reservation]:
+        """
+        A `reserve` for a spend whose amount could not be learned (its
+        price list was unreadable): with ``on_unavailable="closed"``, or
+        when *error* is a `ProviderAuthError` or `ProviderResponseError`,
+        entering raises *error*; with ``"open"`` the block runs unchecked,
+        as when a balance cannot be learned.
+
+        .. versionadded:: 0.2
+        """
+        if settle is not None:
+            check_settle(settle)
+        return _ReserveOther(self, provider, ZERO, settle, unavailable=error)
+
+    async def _enter_unavailable(
+        self, provider: Provider, error: BalanceUnavailable
+    ) -> Reservation:
+        return self._unavailable(self._track(provider), ZERO, error)
+
     def held(self, provider: Provider) -> Decimal:
         """
         Sum of the amounts held by *provider*'s running calls in this
@@ -497,7 +637,12 @@ class BalanceGuard:
     # -- the guarded call -------------------------------------------------
 
     def reserve(
-        self, provider: Provider, amount: AmountLike, *, settle: Settle | None = None
+        self,
+        provider: Provider,
+        amount: AmountLike,
+        *,
+        settle: Settle | None = None,
+        reports: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]:
         """
         Hold *amount* on *provider*'s account for the ``async with`` block.
@@ -522,6 +667,11 @@ class BalanceGuard:
                 through ``str()``).
             settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
 
+            reports: The block may call `Reservation.report_balance` with
+                the balance the provider reports after the spend: the
+                guard notes, before the block runs, what it needs to store
+                that balance safely.
+
         Raises:
             AmountError: At once, for an *amount* that is not a
                 non-negative finite number.
@@ -529,12 +679,20 @@ class BalanceGuard:
                 does not cover *amount*.
             BalanceUnavailable: On entry, when the balance could not be
                 learned and the policy is ``"closed"``.
+
+        .. versionchanged:: 0.2 *reports*.
         """
         if settle is not None:
             check_settle(settle)
+        if reports:
+            return _ReserveOther(
+                self, provider, to_amount(amount), settle, reports=True
+            )
         return _Reserve(self, provider, to_amount(amount), settle)
 
-    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> Reservation:
+    async def _check_and_hold(
+        self, provider: Provider, amount: Decimal, reports: bool = False
+    ) -> Reservation:
         tracked = self._track(provider)
         seen = tracked.fetches
         try:
@@ -544,8 +702,30 @@ class BalanceGuard:
         if isinstance(result, Hold):
             tracked.last = result.entry or tracked.last
             tracked.stats.allowed += 1
+            if reports:
+                return await self._with_ticket(tracked, amount, result)
             return Reservation(provider, amount, tracked, result)
-        return await self._check_slow(tracked, amount, result, seen)
+        reservation = await self._check_slow(tracked, amount, result, seen)
+        if reports and reservation._hold is not None:
+            return await self._with_ticket(tracked, amount, reservation._hold)
+        return reservation
+
+    async def _with_ticket(
+        self, tracked: Tracked, amount: Decimal, hold: Hold
+    ) -> Reservation:
+        reservation = Reservation(tracked.provider, amount, tracked, hold)
+        report: list[Any] = [None, None]
+        _RESERVATION_REPORT(reservation, report)
+        ticket = getattr(self._store, "ticket", None)
+        if ticket is not None:
+            # Before the spend is sent: what settles after this may or may
+            # not be in the balance the provider reports for it.
+            try:
+                report[0] = await ticket(tracked.account)
+            except BaseException:
+                await self._store.release(hold, outcome="forget")
+                raise
+        return reservation
 
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
@@ -681,6 +861,7 @@ class BalanceGuard:
         if (
             release_now is None
             or hold is None
+            or reservation._report is not None
             or self._loops.home is not asyncio.get_running_loop()
             or (settle or self.settle_mode) == "invalidate"
         ):
@@ -705,6 +886,15 @@ class BalanceGuard:
             )
             return
         hold = reservation._hold
+        report = reservation._report
+        if ok and hold is not None and report is not None and None not in report:
+            stats = reservation._tracked.stats
+            stats.spent = MONEY.add(stats.spent, reservation.amount)
+            try:
+                await self._settle_reported(reservation, hold, report[0], report[1])
+            finally:
+                self._settled(reservation, ok)
+            return
         outcome = self._outcome(reservation, ok, settle)
         try:
             if hold is None:
@@ -722,6 +912,28 @@ class BalanceGuard:
                     await self._store.release(hold, outcome="forget")
         finally:
             self._settled(reservation, ok)
+
+    async def _settle_reported(
+        self, reservation: Reservation, hold: Hold, ticket: Ticket, reported: Decimal
+    ) -> None:
+        """
+        Release *hold*, then store the balance the provider reported after
+        the spend, with the ticket taken before it was sent.
+        """
+        account = reservation._tracked.account
+        # "spent" moves no generation: the put below still counts. Should
+        # the put be dropped, the balance is left with this call taken off.
+        await self._store.release(hold, outcome="spent")
+        # The store subtracts what was spent since the ticket, this call
+        # included; the reported balance already counts this call.
+        try:
+            entry = await self._store.put(
+                account, MONEY.add(reported, hold.amount), ticket
+            )
+        except BalanceUnavailable:
+            entry = None
+        if entry is not None:
+            reservation._tracked.last = entry
 
     async def _drop(self, reservation: Reservation) -> None:
         """
@@ -791,12 +1003,14 @@ class BalanceGuard:
                 )
 
 
-def _balance(provider: Provider, entry: Entry) -> Balance:
+def _balance(tracked: Tracked, entry: Entry) -> Balance:
+    provider = tracked.provider
     return Balance(
         provider=provider.name,
         amount=entry.amount,
         currency=provider.currency,
         fetched_at=entry.fetched_at,
+        sandbox=tracked.sandbox,
     )
 
 

@@ -72,6 +72,7 @@ class Reading:
         unavailable_since: When the provider stopped answering; None while
             it answers.
         error: Why the last poll failed, one line.
+        sandbox: The account's key is a sandbox key: its balance is no money.
     """
 
     provider: str
@@ -87,6 +88,7 @@ class Reading:
     level: str | None
     unavailable_since: dt.datetime | None
     error: str | None
+    sandbox: bool = False
 
     @property
     def age(self) -> float | None:
@@ -114,6 +116,7 @@ class Reading:
             "level": self.level,
             "unavailable_since": _iso(self.unavailable_since),
             "error": self.error,
+            "sandbox": self.sandbox,
         }
 
     def line(self) -> str:
@@ -128,8 +131,10 @@ class Reading:
                 f"age {duration(self.age)}"
             )
         rate = "-" if self.spend_per_hour is None else money(self.spend_per_hour)
+        # A sandbox key's balance is no money: say so wherever it is shown.
+        name = f"{self.provider} (SANDBOX)" if self.sandbox else self.provider
         text = (
-            f"{self.provider} {figures} spend/h {rate} "
+            f"{name} {figures} spend/h {rate} "
             f"empty in {duration(self.time_to_empty)} level {self.level or '-'}"
         )
         if self.unavailable_since is not None:
@@ -216,6 +221,7 @@ class Watcher:
                     ),
                     unavailable_since=state.unavailable_since,
                     error=self._errors.get(i),
+                    sandbox=state.sandbox,
                 )
             )
         return readings

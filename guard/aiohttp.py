@@ -32,8 +32,10 @@ import attrs
 from aiohttp import web
 
 from guard._aiohttp_client import (
+    ReportedBalance,
     SpendRequest,
     SpendRule,
+    clickatell_platform_rules,
     clickatell_rules,
     default_rules,
     guard_client_middleware,
@@ -66,10 +68,12 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "DashboardAuth",
     "ProblemHandler",
+    "ReportedBalance",
     "RequestAmount",
     "RouteRule",
     "SpendRequest",
     "SpendRule",
+    "clickatell_platform_rules",
     "clickatell_rules",
     "dashboard",
     "default_rules",

@@ -102,15 +102,47 @@ class TestBalance:
         code, out, _ = await run(
             "balance", "oneclickdz", "--base-url", emu.url, env=env
         )
-        assert (0, "oneclickdz: 1326.13 DZD\n") == (code, out)
+        assert (0, "oneclickdz: 1326.13 DZD (PRODUCTION key)\n") == (code, out)
 
         code, out, _ = await run(
             "balance", "oneclickdz", "--base-url", emu.url, "--json", env=env
         )
         assert 0 == code
-        assert {"provider": "oneclickdz", "amount": "1326.13"}.items() <= (
+        assert {
+            "provider": "oneclickdz",
+            "amount": "1326.13",
+            "key_type": "PRODUCTION",
+            "sandbox": False,
+        }.items() <= (json.loads(out).items())
+
+    async def test_sandbox_key_labelled(self, emu: Emulator) -> None:
+        """A sandbox key's balance is labelled as such, as text and JSON."""
+        emu.add_oneclickdz(SECRET_KEY, 500, key_type="SANDBOX")
+        env = {"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY}
+
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, env=env
+        )
+        assert (0, "oneclickdz: 500 DZD (SANDBOX key)\n") == (code, out)
+
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, "--json", env=env
+        )
+        assert {"key_type": "SANDBOX", "sandbox": True}.items() <= (
             json.loads(out).items()
         )
+
+    async def test_clickatell_platform(self, emu: Emulator) -> None:
+        """The Platform key is GUARD_CLICKATELL_API_KEY; the currency the account's."""
+        emu.add_clickatell_platform(SECRET_KEY, "1267.92865", currency="ZAR")
+        env = {"GUARD_CLICKATELL_API_KEY": SECRET_KEY}
+
+        code, out, err = await run(
+            "balance", "clickatell-platform", "--base-url", emu.url, env=env
+        )
+
+        assert (0, "clickatell-platform: 1267.92865 ZAR\n") == (code, out)
+        assert SECRET_KEY not in out + err
 
     async def test_clickatell(self, emu: Emulator) -> None:
         """Clickatell credentials come from three environment variables."""

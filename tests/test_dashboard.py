@@ -189,6 +189,19 @@ class TestContent:
             for secret in (KEY, PASSWORD, API_ID, TOKEN, "dash"):
                 assert secret not in text, (path, secret)
 
+    async def test_sandbox_labelled(self, setup: Setup, aiohttp_client: Any) -> None:
+        """A sandbox key's account says so, on the page and in the JSON."""
+        setup.emu.add_oneclickdz("sandbox-key", 75, key_type="SANDBOX")
+        await setup.guard.balance(setup.emu.oneclickdz("sandbox-key"))
+        client: TestClient[Any, Any] = await aiohttp_client(app_of(setup))
+
+        doc = await (await client.get("/guard/status", headers=BEARER)).json()
+        page = await (await client.get("/guard/", headers=BEARER)).text()
+
+        sandbox = {row["balance"]: row["sandbox"] for row in doc["accounts"]}
+        assert {"75": True, "10000": False, "250": False} == sandbox
+        assert 1 == page.count("oneclickdz (SANDBOX)")
+
     async def test_page_headers_and_monitor_failure(
         self, setup: Setup, aiohttp_client: Any
     ) -> None:

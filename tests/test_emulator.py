@@ -423,7 +423,7 @@ class TestOneClickDZRoutes:
         """plans lists dynamic and fixed plans."""
         _, doc, _ = await api("GET", "/v3/mobile/plans")
 
-        assert 3 == len(doc["data"]["dynamicPlans"])
+        assert 5 == len(doc["data"]["dynamicPlans"])
         assert {
             "code": "DJEZZY_HADAYA_1000",
             "name": "Djezzy Hadaya 1000",

@@ -323,6 +323,32 @@ async def g1_keys(guard: BalanceGuard) -> list[str]:
     return sorted([k async for k in store.client.scan_iter(match=match)])
 
 
+class TestReportedBalance:
+    async def test_kept_across_processes(
+        self, g1: BalanceGuard, g2: BalanceGuard, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """A reported balance is shared, less what another process spent meanwhile."""
+        provider = InMemoryProvider(1000)
+        async with g1.reserve(provider, 300, reports=True, settle="invalidate") as r:
+            async with g2.reserve(provider, 100, settle="refresh"):
+                provider.spend(100)
+            provider.spend(300)
+            r.report_balance(700)  # may not count the other process's 100
+
+        assert Decimal(600) == (await g2.balance(provider)).amount
+        assert 1 == provider.fetches
+
+    async def test_not_over_an_invalidation(self, g1: BalanceGuard) -> None:
+        """A balance invalidated while the spend ran is not overwritten."""
+        provider = InMemoryProvider(1000)
+        async with g1.reserve(provider, 300, reports=True) as r:
+            await g1.invalidate(provider)
+            r.report_balance(5)
+
+        assert Decimal(1000) == (await g1.balance(provider)).amount
+        assert 2 == provider.fetches
+
+
 class TestLeases:
     async def test_hold_of_a_vanished_guard_expires(
         self, addr: tuple[str, int], namespace: str

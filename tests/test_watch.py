@@ -355,6 +355,19 @@ class TestWatcher:
         assert "Time to empty" in text
 
 
+class TestSandbox:
+    async def test_labelled(self, emu: Emulator) -> None:
+        """A sandbox key's reading says so, as text and JSON."""
+        emu.add_oneclickdz("sandbox-key", 75, key_type="SANDBOX")
+        async with BalanceGuard() as guard:
+            watcher = Watcher(guard, [emu.oneclickdz("sandbox-key")])
+            (reading,) = await watcher.poll()
+
+        assert reading.sandbox
+        assert reading.line().startswith("oneclickdz (SANDBOX) ")
+        assert reading.to_json()["sandbox"] is True
+
+
 class TestFormats:
     def test_unknown_balance_line(self) -> None:
         """A reading with no balance says so, and since when it is down."""

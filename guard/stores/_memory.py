@@ -144,6 +144,12 @@ class MemoryStore:
         state = self._state(account)
         return Ticket("", f"{state.generation}/{state.settled}")
 
+    async def ticket(self, account: Account) -> Ticket:
+        # Lock-free: put() with it drops the value if the balance was
+        # invalidated since, and subtracts what settled since.
+        state = self._state(account)
+        return Ticket("", f"{state.generation}/{state.settled}")
+
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         pass
 

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 KeyType: TypeAlias = Literal["PRODUCTION", "SANDBOX"]
 
 _MSSIDN = re.compile(r"0[567][0-9]{8}", re.ASCII)
+_ADSL = re.compile(r"0[0-9]{8}", re.ASCII)
+_4G = re.compile(r"213[0-9]{9}", re.ASCII)
 _CENT = Decimal("0.01")
 
 
@@ -156,11 +158,143 @@ DEFAULT_PLANS: Final = (
         for operator in ("djezzy", "mobilis", "ooredoo")
     ),
     Plan("DJEZZY_HADAYA_1000", "Djezzy Hadaya 1000", "djezzy", amount=Decimal(1000)),
+    # Priced below face value, as the provider's own examples are.
+    Plan(
+        "FLEXY_DJEZZY",
+        "Djezzy flexy",
+        "djezzy",
+        cost=Decimal("0.9925"),
+        min_amount=Decimal(40),
+        max_amount=Decimal(3000),
+    ),
+    Plan(
+        "FLEXY_MOBILIS",
+        "Mobilis flexy",
+        "mobilis",
+        cost=Decimal("0.96"),
+        min_amount=Decimal(100),
+        max_amount=Decimal(2000),
+    ),
+    Plan(
+        "PIXX_500",
+        "Mobilis Pixx 500",
+        "mobilis",
+        cost=Decimal("0.97"),
+        amount=Decimal(500),
+    ),
+    Plan(
+        "YOOZ_1000",
+        "Ooredoo Yooz 1000",
+        "ooredoo",
+        cost=Decimal("0.98"),
+        amount=Decimal(1000),
+    ),
+    Plan(
+        "SAMA_333",
+        "Djezzy Sama 333",
+        "djezzy",
+        cost=Decimal("0.9925"),
+        amount=Decimal(333),
+    ),
 )
 """
 The plans an `Emulator` offers by default: ``PREPAID_DJEZZY``,
 ``PREPAID_MOBILIS`` and ``PREPAID_OOREDOO`` (50 to 5000 DZD) and the fixed
-``DJEZZY_HADAYA_1000``, all charged at face value.
+``DJEZZY_HADAYA_1000``, charged at face value; the dynamic ``FLEXY_DJEZZY``
+(cost 0.9925, 40 to 3000 DZD) and ``FLEXY_MOBILIS`` (0.96, 100 to 2000) and
+the fixed ``PIXX_500`` (0.97), ``YOOZ_1000`` (0.98) and ``SAMA_333``
+(0.9925), charged below it.
+"""
+
+
+@attrs.define(frozen=True)
+class InternetProduct:
+    """
+    A OneClickDZ internet card: *value* is its denomination, *cost* what
+    the account is charged for it, in DZD.
+    """
+
+    type: Literal["ADSL", "4G"]
+    value: Decimal
+    cost: Decimal
+    available: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        """
+        The API's JSON shape of this product.
+        """
+        return {"value": self.value, "cost": self.cost, "available": self.available}
+
+
+DEFAULT_INTERNET_PRODUCTS: Final = (
+    InternetProduct("ADSL", Decimal(500), Decimal(490)),
+    InternetProduct("ADSL", Decimal(1000), Decimal("979.50")),
+    InternetProduct("ADSL", Decimal(2000), Decimal(1955)),
+    InternetProduct("4G", Decimal(500), Decimal("487.25")),
+    InternetProduct("4G", Decimal(1500), Decimal(1461)),
+    InternetProduct("4G", Decimal(3000), Decimal(2925), available=False),
+)
+"""
+The internet cards an `Emulator` sells by default (``4G`` 3000 is out of
+stock).
+"""
+
+
+@attrs.define(frozen=True)
+class GiftCardType:
+    """
+    One denomination of a gift card: its *price* per card in DZD, and how
+    many are in stock.
+    """
+
+    id: str
+    name: str
+    price: Decimal
+    quantity: int = 1000
+
+    def to_json(self) -> dict[str, object]:
+        """
+        The API's JSON shape of this type.
+        """
+        return {
+            "id": self.id,
+            "name": self.name,
+            "price": self.price,
+            "quantity": self.quantity,
+        }
+
+
+@attrs.define(frozen=True)
+class GiftCard:
+    """
+    A gift-card product and its denominations.
+    """
+
+    product_id: str
+    title: str
+    types: tuple[GiftCardType, ...]
+
+
+DEFAULT_GIFT_CARDS: Final = (
+    GiftCard(
+        "pubg-mobile",
+        "PUBG Mobile UC",
+        (
+            GiftCardType("uc-60", "60 UC", Decimal("185.40")),
+            GiftCardType("uc-325", "325 UC", Decimal("912.75")),
+        ),
+    ),
+    GiftCard(
+        "google-play",
+        "Google Play",
+        (
+            GiftCardType("gp-5", "5 USD", Decimal("1250.00")),
+            GiftCardType("gp-10", "10 USD", Decimal("2490.99"), quantity=3),
+        ),
+    ),
+)
+"""
+The gift cards an `Emulator` sells by default.
 """
 
 
@@ -241,6 +375,16 @@ class OneClickDZAccount:
         return self.key_type == "SANDBOX"
 
 
+def _json_object(raw: bytes) -> dict[str, object]:
+    try:
+        doc = json.loads(raw, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise _invalid("body", None, "body must be a JSON object")
+    return doc
+
+
 def _invalid(field: str, value: object, message: str) -> Refused:
     details = {"field": field, "value": value}
     return refusal(400, "ERR_VALIDATION", message, details=details)
@@ -286,6 +430,26 @@ class OneClickDZServer:
                 name=name,
             )
         get("/v3/mobile/plans", self._plans, name=Route.ONECLICKDZ_PLANS)
+        get(
+            "/v3/internet/products",
+            self._internet_products,
+            name=Route.ONECLICKDZ_INTERNET_PRODUCTS,
+        )
+        app.router.add_post(
+            "/v3/internet/send",
+            self._internet_send,
+            name=Route.ONECLICKDZ_INTERNET_SEND,
+        )
+        get(
+            "/v3/gift-cards/checkProduct/{productId}",
+            self._gift_product,
+            name=Route.ONECLICKDZ_GIFT_CARD_PRODUCT,
+        )
+        app.router.add_post(
+            "/v3/gift-cards/placeOrder",
+            self._gift_order,
+            name=Route.ONECLICKDZ_GIFT_CARD_ORDER,
+        )
         get("/v3/validate", self._validate, name=Route.ONECLICKDZ_VALIDATE)
         get("/v3/ping", self._ping, name=Route.ONECLICKDZ_PING)
         # The real API's router (Fastify) answers unknown paths with JSON.
@@ -468,9 +632,124 @@ class OneClickDZServer:
                 self._post(
                     account, "FLEXY", -charged, objid=topup.id, note=f"Top-up {mssidn}"
                 )
+            # Read under the lock: the balance right after this debit.
+            new_balance = account.balance
         data: dict[str, object] = {"topupId": topup.id, "topupRef": topup.ref}
         if emu.send_new_balance:
-            data["newBalance"] = account.balance
+            data["newBalance"] = new_balance
+        return self._ok(data)
+
+    async def _debit(
+        self,
+        account: OneClickDZAccount,
+        kind: str,
+        charged: Decimal,
+        objid: str,
+        note: str,
+    ) -> Decimal:
+        """
+        Debit *charged* (nothing on a sandbox key) or refuse with the
+        insufficient-balance error; return the balance after it.
+        """
+        async with self._lock:
+            if not account.sandbox and account.balance < charged:
+                raise refusal(
+                    403,
+                    self._emu.insufficient_balance_code,
+                    "Insufficient balance",
+                    details={"required": charged, "available": account.balance},
+                )
+            if not account.sandbox:
+                self._post(account, kind, -charged, objid=objid, note=note)
+            return account.balance
+
+    async def _internet_products(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        kind = request.query.get("type")
+        if kind not in ("ADSL", "4G"):
+            raise _invalid("type", kind, "type must be ADSL or 4G")
+        products = [p for p in self._emu.internet_products if p.type == kind]
+        return self._ok({"products": [p.to_json() for p in products], "type": kind})
+
+    async def _internet_send(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        doc = _json_object(await request.read())
+        kind = doc.get("type")
+        if kind not in ("ADSL", "4G"):
+            raise _invalid("type", kind, "type must be ADSL or 4G")
+        number = doc.get("number")
+        pattern = _ADSL if kind == "ADSL" else _4G
+        if not isinstance(number, str) or not pattern.fullmatch(number):
+            raise _invalid("number", number, f"number is not a valid {kind} number")
+        value = doc.get("value")
+        product = next(
+            (
+                p
+                for p in self._emu.internet_products
+                if p.type == kind
+                and not isinstance(value, bool)
+                and isinstance(value, int | Decimal)
+                and p.value == value
+            ),
+            None,
+        )
+        if product is None:
+            raise _invalid("value", value, f"no {kind} card of this value")
+        if not product.available:
+            raise refusal(400, "OUT_OF_STOCK", "This card is out of stock")
+        topup_id = new_id()
+        new_balance = await self._debit(
+            account, "ADSL", product.cost, topup_id, f"{kind} card {number}"
+        )
+        data: dict[str, object] = {"topupId": topup_id, "topupRef": topup_id}
+        if self._emu.send_new_balance:
+            data["newBalance"] = new_balance
+        return self._ok(data)
+
+    def _gift_card(self, product_id: object) -> GiftCard | None:
+        return next(
+            (g for g in self._emu.gift_cards if g.product_id == product_id), None
+        )
+
+    async def _gift_product(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        card = self._gift_card(request.match_info["productId"])
+        if card is None:
+            raise refusal(404, "NOT_FOUND", "Product not found")
+        return self._ok(
+            {
+                "productId": card.product_id,
+                "productTitle": card.title,
+                "types": [t.to_json() for t in card.types],
+            }
+        )
+
+    async def _gift_order(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        doc = _json_object(await request.read())
+        card = self._gift_card(doc.get("productId"))
+        if card is None:
+            raise _invalid("productId", doc.get("productId"), "unknown productId")
+        type_id = doc.get("typeId")
+        kind = next((t for t in card.types if t.id == type_id), None)
+        if kind is None:
+            raise _invalid("typeId", type_id, "unknown typeId for this product")
+        quantity = doc.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+            raise _invalid("quantity", quantity, "quantity must be an integer >= 1")
+        if quantity > kind.quantity:
+            raise refusal(400, "OUT_OF_STOCK", "Not enough cards in stock")
+        order_id = new_id()
+        new_balance = await self._debit(
+            account,
+            "ORDER",
+            kind.price * quantity,
+            order_id,
+            f"{quantity} x {card.title} {kind.name}",
+        )
+        data: dict[str, object] = {"orderId": order_id}
+        if self._emu.send_new_balance:
+            data["newBalance"] = new_balance
         return self._ok(data)
 
     def _read_send(self, raw: bytes) -> tuple[Plan, str, Decimal, str | None]:

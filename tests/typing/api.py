@@ -7,17 +7,19 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import assert_type
 
+import aiohttp
 from aiocache import SimpleMemoryCache
 
 from guard import (
     Balance,
     BalanceGuard,
+    BalanceUnavailable,
     GuardError,
     InsufficientBalance,
     require_balance,
     set_default_guard,
 )
-from guard.providers import Clickatell, OneClickDZ, Secret
+from guard.providers import Clickatell, ClickatellPlatform, OneClickDZ, Secret
 
 oneclick = OneClickDZ("key", base_url="http://127.0.0.1:8080")
 clickatell = Clickatell("user", "password", "3000001")
@@ -54,6 +56,27 @@ async def use() -> None:
         assert_type(exc.available, Decimal)
     except GuardError:
         pass
+
+
+async def priced(platform_key: str) -> None:
+    platform = ClickatellPlatform(platform_key, billing_currency="ZAR")
+    assert_type(platform.currency, str)
+    async with BalanceGuard() as guard:
+        async with guard.reserve(oneclick, 485, reports=True) as r:
+            r.report_balance(Decimal("515.00"))
+        assert_type((await guard.balance(oneclick)).sandbox, bool)
+
+        async def load(session: aiohttp.ClientSession) -> dict[str, Decimal]:
+            return {"PIXX_500": Decimal("0.97")}
+
+        assert_type(
+            await guard.catalogue(oneclick, "plans", load, ttl=60),
+            dict[str, Decimal],
+        )
+    try:
+        await send_topup("0550000000", Decimal(1))
+    except BalanceUnavailable as exc:
+        assert_type(exc.request_id, str | None)
 
 
 async def use_history() -> None:

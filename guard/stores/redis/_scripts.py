@@ -49,6 +49,7 @@ __all__ = [
     "READ",
     "RELEASE",
     "RENEW",
+    "TICKET",
     "UNLOCK",
     "Script",
     "amount_of",
@@ -319,6 +320,11 @@ if b[1] then return {2, b[1], b[2], b[3], now - tonumber(b[3])} end
 return {0}
 """
 )
+
+# No ARGV. Returns the generation and spent units ("<generation>/<spent>"),
+# for a PUT without the fetch lock (a balance a provider reported after a
+# spend): it is stored only if nothing invalidated the balance since.
+TICKET = Script(_NOW + _GEN + "\nreturn generation()\n")
 
 # ARGV: lock token, lock ms, fetch id seen when the wait began ('*' on the
 # first call). Returns {1, generation} when the lock is ours, {2, units,

@@ -24,6 +24,7 @@ from ._scripts import (
     INVALIDATE,
     PUT,
     READ,
+    TICKET,
     UNLOCK,
     amount_of,
     ceil_units,
@@ -330,6 +331,12 @@ class RedisStore:
                 )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.1)
+
+    async def ticket(self, account: Account) -> Ticket:
+        # Lock-free: no leave to fetch is taken, so the token is empty and
+        # PUT has no lock to drop.
+        reply = await self._run(TICKET, account, ())
+        return Ticket("", str(reply))
 
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         self._locks.pop(ticket.token, None)
