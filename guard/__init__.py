@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from ._balance import Balance
 from ._events import GuardEvent
-from ._guard import BalanceGuard, Reservation
+from ._guard import BalanceGuard
 from ._require import (
     RequireBalance,
     get_default_guard,
     require_balance,
     set_default_guard,
 )
+from ._reservation import Reservation
 from .errors import (
     AmountError,
     BalanceUnavailable,

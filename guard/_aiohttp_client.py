@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
     from yarl import URL
 
-    from guard._guard import BalanceGuard, Reservation, Settle
+    from guard._guard import BalanceGuard, Settle
+    from guard._reservation import Reservation
     from guard.typing import AmountLike
 
 __all__ = [

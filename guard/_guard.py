@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
-from ._accounts import Accounts, AccountState, Tracked
-from ._balance import Balance
+from ._accounts import Accounts, Tracked
 from ._catalogue import Catalogues
-from ._events import EventKind, GuardEvent
+from ._events import EventKind, Hooks
 from ._fetch import Fetcher
 from ._logs import fields
 from ._loops import HomeLoop
 from ._money import MONEY, ZERO, to_amount
 from ._options import check_settle, count, make_store, name, seconds
+from ._reads import Reads
+from ._reservation import (
+    _RESERVATION_OUTCOME,
+    _RESERVATION_REPORT,
+    Reservation,
+    _Reserve,
+    _ReserveOther,
+)
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -36,266 +41,27 @@ from .errors import (
 from .stores import Hold, Short
 
 if TYPE_CHECKING:
-    import datetime as dt
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Iterable
     from decimal import Decimal
     from types import TracebackType
 
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry, Outcome, Ticket
+    from .stores import Outcome, Ticket
     from .typing import AmountLike, EventHook, History, Provider, Store
 
-__all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
+__all__ = ["BalanceGuard", "Policy", "Settle"]
 
 log = logging.getLogger("guard")
 
-_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 T = TypeVar("T")
 
 Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
 
-class Reservation:
-    """
-    An amount held on an account while a guarded block runs; what
-    `BalanceGuard.reserve` yields. Read-only.
-
-    Attributes:
-        provider: The account's provider.
-        amount: The amount held.
-        balance: The balance the amount was checked against; None when the
-            guard failed open (``on_unavailable="open"``) and nothing was
-            checked.
-    """
-
-    __slots__ = (
-        "_failed",
-        "_hold",
-        "_outcome",
-        "_report",
-        "_started",
-        "_tracked",
-        "amount",
-        "provider",
-    )
-
-    provider: Provider
-    amount: Decimal
-    _tracked: Tracked
-    _hold: Hold | None
-    _failed: bool
-    # None, or (for a block entered with reports=True) [the store's ticket
-    # or None, the reported balance or None].
-    _report: list[Any] | None
-    _started: float
-    _outcome: Outcome | None
-
-    def __new__(
-        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
-    ) -> Reservation:
-        # Made on every guarded call: set through the slots, not __setattr__.
-        self = object.__new__(cls)
-        _RESERVATION_PROVIDER(self, provider)
-        _RESERVATION_AMOUNT(self, amount)
-        _RESERVATION_TRACKED(self, tracked)
-        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
-        _RESERVATION_FAILED(self, False)
-        _RESERVATION_REPORT(self, None)
-        _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
-        _RESERVATION_OUTCOME(self, None)  # set once, when it settles
-        return self
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"a Reservation is read-only: can't set {name}")
-
-    def __repr__(self) -> str:
-        return (
-            f"<Reservation {self.provider.name} amount={self.amount} "
-            f"checked={self._hold is not None} failed={self._failed}>"
-        )
-
-    @property
-    def balance(self) -> Balance | None:
-        hold = self._hold
-        if hold is None or hold.entry is None:
-            return None
-        return _balance(self._tracked, hold.entry)
-
-    def failed(self) -> None:
-        """
-        Mark the spend as failed although the block did not raise (a
-        provider that answered an error): it settles as a failure, and
-        ``settle="debit"`` invalidates the balance instead of debiting it.
-        """
-        _RESERVATION_FAILED(self, True)
-
-    def report_balance(self, amount: AmountLike) -> None:
-        """
-        Record the balance the provider reported right after this spend
-        (OneClickDZ's ``data.newBalance``): if the spend succeeds, it is
-        stored as the account's balance when it settles, less what other
-        calls settled since this one was entered (like a fetch, it is never
-        stored over an invalidation made meanwhile). It needs a block
-        entered with ``reserve(..., reports=True)``; a store that cannot
-        tell (no `guard.typing.TicketStore` ``ticket`` method) settles as
-        usual.
-
-        Raises:
-            AmountError: *amount* is not a non-negative finite number.
-            RuntimeError: The block was not entered with ``reports=True``.
-
-        .. versionadded:: 0.2
-        """
-        value = to_amount(amount, name="amount")
-        if self._report is None:
-            raise RuntimeError(
-                "report_balance needs a block entered with reserve(..., reports=True)"
-            )
-        self._report[1] = value
-
-
-(
-    _RESERVATION_PROVIDER,
-    _RESERVATION_AMOUNT,
-    _RESERVATION_TRACKED,
-    _RESERVATION_HOLD,
-    _RESERVATION_FAILED,
-    _RESERVATION_REPORT,
-    _RESERVATION_STARTED,
-    _RESERVATION_OUTCOME,
-) = (
-    Reservation.__dict__[name].__set__
-    for name in (
-        "provider",
-        "amount",
-        "_tracked",
-        "_hold",
-        "_failed",
-        "_report",
-        "_started",
-        "_outcome",
-    )
-)
-
-
-class _Reserve:
-    """
-    What `BalanceGuard.reserve` returns: an async context manager for one
-    guarded block. Not reusable.
-    """
-
-    __slots__ = ("_amount", "_guard", "_provider", "_reservation", "_settle")
-
-    def __init__(
-        self,
-        guard: BalanceGuard,
-        provider: Provider,
-        amount: Decimal,
-        settle: Settle | None,
-    ) -> None:
-        self._guard = guard
-        self._provider = provider
-        self._amount = amount
-        self._settle = settle
-        self._reservation: Reservation | None = None
-
-    def _enter_now(self) -> Reservation | None:
-        """
-        Check and hold without awaiting, if the store can (a warm in-process
-        balance that covers the amount); None: `_enter` must run.
-        """
-        guard = self._guard
-        hold_now = guard._hold_now
-        if hold_now is None or guard._loops.home is not asyncio.get_running_loop():
-            return None
-        tracked = guard._track(self._provider)
-        result = hold_now(tracked.account, self._amount)
-        if type(result) is not Hold:
-            return None  # a miss or a shortage: the slow path decides
-        tracked.last = result.entry
-        tracked.stats.allowed += 1
-        return Reservation(self._provider, self._amount, tracked, result)
-
-    async def _enter(self) -> Reservation:
-        guard = self._guard
-        loops = guard._loops
-        if loops.home is asyncio.get_running_loop() or loops.at_home():
-            return await guard._check_and_hold(self._provider, self._amount)
-        return await loops.make(
-            functools.partial(guard._check_and_hold, self._provider, self._amount),
-            guard._drop,
-        )
-
-    async def __aenter__(self) -> Reservation:
-        if self._reservation is not None:
-            raise RuntimeError("a reserve() block can be entered only once")
-        reservation = self._enter_now() or await self._enter()
-        self._reservation = reservation
-        return reservation
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        reservation = self._reservation
-        if reservation is None:
-            raise RuntimeError("a reserve() block exited without being entered")
-        # The one place that decides whether a spend succeeded.
-        ok = exc_type is None and not reservation._failed
-        guard = self._guard
-        if not guard._settle_now(reservation, ok, self._settle):
-            await guard._settle(reservation, ok=ok, settle=self._settle)
-
-
-class _ReserveOther(_Reserve):
-    """
-    A `_Reserve` off the fast path: for a spend that may report the balance
-    left after it (*reports*), or whose amount could not be learned
-    (*unavailable*: the guard's policy decides).
-    """
-
-    __slots__ = ("_reports", "_unavailable")
-
-    def __init__(
-        self,
-        guard: BalanceGuard,
-        provider: Provider,
-        amount: Decimal,
-        settle: Settle | None,
-        *,
-        reports: bool = False,
-        unavailable: BalanceUnavailable | None = None,
-    ) -> None:
-        super().__init__(guard, provider, amount, settle)
-        self._reports = reports
-        self._unavailable = unavailable
-
-    def _enter_now(self) -> Reservation | None:
-        return None
-
-    async def _enter(self) -> Reservation:
-        guard = self._guard
-        loops = guard._loops
-        enter: Callable[[], Awaitable[Reservation]]
-        if self._unavailable is not None:
-            enter = functools.partial(
-                guard._enter_unavailable, self._provider, self._unavailable
-            )
-        else:
-            enter = functools.partial(
-                guard._check_and_hold, self._provider, self._amount, self._reports
-            )
-        if loops.home is asyncio.get_running_loop() or loops.at_home():
-            return await enter()
-        return await loops.make(enter, guard._drop)
-
-
-class BalanceGuard:
+class BalanceGuard(Reads):
     """
     Checks, holds and settles provider balances for guarded calls.
 
@@ -388,10 +154,7 @@ class BalanceGuard:
         fetch_timeout = seconds("fetch_timeout", fetch_timeout)
         self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
         self.namespace = name("namespace", namespace)
-        self._hooks: tuple[EventHook, ...] = ()
-        self._kinds: tuple[frozenset[str], ...] = ()
-        # The hooks of each event kind: an event no hook wants isn't made.
-        self._by_kind: dict[str, tuple[EventHook, ...]] = {}
+        self._hooks = Hooks()
         for hook in hooks:
             self.add_hook(hook)
         self._store = make_store(
@@ -434,11 +197,6 @@ class BalanceGuard:
         return self._store.ttl
 
     @property
-    def fetch_timeout(self) -> float:
-        """Seconds one balance fetch may take, retries included."""
-        return self._fetcher.timeout
-
-    @property
     def store(self) -> Store:
         """Where this guard keeps balances and holds."""
         return self._store
@@ -476,36 +234,6 @@ class BalanceGuard:
         await self._fetcher.aclose()
         await self._store.close()
 
-    # -- public reads ---------------------------------------------------
-
-    async def balance(self, provider: Provider, *, fresh: bool = False) -> Balance:
-        """
-        Return the balance of *provider*'s account: cached, or fetched if
-        there is none (or *fresh* is true).
-
-        Raises:
-            BalanceUnavailable: It could not be learned (whatever the
-                *on_unavailable* policy: there is no call to let through).
-        """
-        if not self._loops.at_home():
-            return await self._loops.call(self.balance(provider, fresh=fresh))
-        tracked = self._track(provider)
-        entry = None if fresh else await self._store.read(tracked.account)
-        if entry is None:
-            entry = await self._fetcher.refresh(
-                tracked, time.monotonic() + self.fetch_timeout
-            )
-        return _balance(tracked, entry)
-
-    async def invalidate(self, provider: Provider) -> None:
-        """
-        Forget *provider*'s cached balance; the next call fetches it.
-        """
-        if not self._loops.at_home():
-            await self._loops.call(self.invalidate(provider))
-            return
-        await self._store.invalidate(self._track(provider).account)
-
     def add_hook(
         self, hook: EventHook, *, kinds: Iterable[EventKind] | None = None
     ) -> None:
@@ -518,89 +246,14 @@ class BalanceGuard:
             ConfigurationError: *hook* is not a plain (not async) callable,
                 or *kinds* names no event kind.
         """
-        checked: object = hook
-        if not callable(checked) or _is_async(checked):
-            raise ConfigurationError(
-                f"hooks must be plain (not async) callables, got {hook!r}"
-            )
-        wanted = _KINDS if kinds is None else frozenset(kinds)
-        unknown = sorted(str(k) for k in wanted - _KINDS)
-        if unknown or not wanted:
-            raise ConfigurationError(
-                f"kinds must be event kinds ({', '.join(sorted(_KINDS))}), "
-                f"got {unknown or 'none'}"
-            )
-        self._hooks = (*self._hooks, hook)
-        self._kinds = (*self._kinds, wanted)
-        self._index_hooks()
+        self._hooks.add(hook, kinds)
 
     def remove_hook(self, hook: EventHook) -> None:
         """
         Stop calling *hook* (added with `add_hook` or *hooks*); nothing if
         it is not there.
         """
-        kept = [
-            (h, k) for h, k in zip(self._hooks, self._kinds, strict=True) if h != hook
-        ]
-        self._hooks = tuple(h for h, _ in kept)
-        self._kinds = tuple(k for _, k in kept)
-        self._index_hooks()
-
-    def _index_hooks(self) -> None:
-        self._by_kind = {
-            kind: tuple(
-                h for h, k in zip(self._hooks, self._kinds, strict=True) if kind in k
-            )
-            for kind in _KINDS
-        }
-
-    def accounts(self) -> tuple[AccountState, ...]:
-        """
-        Return every account this guard has seen, as it sees it now: the
-        last balance, what this process holds, and what it counted.
-        """
-        return tuple(
-            self._accounts.state(tracked, self._store.held(tracked.account))
-            for tracked in self._accounts
-        )
-
-    async def catalogue(
-        self,
-        provider: Provider,
-        name: str,
-        load: Callable[[aiohttp.ClientSession], Awaitable[T]],
-        *,
-        ttl: float,
-    ) -> T:
-        """
-        Return a catalogue of *provider*'s account (a price list): kept
-        from an earlier call for *ttl* seconds, else loaded by
-        ``load(session)`` through the guard's session, one load per
-        account and *name* at a time, within the fetch timeout. A failed
-        load is not kept.
-
-        Raises:
-            BalanceUnavailable: *load* raised it, or took longer than the
-                fetch timeout.
-
-        .. versionadded:: 0.2
-        """
-        if not self._loops.at_home():
-            return await self._loops.call(self.catalogue(provider, name, load, ttl=ttl))
-        tracked = self._track(provider)
-        try:
-            return await self._catalogues.get(
-                (tracked.account.key, name),
-                load,
-                self._fetcher.session(),
-                ttl=ttl,
-                limit=self.fetch_timeout,
-            )
-        except TimeoutError:
-            raise BalanceUnavailable(
-                f"no {name} within {self.fetch_timeout:g} s",
-                provider=provider.name,
-            ) from None
+        self._hooks.remove(hook)
 
     def reserve_unavailable(
         self,
@@ -626,13 +279,6 @@ class BalanceGuard:
         self, provider: Provider, error: BalanceUnavailable
     ) -> Reservation:
         return self._unavailable(self._track(provider), ZERO, error)
-
-    def held(self, provider: Provider) -> Decimal:
-        """
-        Sum of the amounts held by *provider*'s running calls in this
-        process.
-        """
-        return self._store.held(self._track(provider).account)
 
     # -- the guarded call -------------------------------------------------
 
@@ -841,7 +487,7 @@ class BalanceGuard:
     def _settled(self, reservation: Reservation, ok: bool) -> None:
         # Once the store settled: a hook reading the cached balance then sees
         # it debited or gone, never the balance before.
-        if self._by_kind.get("settled"):
+        if self._hooks.wants("settled"):
             self._emit(
                 "settled",
                 reservation._tracked,
@@ -957,65 +603,5 @@ class BalanceGuard:
         """
         self._loops.forget()
 
-    def _emit(
-        self,
-        kind: EventKind,
-        tracked: Tracked,
-        *,
-        amount: Decimal | None = None,
-        available: Decimal | None = None,
-        ok: bool | None = None,
-        error: BaseException | None = None,
-        duration: float | None = None,
-        reported_at: dt.datetime | None = None,
-    ) -> None:
-        hooks = self._by_kind.get(kind)
-        if not hooks:
-            return
-        provider = tracked.provider
-        event = GuardEvent(
-            kind=kind,
-            provider=provider.name,
-            account_id=provider.account_id,
-            account=tracked.digest,
-            currency=provider.currency,
-            amount=amount,
-            available=available,
-            ok=ok,
-            error=error,
-            duration=duration,
-            reported_at=reported_at,
-        )
-        for hook in hooks:
-            try:
-                hook(event)
-            except Exception:
-                log.exception(
-                    "guard hook %r failed on %s",
-                    hook,
-                    kind,
-                    extra=fields(
-                        "hook_failed",
-                        provider=event.provider,
-                        account=event.account,
-                        kind=kind,
-                    ),
-                )
-
-
-def _balance(tracked: Tracked, entry: Entry) -> Balance:
-    provider = tracked.provider
-    return Balance(
-        provider=provider.name,
-        amount=entry.amount,
-        currency=provider.currency,
-        fetched_at=entry.fetched_at,
-        sandbox=tracked.sandbox,
-    )
-
-
-def _is_async(fn: object) -> bool:
-    # An object with an ``async def __call__`` is async too.
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )
+    def _emit(self, kind: EventKind, tracked: Tracked, **values: Any) -> None:
+        self._hooks.emit(kind, tracked, **values)

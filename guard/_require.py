@@ -14,9 +14,11 @@ import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _sync
-from ._guard import BalanceGuard, _is_async, _Reserve
+from ._events import is_async
+from ._guard import BalanceGuard
 from ._money import to_amount
 from ._options import check_settle
+from ._reservation import _Reserve
 from .errors import AmountError
 
 if TYPE_CHECKING:
@@ -204,7 +206,7 @@ class RequireBalance:
             raise TypeError(
                 f"require_balance cannot guard a generator function: {fn!r}"
             )
-        if not _is_async(fn):
+        if not is_async(fn):
             return self._wrap_sync(fn)
         static = self._amount
 

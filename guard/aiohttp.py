@@ -42,10 +42,11 @@ from guard._aiohttp_client import (
     oneclickdz_rules,
 )
 from guard._dashboard import DashboardAuth, dashboard
-from guard._guard import BalanceGuard, Settle, _Reserve
+from guard._guard import BalanceGuard, Settle
 from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
+from guard._reservation import _Reserve
 from guard.errors import (
     AmountError,
     BalanceUnavailable,

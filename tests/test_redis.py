@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
     from contextlib import AbstractAsyncContextManager
 
-    from guard._guard import Reservation, Settle
+    from guard import Reservation
+    from guard._guard import Settle
     from guard.typing import Provider
 
 pytestmark = pytest.mark.redis
