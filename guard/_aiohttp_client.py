@@ -25,7 +25,7 @@ from guard._require import get_default_guard
 from guard.errors import BalanceUnavailable, ConfigurationError
 from guard.providers._clickatell import clickatell_rules
 from guard.providers._clickatell_platform import clickatell_platform_rules
-from guard.providers._oneclickdz import oneclickdz_rules
+from guard.providers._oneclickdz_spends import oneclickdz_rules
 from guard.typing import Provider
 
 if TYPE_CHECKING:

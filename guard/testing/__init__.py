@@ -32,7 +32,7 @@ from ._core import (
 from ._faults import Fault
 from ._log import RequestRecord
 from ._memory import InMemoryProvider
-from ._oneclickdz import (
+from ._oneclickdz_records import (
     GiftCard,
     GiftCardType,
     InternetProduct,

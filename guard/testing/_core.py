@@ -24,7 +24,8 @@ from ._clickatell import ClickatellAccount, ClickatellServer
 from ._clickatell_platform import PlatformAccount, PlatformServer
 from ._common import AmountInput, Clock, Refused, to_decimal
 from ._log import RequestRecord, read_record
-from ._oneclickdz import (
+from ._oneclickdz import OneClickDZServer
+from ._oneclickdz_records import (
     DEFAULT_GIFT_CARDS,
     DEFAULT_INTERNET_PRODUCTS,
     DEFAULT_PLANS,
@@ -32,7 +33,6 @@ from ._oneclickdz import (
     InternetProduct,
     KeyType,
     OneClickDZAccount,
-    OneClickDZServer,
     Plan,
 )
 from ._routes import ROUTE_NAMES, Route, to_route
