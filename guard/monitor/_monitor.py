@@ -25,8 +25,6 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import attrs
-
 from .. import _sync
 from .._logs import digest, fields, log
 from .._money import MONEY, ZERO
@@ -35,12 +33,12 @@ from ._delivery import Channel, Counts, Notifier, Outcome
 from ._redis_state import RedisAlertState, redis_of
 from ._state import AlertState, Applied, MemoryAlertState, Wish
 from ._values import BalanceAlert, Forecast, Threshold
+from ._watch import Watched, _Watch, count, now_us, positive
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping
     from types import TracebackType
 
-    from .._accounts import Tracked
     from .._events import GuardEvent
     from .._guard import BalanceGuard
     from ..typing import Provider
@@ -57,8 +55,6 @@ capture: list[list[BalanceAlert]] = []
 # Readings waiting for the state machine, per monitor; past this many the
 # oldest are dropped (a stalled Redis must not grow memory without bound).
 _MAX_READINGS = 10_000
-# Spending samples kept per account for a forecast.
-_MAX_SAMPLES = 100_000
 # A forecast's rate is measured over at least this many seconds of watching,
 # so that the first spend after start does not look like a stampede.
 _MIN_SPAN = 60.0
@@ -66,73 +62,6 @@ _FORECAST_REARM = 1.05
 # Seconds between samples of what calls spent.
 _TICK = 0.25
 Limit = (Threshold, Forecast)
-
-
-@attrs.frozen
-class Watched:
-    """
-    One account a `BalanceMonitor` watches, from `BalanceMonitor.watched`.
-
-    Attributes:
-        provider: The provider's name.
-        account: The non-secret account digest.
-        currency: The unit of the thresholds.
-        thresholds: ``(below, level)`` pairs, highest first.
-    """
-
-    provider: str
-    account: str
-    currency: str
-    thresholds: tuple[tuple[Decimal, str], ...]
-
-
-class _Watch:
-    """
-    What a monitor knows of one watched account (its loop's only).
-    """
-
-    __slots__ = (
-        "by_key",
-        "channels",
-        "fired",
-        "forecasts",
-        "peek",
-        "provider",
-        "samples",
-        "spent",
-        "thresholds",
-        "tracked",
-    )
-
-    def __init__(
-        self,
-        provider: Provider,
-        tracked: Tracked,
-        thresholds: list[Threshold],
-        forecasts: list[Forecast],
-    ) -> None:
-        self.provider = provider
-        self.tracked = tracked
-        # Highest first: alerts of one reading come out lowest level last.
-        self.thresholds = sorted(thresholds, key=lambda t: t.below, reverse=True)
-        self.forecasts = forecasts
-        self.by_key: dict[str, Threshold | Forecast] = {
-            t.key: t for t in self.thresholds
-        }
-        self.by_key.update((f.key, f) for f in forecasts)
-        self.channels: list[Channel] = []
-        # (monotonic time, what calls spent so far) each time it changed;
-        # the oldest is the base of the forecast's window.
-        self.spent = tracked.stats.spent
-        self.samples: collections.deque[tuple[float, Decimal]] = collections.deque(
-            [(time.monotonic(), self.spent)], maxlen=_MAX_SAMPLES
-        )
-        self.fired: frozenset[str] = frozenset()
-        self.peek = False
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1_000
 
 
 class BalanceMonitor:
@@ -184,12 +113,12 @@ class BalanceMonitor:
         timeout: float = 10.0,
     ) -> None:
         self._guard = guard
-        self.interval = _positive("interval", interval)
-        self.queue_size = _count("queue_size", queue_size, least=1)
-        self.retries = _count("retries", retries, least=0)
-        self.backoff = _positive("backoff", backoff, zero_ok=True)
-        self.max_backoff = _positive("max_backoff", max_backoff, zero_ok=True)
-        self.timeout = _positive("timeout", timeout)
+        self.interval = positive("interval", interval)
+        self.queue_size = count("queue_size", queue_size, least=1)
+        self.retries = count("retries", retries, least=0)
+        self.backoff = positive("backoff", backoff, zero_ok=True)
+        self.max_backoff = positive("max_backoff", max_backoff, zero_ok=True)
+        self.timeout = positive("timeout", timeout)
         self._watches: dict[tuple[str, str], _Watch] = {}
         self._pending: list[
             tuple[Provider, list[Threshold], list[Forecast], list[Notifier]]
@@ -485,9 +414,9 @@ class BalanceMonitor:
         except RuntimeError:  # pragma: no cover - guards emit from their loop
             running = None
         if running is loop:
-            self._take(watch, amount, _now_us())
+            self._take(watch, amount, now_us())
         else:
-            loop.call_soon_threadsafe(self._take, watch, amount, _now_us())
+            loop.call_soon_threadsafe(self._take, watch, amount, now_us())
 
     def _take(self, watch: _Watch, amount: Decimal, at_us: int) -> None:
         self._readings.append((watch, amount, at_us))
@@ -559,7 +488,7 @@ class BalanceMonitor:
             return
         # An inexact entry may count a spend twice: wait for a fetch.
         if entry is not None and entry.exact:
-            await self._apply(watch, entry.amount, _now_us())
+            await self._apply(watch, entry.amount, now_us())
 
     async def _apply(self, watch: _Watch, amount: Decimal, at_us: int) -> None:
         wishes: list[Wish] = []
@@ -715,19 +644,3 @@ class BalanceMonitor:
             # Never faster than the guard trusts a balance: a poll sooner
             # would be served by the cache anyway.
             await asyncio.sleep(max(self.interval, guard.ttl))
-
-
-def _count(name: str, value: object, *, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(f"{name} must be an int >= {least}, got {value!r}")
-    return value
-
-
-def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not zero_ok) or value != value:
-        raise ConfigurationError(
-            f"{name} must be {'>= 0' if zero_ok else '> 0'} seconds, got {value!r}"
-        )
-    return float(value)
