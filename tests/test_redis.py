@@ -22,6 +22,7 @@ from _redis_server import RedisProxy, RedisServer, delete_namespace, machine_red
 from aiocache import RedisCache
 
 from guard import (
+    AmountError,
     BalanceGuard,
     BalanceUnavailable,
     ConfigurationError,
@@ -190,6 +191,42 @@ class HeldBack(InMemoryProvider):
             self.answered.set()
             await self.go.wait()
         return balance
+
+
+class TestMoneyLimits:
+    async def test_amount_beyond_exact_lua_is_refused(self, g1: BalanceGuard) -> None:
+        """An amount Redis's scripts can't compare exactly is an AmountError."""
+        from guard.stores.redis._scripts import MAX_AMOUNT
+
+        provider = InMemoryProvider(10**15)
+        with pytest.raises(AmountError, match=r"at most 56,294,995,342\.1312"):
+            async with g1.reserve(provider, MAX_AMOUNT + Decimal("0.0001")):
+                pass
+        async with g1.reserve(provider, MAX_AMOUNT) as reservation:
+            # A balance past the limit is kept as the limit: it errs low.
+            assert reservation.balance is not None
+            assert MAX_AMOUNT == reservation.balance.amount
+        assert Decimal(0) == g1.held(provider)
+
+    async def test_application_decimal_context_is_not_used(
+        self, g1: BalanceGuard
+    ) -> None:
+        """With prec=6 set by the application, Redis amounts stay exact."""
+        import decimal
+
+        provider = InMemoryProvider(Decimal("999999.7"))
+        saved = decimal.getcontext().prec
+        decimal.getcontext().prec = 6
+        try:
+            with pytest.raises(InsufficientBalance) as info:
+                async with g1.reserve(provider, 1_000_000):
+                    pass
+            assert Decimal("999999.7") == info.value.available
+            async with g1.reserve(provider, Decimal("999999.7")):
+                pass
+        finally:
+            decimal.getcontext().prec = saved
+        assert Decimal(0) == g1.held(provider)
 
 
 class TestHolds:

@@ -39,6 +39,7 @@ import hashlib
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from ..._money import MONEY
+from ...errors import AmountError
 
 __all__ = [
     "BEGIN",
@@ -53,6 +54,7 @@ __all__ = [
     "UNLOCK",
     "Script",
     "amount_of",
+    "MAX_AMOUNT",
     "ceil_units",
     "floor_units",
     "keys_of",
@@ -82,13 +84,37 @@ def keys_of(prefix: str, account_key: str) -> tuple[str, ...]:
     return tuple(f"{tag}:{name}" for name in "bghslexc")
 
 
+# Lua numbers are doubles: integers are exact up to 2**53. Every amount the
+# scripts add or compare stays below this many units (about 9e11 of the
+# currency), and sums of a few of them stay exact too.
+MAX_UNITS = 2**53 // 16
+MAX_AMOUNT = Decimal(MAX_UNITS).scaleb(-SCALE)
+"""The largest amount the Redis store holds or balance it keeps exactly."""
+
+
 def floor_units(amount: Decimal) -> int:
-    """A balance in units, rounded down: rounding never admits a call."""
-    return int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_FLOOR))
+    """
+    A balance in units, rounded down: rounding never admits a call. One
+    above `MAX_AMOUNT` is kept as that (it errs low).
+    """
+    units = int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_FLOOR))
+    return min(units, MAX_UNITS)
 
 
 def ceil_units(amount: Decimal) -> int:
-    """A hold in units, rounded up."""
+    """
+    A hold in units, rounded up.
+
+    Raises:
+        AmountError: *amount* is above `MAX_AMOUNT`: Redis's scripts could
+            not compare it exactly.
+    """
+    if amount > MAX_AMOUNT:
+        raise AmountError(
+            f"amount must be at most {MAX_AMOUNT:,} with the Redis store "
+            f"(its Lua scripts count in doubles, exact below 2**53 units of "
+            f"1/10,000), got {amount:.6e}"
+        )
     return int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_CEILING))
 
 
