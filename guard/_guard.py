@@ -209,6 +209,12 @@ class BalanceGuard:
         store: Instead of *cache*: any `guard.typing.Store`, such as a
             `guard.stores.MemoryStore` or `guard.stores.RedisStore` you
             configured. The guard closes it when it closes.
+        redis: Instead of *cache*: share balances and holds through Redis,
+            given as a ``redis.asyncio.Redis``, a ``redis.asyncio.RedisCluster``,
+            a Sentinel-managed client (``Sentinel(...).master_for(name)``) or
+            a URL (``redis://``, ``rediss://``, ``unix://``). A
+            `guard.stores.RedisStore` is made for it; a client you pass is
+            yours to close.
         ttl: Seconds a fetched balance is trusted (default 30), for the
             store made from *cache*; a *store* you pass has its own.
         settle: What a guarded call's end does to the cached balance.
@@ -257,6 +263,7 @@ class BalanceGuard:
         cache: BaseCache | None = None,
         *,
         store: Store | None = None,
+        redis: object = None,
         ttl: float | None = None,
         settle: Settle = "refresh",
         on_unavailable: Policy = "closed",
@@ -291,6 +298,7 @@ class BalanceGuard:
             ttl=None if ttl is None else seconds("ttl", ttl),
             lease=seconds("lease", lease),
             fetch_timeout=fetch_timeout,
+            redis=redis,
         )
         self._fetcher = Fetcher(
             self._store,
