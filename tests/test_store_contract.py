@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pytest
-from _redis_server import delete_namespace, machine_redis
+from _redis_server import delete_namespace, machine_redis, topology_client
 from aiocache import RedisCache
 
 from guard import BalanceUnavailable
@@ -34,12 +34,21 @@ if TYPE_CHECKING:
 FETCH_TIMEOUT = 0.5
 
 
-@pytest.fixture(name="store", params=["memory", "redis"])
+@pytest.fixture(name="store", params=["memory", "redis", "cluster", "sentinel"])
 async def _store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         store: Store = MemoryStore(ttl=30)
         yield store
         await store.close()
+        return
+    if request.param in ("cluster", "sentinel"):
+        # Servers of the session's own: the accounts' keys are unique.
+        async with topology_client(request, request.param) as client:
+            store = RedisStore(client, ttl=30, lease=60, fetch_timeout=FETCH_TIMEOUT)
+            try:
+                yield store
+            finally:
+                await store.close()
         return
     host, port = machine_redis()
     namespace = f"guard-contract-{uuid.uuid4().hex[:12]}"
