@@ -19,6 +19,7 @@ EventKind: TypeAlias = Literal[
     "unavailable",
     "failed_open",
     "auth_cooldown",
+    "degraded",
 ]
 
 
@@ -34,7 +35,9 @@ class GuardEvent:
             (the balance could not be learned), ``"failed_open"`` (same, but
             the call went ahead under ``on_unavailable="open"``),
             ``"auth_cooldown"`` (credentials refused; the account is not
-            asked again until the cooldown ends).
+            asked again until the cooldown ends), ``"degraded"`` (the shared
+            store is unreachable: this process checks and holds on its own;
+            once per outage).
         provider: The provider's name.
         account_id: The provider's non-secret account identity.
         account: The non-secret account digest (as in cache keys).
@@ -43,8 +46,8 @@ class GuardEvent:
         available: What was available, for ``"refused"``.
         ok: For ``"settled"``: whether the call succeeded (its amount counts
             as spent).
-        error: The error behind ``"unavailable"``, ``"failed_open"`` and
-            ``"auth_cooldown"``.
+        error: The error behind ``"unavailable"``, ``"failed_open"``,
+            ``"auth_cooldown"`` and ``"degraded"``.
     """
 
     kind: EventKind

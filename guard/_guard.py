@@ -31,7 +31,7 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Hold, Short
+from .stores import FallbackStore, Hold, Short
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Entry, Outcome
+    from .stores import Account, Entry, Outcome
     from .typing import AmountLike, EventHook, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
@@ -299,7 +299,12 @@ class BalanceGuard:
             lease=seconds("lease", lease),
             fetch_timeout=fetch_timeout,
             redis=redis,
+            # Under "open", a shared store that is down is stood in for in
+            # process rather than every call let through unchecked.
+            fallback=on_unavailable == "open",
         )
+        if isinstance(self._store, FallbackStore):
+            self._store.on_down = self._store_down
         self._fetcher = Fetcher(
             self._store,
             self._emit,
@@ -650,6 +655,12 @@ class BalanceGuard:
             # meanwhile can't be corrected: drop it.
             with contextlib.suppress(BalanceUnavailable):
                 await self._store.invalidate(reservation._tracked.account)
+
+    def _store_down(self, account: Account, exc: BalanceUnavailable) -> None:
+        for tracked in self._accounts:
+            if tracked.account.key == account.key:
+                self._emit("degraded", tracked, error=exc)
+                return
 
     def _forget_loop(self) -> None:
         """

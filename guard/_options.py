@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiocache.base import BaseCache
 
 from .errors import ConfigurationError
-from .stores import MemoryStore
+from .stores import FallbackStore, MemoryStore
 
 if TYPE_CHECKING:
     from .typing import Store
@@ -54,16 +54,22 @@ def make_store(
     lease: float,
     fetch_timeout: float,
     redis: object = None,
+    fallback: bool = False,
 ) -> Store:
+    """
+    The store a guard's options call for; *fallback*: a shared one made
+    here is stood in for by one of this process while it is down.
+    """
     if redis is not None:
         if cache is not None or store is not None:
             raise ConfigurationError("pass one of cache, store and redis")
-        return _redis_store(
+        shared = _redis_store(
             redis,
             ttl=30.0 if ttl is None else ttl,
             lease=lease,
             fetch_timeout=fetch_timeout,
         )
+        return FallbackStore(shared) if fallback else shared
     if store is not None:
         if cache is not None:
             raise ConfigurationError("pass cache or store, not both")
@@ -86,7 +92,8 @@ def make_store(
             f"or aiocache.RedisCache), not {type(cache).__name__}"
         )
     if _is_redis_cache(cache):
-        return _redis_store(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+        shared = _redis_store(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+        return FallbackStore(shared) if fallback else shared
     return MemoryStore(cache, ttl=ttl, timeout=fetch_timeout)
 
 
