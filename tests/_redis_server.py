@@ -379,11 +379,13 @@ class ClusterServers(_Processes):
         for port in self.ports:
             if port not in self.processes:
                 continue
-            with contextlib.suppress(redis.RedisError):
-                with redis.Redis(port=port, socket_timeout=1) as c:
-                    for first, last, primary, *_ in c.execute_command("CLUSTER SLOTS"):
-                        if first <= slot <= last:
-                            return int(primary[1])
+            with (
+                contextlib.suppress(redis.RedisError),
+                redis.Redis(port=port, socket_timeout=1) as c,
+            ):
+                for first, last, primary, *_ in c.execute_command("CLUSTER SLOTS"):
+                    if first <= slot <= last:
+                        return int(primary[1])
         raise RuntimeError("no node answered CLUSTER SLOTS")
 
     @property
@@ -420,7 +422,7 @@ class SentinelServers(_Processes):
     def current(self) -> int:
         """The primary's port, as the Sentinel says."""
         with redis.Redis(port=self.sentinel, socket_timeout=1) as c:
-            host, port = c.sentinel_get_master_addr_by_name(self.SERVICE)
+            _, port = c.sentinel_get_master_addr_by_name(self.SERVICE)
         return int(port)
 
     def wait_healthy(self) -> None:

@@ -702,10 +702,9 @@ class TestRedisDown:
         ) as guard:
             server.stop()
             with caplog.at_level(logging.WARNING, logger="guard"):
-                async with guard.reserve(provider, 60):
-                    async with guard.reserve(provider, 30):
-                        with pytest.raises(InsufficientBalance):
-                            await guard.reserve(provider, 20).__aenter__()
+                async with guard.reserve(provider, 60), guard.reserve(provider, 30):
+                    with pytest.raises(InsufficientBalance):
+                        await guard.reserve(provider, 20).__aenter__()
             warnings = [r for r in caplog.records if "unreachable" in r.message]
             assert guard.store.down  # type: ignore[attr-defined]
 

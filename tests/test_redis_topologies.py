@@ -268,11 +268,13 @@ class TestReplicas:
         provider = InMemoryProvider(100)
         async with topology_client(request, "sentinel") as client:
             store = RedisStore(client, replicas=1, replica_timeout=1.0)
-            async with BalanceGuard(store=store, namespace="wait") as guard:
-                async with guard.reserve(provider, 10):
-                    key = keys_of("", guard._track(provider).account.key)[2]
-                    with redis.Redis(port=sentinel_servers.replica) as replica:
-                        assert 1 == replica.zcard(key)
+            async with (
+                BalanceGuard(store=store, namespace="wait") as guard,
+                guard.reserve(provider, 10),
+            ):
+                key = keys_of("", guard._track(provider).account.key)[2]
+                with redis.Redis(port=sentinel_servers.replica) as replica:
+                    assert 1 == replica.zcard(key)
 
     async def test_too_few_replicas_refuse(
         self, request: pytest.FixtureRequest
