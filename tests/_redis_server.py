@@ -78,6 +78,20 @@ def delete_namespace(host: str, port: int, namespace: str) -> None:
             client.delete(*keys)
 
 
+def _free_ports(n: int) -> list[int]:
+    """
+    *n* distinct free loopback ports (all bound at once, so none repeats).
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -310,9 +324,10 @@ class ClusterServers(_Processes):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ports = [_free_port() for _ in range(6)]
+        ports = _free_ports(12)
+        self.ports = ports[:6]
         # The cluster bus's ports: by default port + 10000, which may not exist.
-        self.bus = [_free_port() for _ in range(6)]
+        self.bus = ports[6:]
 
     def start(self) -> None:
         for port, bus in zip(self.ports, self.bus, strict=True):
@@ -403,7 +418,7 @@ class SentinelServers(_Processes):
 
     def __init__(self) -> None:
         super().__init__()
-        self.primary, self.replica, self.sentinel = (_free_port() for _ in range(3))
+        self.primary, self.replica, self.sentinel = _free_ports(3)
 
     def start(self) -> None:
         plain = ("--save", "", "--appendonly", "no")
