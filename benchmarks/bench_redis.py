@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
+from aiocache import RedisCache
 from redis.utils import HIREDIS_AVAILABLE
 
 from guard import BalanceGuard
@@ -138,18 +139,28 @@ async def run(
     if isinstance(where, str):
         probes = [aioredis.Redis.from_url(where)]
     else:
-        probes = [aioredis.Redis(host=h, port=p) for h, p in where]
+        # The masters: replicas count what is replicated to them too.
+        probes = []
+        for host, port in where:
+            probe = aioredis.Redis(host=host, port=port)
+            if (await probe.info("replication"))["role"] == "master":
+                probes.append(probe)
+            else:
+                await probe.aclose()
     for settle in ("debit", "invalidate"):
         namespace = f"guard-bench-{uuid.uuid4().hex[:8]}"
         provider = InMemoryProvider(10**12)
-        user: Any = (
-            aioredis.RedisCluster(host=where[0][0], port=where[0][1])
-            if not isinstance(where, str)
-            else aioredis.Redis.from_url(where)
-        )
-        async with BalanceGuard(
-            redis=user, namespace=namespace, settle=settle
-        ) as guard:
+        options: dict[str, Any]
+        if isinstance(where, str):
+            user: Any = aioredis.Redis.from_url(where)
+            kwargs = user.connection_pool.connection_kwargs
+            options = {
+                "cache": RedisCache(endpoint=kwargs["host"], port=kwargs["port"])
+            }
+        else:
+            user = aioredis.RedisCluster(host=where[0][0], port=where[0][1])
+            options = {"redis": user}
+        async with BalanceGuard(namespace=namespace, settle=settle, **options) as guard:
             call = functools.partial(_reserve, guard, provider)
             for _ in range(50):  # warm: scripts loaded, pool filled
                 await call()
@@ -161,17 +172,27 @@ async def run(
             inner = (inner1 - inner0) / calls
 
             store: Any = guard.store
-            wire = store._wire
             account = guard._track(provider).account
             keys = store._keys(account)
-            # A GET on the guard's own connection to the node that owns the
-            # account (one Redis: its pool), of a key in the same slot.
-            node = wire._main or wire._table[wire.slot(account, keys[0])]
-            get_key = f"{keys[0]}:get"
-            await wire.call(
-                b"*3\r\n$3\r\nSET\r\n" + _bulk(get_key) + b"$1\r\nx\r\n", node
+            get_key = f"{keys[0]}:get"  # in the account's slot
+            await user.set(get_key, "x")
+            if cluster:
+                wire = store._wire
+                pool: Any = wire._table[wire.slot(account, keys[0])].pool
+            else:
+                pool = store.client.connection_pool
+            # The GET: redis-py's client on a pool like the guard's (same
+            # connection class, settings, size and reply parser), to the node
+            # that owns the account; a pool of its own, as the guard keeps
+            # its connections out of its pool between calls.
+            own = aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool(
+                    max_connections=pool.max_connections,
+                    timeout=5,
+                    connection_class=pool.connection_class,
+                    **pool.connection_kwargs,
+                )
             )
-            own = aioredis.Redis(connection_pool=node.pool)
             get = functools.partial(own.get, get_key)
             default_get = functools.partial(user.get, get_key)
 
@@ -191,6 +212,7 @@ async def run(
                     "calls_per_s": statistics.median(guarded_flow),
                     "gets_per_s": statistics.median(get_flow),
                 }
+            await own.aclose()
             await user.delete(get_key)
             for key in keys:
                 await user.delete(key)
@@ -217,11 +239,6 @@ async def run(
 async def _reserve(guard: BalanceGuard, provider: InMemoryProvider) -> None:
     async with guard.reserve(provider, 1):
         pass
-
-
-def _bulk(value: str) -> bytes:
-    data = value.encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 @contextlib.contextmanager
