@@ -276,6 +276,8 @@ class _Processes:
         argv = [
             self.server,
             *options,
+            "--dbfilename",
+            f"dump-{port}.rdb",
             "--port",
             str(port),
             "--bind",
@@ -447,9 +449,14 @@ class SentinelServers(_Processes):
             primary = self.current()
             with redis.Redis(port=self.sentinel, socket_timeout=1) as c:
                 replicas = c.sentinel_slaves(self.SERVICE)
+            links = [
+                _info(port, "replication").get("master_link_status")
+                for port in (self.primary, self.replica)
+                if port in self.processes and port != primary
+            ]
             return (
                 primary in self.processes
-                and _info(primary, "replication").get("connected_slaves", 0) >= 1
+                and links == ["up"]
                 and any(
                     not {"s_down", "disconnected"} & set(str(r["flags"]).split(","))
                     and int(r["port"]) in self.processes

@@ -83,6 +83,7 @@ async def _load(job: dict[str, Any], guard: BalanceGuard) -> dict[str, Any]:
     end = time.monotonic() + job["seconds"]
     times: dict[str, list[float]] = {"ok": [], "refused": [], "unavailable": []}
     outcome: dict[str, Any] = {"times": times, "emulator": [], "slowest": 0.0}
+    reasons: set[str] = set()
     async with aiohttp.ClientSession() as session:
 
         async def post(amount: int) -> None:
@@ -94,6 +95,7 @@ async def _load(job: dict[str, Any], guard: BalanceGuard) -> dict[str, Any]:
                 body = await response.json()
             if not body.get("success"):
                 outcome["emulator"].append(body["error"]["code"])
+                outcome.setdefault("refused_at", []).append(round(time.time(), 2))
 
         async def loop() -> None:
             while time.monotonic() < end:
@@ -105,8 +107,9 @@ async def _load(job: dict[str, Any], guard: BalanceGuard) -> dict[str, Any]:
                     kind = "ok"
                 except InsufficientBalance:
                     kind = "refused"
-                except BalanceUnavailable:
+                except BalanceUnavailable as exc:
                     kind = "unavailable"
+                    reasons.add(f"{time.time():.1f} {exc.reason}"[:160])
                 took = time.monotonic() - began
                 outcome["slowest"] = max(outcome["slowest"], took)
                 times[kind].append(time.time())
@@ -114,6 +117,7 @@ async def _load(job: dict[str, Any], guard: BalanceGuard) -> dict[str, Any]:
 
         await asyncio.gather(*(loop() for _ in range(job.get("loops", 4))))
     outcome["events"] = sorted({e.kind for e in _EVENTS})
+    outcome["reasons"] = sorted(reasons)[-20:]
     outcome["failed_open"] = sum(e.kind == "failed_open" for e in _EVENTS)
     return outcome
 

@@ -388,7 +388,8 @@ class TestLeases:
             make(addr, namespace) as other,
         ):
             await settle(await acquire(guard, provider, Decimal(1)), ok=True)
-            proxy.lose = 2
+            # The check's reply, then every reconnection's first reply.
+            proxy.lose = 4
 
             with pytest.raises(BalanceUnavailable):
                 await acquire(guard, provider, Decimal(60))

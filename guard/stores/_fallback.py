@@ -40,7 +40,11 @@ class FallbackStore:
     fetched, are not counted.
 
     The shared store is tried again *retry* seconds after it failed (one
-    call then pays its timeout if it is still down). The first failure of
+    call then pays its timeout if it is still down). Back, it first drops
+    its balances of the accounts the stand-in served (they don't count what
+    was spent meanwhile); while calls the stand-in admitted still run, a
+    check in the shared store also covers what they hold, and the shared
+    balance is dropped again when the last of them has settled. The first failure of
     an outage is logged as a WARNING and reported to *on_down*; the return
     as an INFO line. Holds and fetches begun in one store are settled in
     that store.
@@ -73,15 +77,41 @@ class FallbackStore:
         self._retry_at = 0.0
         # Holds and tickets the stand-in made, by id(): settled there.
         self._local: dict[int, Hold | Ticket] = {}
-        # Accounts fetched in the stand-in during this outage: a balance it
-        # kept from an earlier one is stale.
-        self._fresh: set[str] = set()
+        # Accounts the stand-in served during this outage: what it kept from
+        # an earlier one is stale, and what the shared store kept from
+        # before this one doesn't count what was spent meanwhile.
+        self._used: dict[str, Account] = {}
+        # Back from an outage, accounts with calls the stand-in admitted
+        # still running: the shared store's checks count those too, and its
+        # balance is dropped once more when they have settled.
+        self._draining: dict[str, Account] = {}
 
     def __repr__(self) -> str:
         return f"<FallbackStore {self.shared!r} down={self.down}>"
 
-    def _try_shared(self) -> bool:
-        return not self.down or time.monotonic() >= self._retry_at
+    async def _try_shared(self) -> bool:
+        """
+        Whether to use the shared store. Back from an outage, only once the
+        stand-in's calls have settled, and after dropping the shared
+        balances of the accounts it served: spends made meanwhile are not
+        in them.
+        """
+        if not self.down:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        used = list(self._used.values())
+        for account in used:
+            try:
+                await self.shared.invalidate(account)
+            except BalanceUnavailable as exc:
+                self._fell(account, exc)
+                return False
+        for account in used:
+            if self.local.held(account):
+                self._draining[account.key] = account
+        self._back()
+        return True
 
     def _fell(self, account: Account, exc: BalanceUnavailable) -> None:
         self._retry_at = time.monotonic() + self.retry
@@ -89,7 +119,7 @@ class FallbackStore:
             return
         self.down = True
         self.outages += 1
-        self._fresh.clear()
+        self._used = {}
         log.warning(
             "%s: the shared store is unreachable (%s): each process checks the "
             "provider's balance and holds on its own until it is back",
@@ -102,18 +132,19 @@ class FallbackStore:
     def _back(self) -> None:
         if self.down:
             self.down = False
+            self._used = {}
             log.info("the shared store is back: balances and holds are shared again")
 
     async def _stand_in(self, account: Account) -> Store:
-        if account.key not in self._fresh:
-            self._fresh.add(account.key)
+        if account.key not in self._used:
+            self._used[account.key] = account
             await self.local.invalidate(account)
         return self.local
 
     # -- the Store protocol ---------------------------------------------------
 
     async def read(self, account: Account) -> Entry | None:
-        if self._try_shared():
+        if await self._try_shared():
             try:
                 entry = await self.shared.read(account)
             except BalanceUnavailable as exc:
@@ -124,9 +155,12 @@ class FallbackStore:
         return await (await self._stand_in(account)).read(account)
 
     async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
-        if self._try_shared():
+        if await self._try_shared():
+            asked = amount
+            if self._draining and account.key in self._draining:
+                asked = MONEY.add(amount, self.local.held(account))
             try:
-                result = await self.shared.try_hold(account, amount)
+                result = await self.shared.try_hold(account, asked)
             except BalanceUnavailable as exc:
                 self._fell(account, exc)
             else:
@@ -141,7 +175,7 @@ class FallbackStore:
         return MONEY.add(self.shared.held(account), self.local.held(account))
 
     async def begin_fetch(self, account: Account) -> Ticket | Entry:
-        if self._try_shared():
+        if await self._try_shared():
             try:
                 found = await self.shared.begin_fetch(account)
             except BalanceUnavailable as exc:
@@ -179,13 +213,22 @@ class FallbackStore:
     async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         if self._local.pop(id(hold), None) is not None:
             await self.local.release(hold, outcome=outcome)
+            account = hold.account
+            if account.key in self._draining and not self.local.held(account):
+                del self._draining[account.key]
+                if not self.down:
+                    # Fetched while they ran: it may not count their spending.
+                    try:
+                        await self.shared.invalidate(account)
+                    except BalanceUnavailable as exc:
+                        self._fell(account, exc)
         else:
             # A shared store retries a release it can't make yet.
             await self.shared.release(hold, outcome=outcome)
 
     async def invalidate(self, account: Account) -> None:
         await self.local.invalidate(account)
-        if self._try_shared():
+        if await self._try_shared():
             try:
                 await self.shared.invalidate(account)
             except BalanceUnavailable as exc:

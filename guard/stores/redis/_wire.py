@@ -496,14 +496,20 @@ class Wire:
                     if self._is_closed():
                         raise RedisConnectionError("the guard is closed")
                     try:
+                        if not conn.is_connected:
+                            # connect(), not the send's own reconnection: a
+                            # Sentinel's connection asks where the primary is.
+                            await conn.connect()
                         await conn.send_packed_command(command)
                         return await _read(conn, parts)
                     except (RedisConnectionError, RedisTimeoutError):
                         # Sending or reading disconnected it (as any failure or
-                        # cancellation does): the next send connects again,
-                        # unless the pool is closed.
+                        # cancellation does, and READONLY from a demoted
+                        # Sentinel primary): connect again, unless the pool
+                        # is closed.
                         if self._is_closed():
                             raise
+                        await conn.connect()
                         await conn.send_packed_command(command)
                         return await _read(conn, parts)
                 finally:
