@@ -720,6 +720,27 @@ class TestRedisDown:
         assert 1 == kinds.count("refused")
         assert 1 == len(warnings)
 
+    async def test_back_from_an_outage_counts_the_stand_ins_calls(
+        self, server: RedisServer
+    ) -> None:
+        """
+        Redis back while a call the stand-in admitted still runs: checks in
+        Redis cover its amount too, until it settles.
+        """
+        provider = InMemoryProvider(100)
+        async with make(
+            ("127.0.0.1", server.port), "back", on_unavailable="open", settle="debit"
+        ) as guard:
+            server.stop()
+            async with guard.reserve(provider, 60):
+                server.start()
+                await asyncio.sleep(1.1)  # the shared store is tried again
+                with pytest.raises(InsufficientBalance):
+                    await guard.reserve(provider, 50).__aenter__()
+                assert not guard.store.down  # type: ignore[attr-defined]
+            async with guard.reserve(provider, 50):
+                pass
+
     async def test_down_with_the_provider_fails_open(self, server: RedisServer) -> None:
         """Only when the provider is unreachable too does a call go unchecked."""
         provider = InMemoryProvider(100)

@@ -233,7 +233,10 @@ class FallbackStore:
                 await self.shared.invalidate(account)
             except BalanceUnavailable as exc:
                 self._fell(account, exc)
-                raise
+            else:
+                return
+        # Dropped in the shared store when it is back.
+        self._used[account.key] = account
 
     async def close(self) -> None:
         try:
