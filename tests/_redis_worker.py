@@ -35,6 +35,7 @@ if os.environ.get("COVERAGE_PROCESS_START"):  # pragma: no cover
 import aiohttp
 import redis.asyncio as aioredis
 from aiocache import RedisCache
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel
 
 from guard import BalanceGuard, BalanceUnavailable, GuardEvent, InsufficientBalance
@@ -51,8 +52,8 @@ def _where(job: dict[str, Any]) -> dict[str, Any]:
     if "url" in where:
         return {"redis": where["url"]}
     if "cluster" in where:
-        host, port = where["cluster"][0]
-        client: Any = aioredis.RedisCluster(host=host, port=port)
+        nodes = [ClusterNode(host, port) for host, port in where["cluster"]]
+        client: Any = aioredis.RedisCluster(startup_nodes=nodes)
     else:
         sentinel = Sentinel([tuple(a) for a in where["sentinel"]])
         client = sentinel.master_for(where["service"])

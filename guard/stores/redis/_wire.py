@@ -456,21 +456,23 @@ class Wire:
         order = [a for a in (*known, *addrs) if avoid is None or a != avoid.addr]
         if avoid is not None:
             order.append(avoid.addr)
-        error: BaseException | None = None
+        errors: list[str] = []
         for addr in order:
             try:
                 reply = await self.call(pack(("CLUSTER", "SLOTS")), self._node(addr))
             except (*_LOST, ResponseError) as exc:
-                error = exc
+                errors.append(f"{addr}: {type(exc).__name__}")
                 continue
             table: list[_Node | None] = [None] * _SLOTS
             host = addr.rpartition(":")[0]
-            for first, last, primary, *_ in reply:
+            for first, last, primary, *replicas in reply:
                 owner = self._node(f"{primary[0] or host}:{primary[1]}")
                 table[first : last + 1] = [owner] * (last - first + 1)
+                for replica in replicas:  # asked for the map too, next time
+                    self._node(f"{replica[0] or host}:{replica[1]}")
             self._table[:] = table
             return
-        raise RedisConnectionError(f"no cluster node answered: {error}")
+        raise RedisConnectionError(f"no cluster node answered ({', '.join(errors)})")
 
     async def call(self, command: bytes, node: _Node, parts: int = 1) -> Any:
         """
