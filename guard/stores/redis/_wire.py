@@ -346,11 +346,19 @@ class Wire:
         command = b"".join((b"*%d\r\n" % count, packed, *map(_bulk, args)))
         try:
             async with asyncio.timeout(self.timeout):
-                if self._main is not None and not (durable and self.replicas):
+                # The common case in one step: the node known, nothing amiss.
+                node = self._main
+                if node is None:
+                    slot = self._slot_of.get(account.key)
+                    node = None if slot is None else self._table[slot]
+                if node is not None and not (durable and self.replicas):
                     try:
-                        return await self.call(command, self._main)
+                        return await self.call(command, node)
                     except NoScriptError:
                         pass  # the server restarted or was flushed
+                    except (MovedError, AskError, *_BUSY, *_LOST):
+                        if not self.cluster:
+                            raise
                 return await self._run(script, account, keys, command, durable)
         except TimeoutError:  # asyncio.timeout's, or a socket's
             reason = f"no answer within {self.timeout:g} s"
