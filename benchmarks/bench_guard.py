@@ -15,9 +15,15 @@ One run prints:
     that never runs out), as a ratio to one
     ``SimpleMemoryCache(timeout=None).get`` on a present key and to a bare
     ``await`` of a trivial coroutine, for the decorator and for
-    ``async with require_balance(...)``. Each figure is the median of several
+    ``async with require_balance(...)``, and for the decorator on a guard
+    whose account a ``BalanceMonitor`` watches (also as a ratio to the same
+    call unwatched). Each figure is the median of several
     repeats of a tight loop; the repeats are interleaved so that noise from
     other processes hits every candidate alike. Target: at most 2.0x one get.
+    The same decorated call on a guard whose metrics are exported
+    (``guard.prometheus.GuardCollector`` and ``guard.otel.instrument`` with
+    the OpenTelemetry SDK's in-memory reader, both scraped between repeats),
+    as a ratio to the call without. Target: at most 1.05x.
 (b) balance requests reaching the provider for 1,000 concurrent cold guarded
     calls on a fresh guard. Target: exactly 1.
 (c) the same figures for the naive version (an ``@cached(ttl=30)`` balance
@@ -54,8 +60,14 @@ import aiohttp
 from aiocache import SimpleMemoryCache, cached
 
 import guard
-from guard import BalanceGuard, InsufficientBalance, require_balance
-from guard.testing._memory import InMemoryProvider
+from guard import (
+    BalanceGuard,
+    BalanceMonitor,
+    InsufficientBalance,
+    Threshold,
+    require_balance,
+)
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -65,6 +77,7 @@ if TYPE_CHECKING:
     Loop = Callable[[int], Awaitable[None]]
 
 TARGET_RATIO = 2.0
+METRICS_TARGET = 1.05
 COLD_CALLS = 1_000
 SPENDERS = 50
 SPEND = Decimal(100)
@@ -249,6 +262,18 @@ async def warm_path(
     provider = backend.account(PLENTY, delay=0)
     required = require_balance(provider, 1, guard=guard_)
     guarded = required(_noop)
+    # The same call on a guard whose metrics are exported (Prometheus and,
+    # through the SDK, OpenTelemetry) and scraped between repeats.
+    metered_guard = BalanceGuard(settle="debit")
+    scrape = _export(metered_guard)
+    metered = require_balance(provider, 1, guard=metered_guard)(_noop)
+    # The same call on a guard whose account a BalanceMonitor watches: its
+    # hook sees every settled call.
+    watched_guard = BalanceGuard(settle="debit")
+    monitor = BalanceMonitor(guard=watched_guard)
+    monitor.watch(provider, [Threshold(1), Threshold(2, level="critical")])
+    await monitor.start_async()
+    watched = require_balance(provider, 1, guard=watched_guard)(_noop)
 
     get_balance = naive_reader(backend, provider)
     amount = Decimal(1)
@@ -264,6 +289,14 @@ async def warm_path(
     async def decorator(n: int) -> None:
         for _ in range(n):
             await guarded()
+
+    async def decorator_metered(n: int) -> None:
+        for _ in range(n):
+            await metered()
+
+    async def decorator_monitored(n: int) -> None:
+        for _ in range(n):
+            await watched()
 
     async def context_manager(n: int) -> None:
         for _ in range(n):
@@ -284,6 +317,8 @@ async def warm_path(
         "await": bare,
         "get": cache_get,
         "decorator": decorator,
+        "decorator, metrics": decorator_metered,
+        "monitored": decorator_monitored,
         "async with": context_manager,
         "async with, inline": context_manager_inline,
         "naive": naive,
@@ -301,12 +336,44 @@ async def warm_path(
             names = names[repeat % len(names) :] + names[: repeat % len(names)]
             for name in names:
                 samples[name].append(await _time(loops[name], calls))
+            scrape()
         fetches = backend.balance_requests(provider) - before
     finally:
+        await monitor.aclose()
+        await watched_guard.aclose()
         await guard_.aclose()
+        await metered_guard.aclose()
         await cache.close()
         await get_balance.cache.close()  # type: ignore[attr-defined]
     return samples, fetches
+
+
+def _export(guard_: BalanceGuard) -> Callable[[], object]:
+    """
+    Export *guard_*'s metrics to Prometheus and OpenTelemetry (SDK readers);
+    return a function that scrapes both once.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from guard.otel import instrument
+    from guard.prometheus import GuardCollector
+
+    registry = CollectorRegistry()
+    registry.register(GuardCollector(guard_))
+    reader = InMemoryMetricReader()
+    instrument(
+        guard_,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracer_provider=TracerProvider(),
+    )
+
+    def scrape() -> object:
+        return generate_latest(registry), reader.get_metrics_data()
+
+    return scrape
 
 
 def _paired(samples: dict[str, list[float]], base: str) -> dict[str, float]:
@@ -426,6 +493,8 @@ LOOP_LABELS = {
     "await": "await trivial()",
     "get": "await SimpleMemoryCache(timeout=None).get(key)",
     "decorator": "await guarded()  # @require_balance(p, 1)",
+    "decorator, metrics": "the same, metrics exported (Prometheus, OTel SDK)",
+    "monitored": "the same, a BalanceMonitor watching p",
     "async with": "async with rb: await trivial()  # rb made once",
     "async with, inline": "async with require_balance(p, 1): await trivial()",
     "naive": "if await get_balance() >= 1: await trivial()",
@@ -475,6 +544,7 @@ async def run(args: argparse.Namespace) -> bool:
     print()
 
     deco = per_get["decorator"]
+    metered_ratio = _paired(samples, "decorator")["decorator, metrics"]
     rows: list[tuple[str, str, str, str, bool | None]] = [
         (
             "(a) warm call / aiocache get, decorator",
@@ -484,11 +554,32 @@ async def run(args: argparse.Namespace) -> bool:
             deco <= TARGET_RATIO,
         ),
         (
+            "(a) warm call / aiocache get, monitor watching",
+            _ratio(per_get["monitored"]),
+            "",
+            f"<= {TARGET_RATIO:.1f}x",
+            per_get["monitored"] <= TARGET_RATIO,
+        ),
+        (
+            "(a) warm call with / without a monitor",
+            _ratio(_paired(samples, "decorator")["monitored"]),
+            "",
+            "",
+            None,
+        ),
+        (
             "(a) warm call / aiocache get, async with",
             _ratio(per_get["async with"]),
             "",
             "",
             None,
+        ),
+        (
+            "(a) warm call with metrics / without",
+            _ratio(metered_ratio),
+            "",
+            f"<= {METRICS_TARGET:.2f}x",
+            metered_ratio <= METRICS_TARGET,
         ),
         (
             "(a) warm call / bare await, decorator",

@@ -62,7 +62,7 @@ from aiocache import RedisCache
 from redis.utils import HIREDIS_AVAILABLE
 
 from guard import BalanceGuard
-from guard.testing._memory import InMemoryProvider
+from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

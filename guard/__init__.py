@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from ._balance import Balance
 from ._events import GuardEvent
-from ._guard import BalanceGuard, Reservation
+from ._guard import BalanceGuard
 from ._require import (
     RequireBalance,
     get_default_guard,
     require_balance,
     set_default_guard,
 )
+from ._reservation import Reservation
 from .errors import (
     AmountError,
     BalanceUnavailable,
@@ -22,15 +23,19 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
+from .monitor import BalanceAlert, BalanceMonitor, Forecast, Threshold
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmountError",
     "Balance",
+    "BalanceAlert",
     "BalanceGuard",
+    "BalanceMonitor",
     "BalanceUnavailable",
     "ConfigurationError",
+    "Forecast",
     "GuardError",
     "GuardEvent",
     "InsufficientBalance",
@@ -38,6 +43,7 @@ __all__ = [
     "ProviderResponseError",
     "RequireBalance",
     "Reservation",
+    "Threshold",
     "get_default_guard",
     "require_balance",
     "set_default_guard",

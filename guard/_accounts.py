@@ -81,6 +81,17 @@ class Stats:
                 self.fetch_buckets[i] += 1
 
 
+def account_digest(provider: Provider) -> str:
+    """
+    The non-secret digest naming *provider*'s account in cache keys, events
+    and the history.
+    """
+    # Hash again: a user's account_id is trusted to be non-secret, but the
+    # key should not depend on that.
+    identity = f"{provider.name}\0{provider.account_id}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
 class Tracked:
     """
     What a guard knows of one account besides the store's state: its
@@ -101,11 +112,14 @@ class Tracked:
         "fetches",
         "inflight",
         "inflight_at",
+        "key_type",
         "last",
         "provider",
         "refreshed_at",
         "refreshing",
+        "reported_at",
         "stats",
+        "typed",
     )
 
     def __init__(self, provider: Provider, account: Account) -> None:
@@ -124,7 +138,18 @@ class Tracked:
         # The background refresh pending or running, and when the last began.
         self.refreshing: asyncio.Task[None] | None = None
         self.refreshed_at = float("-inf")
+        # The provider's own time of the last balance fetched, if it said.
+        self.reported_at: dt.datetime | None = None
         self.stats = Stats()
+        # "SANDBOX" or "PRODUCTION" once the provider said (*typed*: it was
+        # asked).
+        self.key_type: str | None = None
+        self.typed = False
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether the provider said its key is a sandbox key."""
+        return self.key_type == "SANDBOX"
 
     @property
     def digest(self) -> str:
@@ -135,6 +160,7 @@ class Tracked:
         # Same account, other settings (a rotated password, a new timeout):
         # use the newest, and let it try its credentials.
         self.provider = provider
+        self.typed = False
         self.auth_until = 0.0
         self.auth_error = None
 
@@ -163,6 +189,9 @@ class AccountState:
             most each bound, as ``(bound, count)`` pairs.
         unavailable_since: When the provider last stopped answering; None
             while it answers.
+        key_type: ``"SANDBOX"`` (its sends never move money) or
+            ``"PRODUCTION"``, for a provider that tells (OneClickDZ); None
+            when unknown.
     """
 
     provider: str
@@ -177,6 +206,12 @@ class AccountState:
     fetch_seconds_sum: float
     fetch_seconds_buckets: tuple[tuple[float, int], ...]
     unavailable_since: dt.datetime | None
+    key_type: str | None = None
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether the account's key is a sandbox key."""
+        return self.key_type == "SANDBOX"
 
     @property
     def available(self) -> Decimal | None:
@@ -226,11 +261,10 @@ class Accounts:
         identity = (name, account_id)
         tracked = self._by_identity.get(identity)
         if tracked is None:
-            # Hash again: a user's account_id is trusted to be non-secret, but
-            # the key should not depend on that.
-            digest = hashlib.sha256(f"{name}\0{account_id}".encode()).hexdigest()
             account = Account(
-                f"{self.namespace}:{name}:{digest[:24]}", name, provider.currency
+                f"{self.namespace}:{name}:{account_digest(provider)}",
+                name,
+                provider.currency,
             )
             tracked = self._by_identity[identity] = Tracked(provider, account)
             self._on_new(tracked)
@@ -251,6 +285,7 @@ class Accounts:
                 amount=entry.amount,
                 currency=provider.currency,
                 fetched_at=entry.fetched_at,
+                sandbox=tracked.sandbox,
             )
         )
         # fetched() counts a fetch in every bucket it fits: already cumulative.
@@ -278,6 +313,7 @@ class Accounts:
             fetch_seconds_sum=stats.fetch_seconds,
             fetch_seconds_buckets=buckets,
             unavailable_since=stats.unavailable_since,
+            key_type=tracked.key_type,
         )
 
 

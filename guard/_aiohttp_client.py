@@ -19,26 +19,33 @@ import attrs
 from aiohttp import payload as aiohttp_payload
 from multidict import MultiDict, MultiDictProxy
 
+from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
-from guard.errors import ConfigurationError
+from guard.errors import BalanceUnavailable, ConfigurationError
 from guard.providers._clickatell import clickatell_rules
-from guard.providers._oneclickdz import oneclickdz_rules
+from guard.providers._clickatell_platform import clickatell_platform_rules
+from guard.providers._oneclickdz_spends import oneclickdz_rules
 from guard.typing import Provider
 
 if TYPE_CHECKING:
+    import contextlib
+
     from aiohttp import ClientRequest, ClientResponse
     from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
     from yarl import URL
 
     from guard._guard import BalanceGuard, Settle
+    from guard._reservation import Reservation
     from guard.typing import AmountLike
 
 __all__ = [
     "ProviderMatcher",
+    "ReportedBalance",
     "SpendAmount",
     "SpendRequest",
     "SpendRule",
+    "clickatell_platform_rules",
     "clickatell_rules",
     "default_rules",
     "guard_client_middleware",
@@ -62,12 +69,19 @@ class SpendRequest:
         headers: The request headers.
         body: The body, or None when it is streamed and cannot be read
             without consuming it.
+        provider: The account the request spends, once the rule found it
+            (what a `SpendAmount` sees); None before.
+        guard: The guard that will hold the amount, for a `SpendAmount`
+            that prices the request from a catalogue
+            (`BalanceGuard.catalogue`); None before.
     """
 
     method: str
     url: URL = attrs.field(repr=lambda url: _masked(url))
     headers: Any = attrs.field(repr=False)
     body: bytes | None = attrs.field(repr=False)
+    provider: Provider | None = attrs.field(default=None, kw_only=True)
+    guard: BalanceGuard | None = attrs.field(default=None, kw_only=True, repr=False)
 
     @classmethod
     async def of(cls, request: ClientRequest) -> SpendRequest:
@@ -156,6 +170,12 @@ Reads what a request spends, sync or async.
 """
 
 
+ReportedBalance: TypeAlias = Callable[["ClientResponse"], Awaitable["Decimal | None"]]
+"""
+Reads the balance a provider reports in a spend's 2xx reply, or None.
+"""
+
+
 def _methods(value: str | Iterable[str]) -> frozenset[str]:
     names: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(value)
     if not names or not all(isinstance(n, str) and n for n in names):
@@ -198,6 +218,9 @@ class SpendRule:
             `ProviderMatcher` choosing among the middleware's providers.
         amount: A `SpendAmount` reading the cost from the request.
         settle: ``"invalidate"`` or ``"debit"``; None: the guard's default.
+        reported: Reads, from a 2xx reply, the balance the provider says
+            is left after the spend (`ReportedBalance`); the guard keeps it
+            (`guard.Reservation.report_balance`). None: nothing is read.
     """
 
     method: frozenset[str] = attrs.field(converter=_methods)
@@ -208,6 +231,11 @@ class SpendRule:
         default=None,
         kw_only=True,
         validator=attrs.validators.in_((None, "refresh", "invalidate", "debit")),
+    )
+    reported: ReportedBalance | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(attrs.validators.is_callable()),
     )
 
     def matches(self, method: str, url: URL) -> bool:
@@ -248,13 +276,21 @@ class SpendRule:
 
 
 def default_rules(
-    *, credits_per_part: AmountLike = 1, settle: Settle | None = None
+    *,
+    credits_per_part: AmountLike = 1,
+    price_per_part: AmountLike = 1,
+    settle: Settle | None = None,
 ) -> tuple[SpendRule, ...]:
     """
-    `oneclickdz_rules` and `clickatell_rules` together.
+    `oneclickdz_rules`, `clickatell_rules` and `clickatell_platform_rules`
+    together: *credits_per_part* is what a legacy SMS part costs in
+    credits, *price_per_part* what a Platform SMS part costs in the
+    account's billing currency.
     """
-    return oneclickdz_rules(settle=settle) + clickatell_rules(
-        credits_per_part=credits_per_part, settle=settle
+    return (
+        oneclickdz_rules(settle=settle)
+        + clickatell_rules(credits_per_part=credits_per_part, settle=settle)
+        + clickatell_platform_rules(price_per_part=price_per_part, settle=settle)
     )
 
 
@@ -281,8 +317,11 @@ def guard_client_middleware(
     is released and the cached balance invalidated, or debited when the rule
     or guard settles by ``"debit"`` and the status is 2xx (a Clickatell
     ``ERR:`` answer comes with 200: it is debited too, which errs on the safe
-    side until the next fetch). Balance reads go through the guard's own
-    session, never through this one.
+    side until the next fetch); when the rule reads a balance the 2xx reply
+    reports (OneClickDZ's ``data.newBalance``), that is kept instead. Balance
+    and catalogue reads go through the guard's own session, never through
+    this one. A spend whose price list cannot be read follows the guard's
+    *on_unavailable*.
 
     A request a rule matches is refused, never sent, with `ValueError` when
     its body is streamed (multipart `aiohttp.FormData`, a file, a generator:
@@ -353,14 +392,38 @@ def guard_client_middleware(
                 "sent unguarded",
                 request.method,
                 request.url.path,
+                extra=fields(
+                    "sent_unguarded",
+                    provider="",
+                    account="",
+                    method=request.method,
+                    path=request.url.path,
+                ),
             )
             return await handler(request)
-        required = await rule.required(spend)
         active = guard or get_default_guard()
-        async with active.reserve(provider, required, settle=rule.settle) as spent:
+        spend = attrs.evolve(spend, provider=provider, guard=active)
+        reserving: contextlib.AbstractAsyncContextManager[Reservation]
+        try:
+            required = await rule.required(spend)
+        except BalanceUnavailable as exc:
+            # Its price list could not be read: the guard's policy decides.
+            reserving = active.reserve_unavailable(provider, exc, settle=rule.settle)
+        else:
+            reserving = active.reserve(
+                provider,
+                required,
+                settle=rule.settle,
+                reports=rule.reported is not None,
+            )
+        async with reserving as spent:
             response = await handler(request)
             if not 200 <= response.status < 300:
                 spent.failed()
+            elif rule.reported is not None and spent._report is not None:
+                reported = await rule.reported(response)
+                if reported is not None:
+                    spent.report_balance(reported)
         return response
 
     return guard_spend

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import attrs
 
-__all__ = ["Balance"]
+__all__ = ["Balance", "Reported"]
 
 
 @attrs.define(frozen=True)
@@ -18,12 +18,18 @@ class Balance:
         amount: The balance, exact.
         currency: ``"DZD"`` for OneClickDZ, ``"credits"`` for Clickatell.
         fetched_at: When the provider reported it (UTC).
+        sandbox: True when it was read with a sandbox key (a OneClickDZ
+            SANDBOX key, whose sends never move money), as the provider's
+            ``key_type`` said.
+
+    .. versionchanged:: 0.2 *sandbox*.
     """
 
     provider: str
     amount: Decimal = attrs.field(validator=attrs.validators.instance_of(Decimal))
     currency: str
     fetched_at: dt.datetime
+    sandbox: bool = attrs.field(default=False, kw_only=True)
 
     @property
     def age(self) -> float:
@@ -31,3 +37,20 @@ class Balance:
         Seconds since the provider reported this balance.
         """
         return (dt.datetime.now(dt.UTC) - self.fetched_at).total_seconds()
+
+
+class Reported(Decimal):
+    """
+    A balance as a provider's ``fetch_balance`` may return it: a `Decimal`
+    that also carries when the provider says it read it, for the balance
+    history (OneClickDZ ``meta.timestamp``).
+    """
+
+    __slots__ = ("reported_at",)
+
+    reported_at: dt.datetime
+
+    def __new__(cls, value: Decimal, reported_at: dt.datetime) -> Reported:
+        self = super().__new__(cls, value)
+        self.reported_at = reported_at
+        return self

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from ._guard import BalanceGuard
@@ -15,6 +16,8 @@ from .errors import BalanceUnavailable, GuardError, ProviderAuthError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._watch import Mode
+    from .history import BaseHistory
     from .testing import Emulator
     from .typing import Provider
 
@@ -24,6 +27,7 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+EXIT_FLAGGED = 5  # import: some transactions' balances don't add up
 
 ENV = {
     "oneclickdz": ("GUARD_ONECLICKDZ_API_KEY",),
@@ -32,6 +36,7 @@ ENV = {
         "GUARD_CLICKATELL_PASSWORD",
         "GUARD_CLICKATELL_API_ID",
     ),
+    "clickatell-platform": ("GUARD_CLICKATELL_API_KEY",),
 }
 
 
@@ -63,21 +68,120 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _when(text: str) -> dt.datetime:
+    # A date (midnight UTC) or an ISO-8601 time (UTC unless it says).
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"must be a date (YYYY-MM-DD) or an ISO-8601 time, not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        msg = f"must be a date (YYYY-MM-DD), not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _history(db: str) -> BaseHistory:
+    from .history import PostgresHistory, SQLiteHistory
+
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresHistory(db)
+    return SQLiteHistory(db)
+
+
+async def _import(args: argparse.Namespace) -> int:
+    from .history import import_oneclickdz
+    from .providers import OneClickDZ
+
+    provider = _provider("oneclickdz", args.base_url)
+    assert isinstance(provider, OneClickDZ)
+    async with _history(args.db) as history:
+        result = await import_oneclickdz(
+            history, provider, since=args.since, until=args.until
+        )
+    print(
+        f"{result.added} new of {result.seen} transactions "
+        f"({result.pages} pages) into {args.db}"
+    )
+    for t in result.flagged:
+        print(
+            f"guard: transaction {t.id} ({t.type} {t.amount}) does not add up: "
+            f"{t.old_balance} -> {t.new_balance}",
+            file=sys.stderr,
+        )
+    return EXIT_FLAGGED if result.flagged else 0
+
+
+async def _report(args: argparse.Namespace) -> str:
+    from .history import build_report, render
+
+    if args.until < args.since:
+        raise UsageError("--to is before --from")
+    async with _history(args.db) as history:
+        account = args.account
+        if account is None:
+            accounts = [a for _, a in await history.accounts(args.provider)]
+            if len(accounts) > 1:
+                raise UsageError(
+                    f"{args.db} holds {len(accounts)} {args.provider} accounts; "
+                    f"choose one with --account: {', '.join(accounts)}"
+                )
+            account = accounts[0] if accounts else None
+        report = await build_report(
+            history, args.since, args.until, provider=args.provider, account=account
+        )
+    return render(report, args.format)
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    text = asyncio.run(_report(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"report written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from ._dashboard_demo import serve_dashboard
+
+    if not args.emulator:
+        raise UsageError(
+            "only --emulator can be served from here; mount "
+            "guard.aiohttp.dashboard() in your application"
+        )
+    try:
+        return asyncio.run(
+            serve_dashboard(host=args.host, port=args.port, token=args.token)
+        )
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"guard: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+
 def _provider(name: str, base_url: str | None) -> Provider:
-    from .providers import Clickatell, OneClickDZ
+    from .providers import Clickatell, ClickatellPlatform, OneClickDZ
 
     missing = [var for var in ENV[name] if not os.environ.get(var)]
     if missing:
         raise UsageError(f"set {', '.join(missing)} to read the {name} balance")
     values = [os.environ[var] for var in ENV[name]]
+    where: dict[str, Any] = {} if base_url is None else {"base_url": base_url}
     try:
         if name == "oneclickdz":
-            if base_url is None:
-                return OneClickDZ(values[0])
-            return OneClickDZ(values[0], base_url=base_url)
-        if base_url is None:
-            return Clickatell(values[0], values[1], values[2])
-        return Clickatell(values[0], values[1], values[2], base_url=base_url)
+            return OneClickDZ(values[0], **where)
+        if name == "clickatell-platform":
+            return ClickatellPlatform(values[0], **where)
+        return Clickatell(values[0], values[1], values[2], **where)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -86,6 +190,7 @@ async def _balance(args: argparse.Namespace) -> int:
     provider = _provider(args.provider, args.base_url)
     async with BalanceGuard(fetch_timeout=args.timeout) as guard:
         balance = await guard.balance(provider)
+        (state,) = guard.accounts()
     if args.json:
         print(
             json.dumps(
@@ -94,23 +199,98 @@ async def _balance(args: argparse.Namespace) -> int:
                     "amount": str(balance.amount),
                     "currency": balance.currency,
                     "fetched_at": balance.fetched_at.isoformat(),
+                    "key_type": state.key_type,
+                    "sandbox": balance.sandbox,
                 }
             )
         )
     else:
-        print(f"{balance.provider}: {balance.amount} {balance.currency}")
+        # A sandbox key's balance is no money: say so where it is shown.
+        kind = "" if state.key_type is None else f" ({state.key_type} key)"
+        print(f"{balance.provider}: {balance.amount} {balance.currency}{kind}")
     return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from ._watch import emulated_traffic, watch
+
+    unknown = [name for name in args.providers if name not in ENV]
+    if unknown:
+        raise UsageError(
+            f"watch: unknown provider {unknown[0]!r} (choose from "
+            f"{', '.join(sorted(ENV))})"
+        )
+    names = list(dict.fromkeys(args.providers))
+    mode = _mode(args)
+    options = {"fetch_timeout": args.timeout, "outage_backoff": 0}
+    if args.emulator:
+        from .testing import (
+            DEMO_CLICKATELL_API_ID,
+            DEMO_CLICKATELL_PASSWORD,
+            DEMO_CLICKATELL_PLATFORM_KEY,
+            DEMO_CLICKATELL_USER,
+            DEMO_ONECLICKDZ_KEY,
+            Emulator,
+        )
+
+        async with Emulator.with_demo_accounts() as emu:
+            emulated: dict[str, Provider] = {
+                "oneclickdz": emu.oneclickdz(DEMO_ONECLICKDZ_KEY),
+                "clickatell": emu.clickatell(
+                    DEMO_CLICKATELL_USER,
+                    DEMO_CLICKATELL_PASSWORD,
+                    DEMO_CLICKATELL_API_ID,
+                ),
+                "clickatell-platform": emu.clickatell_platform(
+                    DEMO_CLICKATELL_PLATFORM_KEY
+                ),
+            }
+            providers = [emulated[n] for n in names or ENV]
+            async with (
+                BalanceGuard(**options) as guard,
+                emulated_traffic(emu, guard, providers),
+            ):
+                await watch(guard, providers, interval=args.interval, mode=mode)
+        return 0  # pragma: no cover - watch only ends by an exception
+    if not names:
+        names = [n for n in ENV if all(os.environ.get(v) for v in ENV[n])]
+        if not names:
+            raise UsageError(
+                "watch: name a provider and set its credentials ("
+                + "; ".join(f"{n}: {', '.join(env)}" for n, env in ENV.items())
+                + "), or try --emulator"
+            )
+    providers = [_provider(name, args.base_url) for name in names]
+    async with BalanceGuard(**options) as guard:
+        await watch(guard, providers, interval=args.interval, mode=mode)
+    return 0  # pragma: no cover - watch only ends by an exception
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    if args.json:
+        return "json"
+    if not sys.stdout.isatty():
+        return "plain"
+    try:
+        import rich  # noqa: F401
+    except ImportError:  # pragma: no cover - the test extra has rich
+        return "plain"
+    return "rich"
 
 
 def _banner(emu: Emulator) -> str:
     from .testing import (
         DEMO_CLICKATELL_API_ID,
         DEMO_CLICKATELL_PASSWORD,
+        DEMO_CLICKATELL_PLATFORM_KEY,
         DEMO_CLICKATELL_USER,
         DEMO_ONECLICKDZ_KEY,
+        PlatformAccount,
     )
 
     oneclick = emu.balance(DEMO_ONECLICKDZ_KEY)
+    platform = emu.account(DEMO_CLICKATELL_PLATFORM_KEY)
+    assert isinstance(platform, PlatformAccount)
     credits = emu.balance(DEMO_CLICKATELL_USER)
     minutes = emu.ip_block_seconds / 60
     return "\n".join(
@@ -121,6 +301,8 @@ def _banner(emu: Emulator) -> str:
             f"  Clickatell  user: {DEMO_CLICKATELL_USER}  "
             f"password: {DEMO_CLICKATELL_PASSWORD}  "
             f"api_id: {DEMO_CLICKATELL_API_ID}  credits: {credits}",
+            f"  Clickatell Platform  Authorization: {DEMO_CLICKATELL_PLATFORM_KEY}  "
+            f"balance: {platform.balance} {platform.currency}",
             # The real API does this too; a client that retries bad keys
             # locks itself out here first.
             f"  As the real OneClickDZ does, {emu.auth_failure_limit} bad "
@@ -181,6 +363,35 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
     )
 
+    watch = commands.add_parser(
+        "watch",
+        help="a live view of provider balances (credentials as for balance)",
+        description="Polls each balance and shows it with what is held, what "
+        "is available, its age, the spend per hour, the time to empty and the "
+        "alert level. A table on a terminal (the cli extra), a line per poll "
+        "otherwise, JSON lines with --json. Credentials as for balance; with "
+        "no provider named, every one whose credentials are set.",
+    )
+    watch.add_argument(
+        "providers",
+        nargs="*",
+        metavar="provider",
+        help=f"{' or '.join(sorted(ENV))} (default: all with credentials)",
+    )
+    watch.add_argument(
+        "--interval", type=_seconds, default=5.0, help="seconds (default: 5)"
+    )
+    watch.add_argument("--json", action="store_true", help="print JSON lines")
+    watch.add_argument(
+        "--emulator",
+        action="store_true",
+        help="watch the bundled emulator's demo accounts, with traffic",
+    )
+    watch.add_argument("--base-url", help="API root, e.g. an emulator's URL")
+    watch.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
+    )
+
     emulator = commands.add_parser(
         "emulator",
         help="serve the OneClickDZ and Clickatell emulator with demo accounts",
@@ -192,6 +403,45 @@ def _parser() -> argparse.ArgumentParser:
         default=8080,
         help="default: %(default)s; 0 picks a free port (printed)",
     )
+
+    imports = commands.add_parser(
+        "import",
+        help="copy a provider's own transactions into a history database",
+        description="The key comes from GUARD_ONECLICKDZ_API_KEY. Exit code 5: "
+        "some transactions' balances don't add up (listed on stderr).",
+    )
+    imports.add_argument("provider", choices=["oneclickdz"])
+    imports.add_argument(
+        "--db", required=True, help="an SQLite file, or a postgresql:// URL"
+    )
+    imports.add_argument("--from", dest="since", type=_when, help="date or time")
+    imports.add_argument("--to", dest="until", type=_when, help="date or time")
+    imports.add_argument("--base-url", help="API root, e.g. an emulator's URL")
+
+    report = commands.add_parser(
+        "report", help="daily balances, deposits, spend and refunds from a history"
+    )
+    report.add_argument(
+        "--db", required=True, help="an SQLite file, or a postgresql:// URL"
+    )
+    report.add_argument("--from", dest="since", type=_day, required=True)
+    report.add_argument("--to", dest="until", type=_day, required=True)
+    report.add_argument("--format", choices=["csv", "json", "html"], default="csv")
+    report.add_argument("--output", "-o", help="write here instead of stdout")
+    report.add_argument("--provider", default="oneclickdz")
+    report.add_argument("--account", help="the account digest, if several")
+
+    board = commands.add_parser(
+        "dashboard", help="serve the operator dashboard against the emulator"
+    )
+    board.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run the bundled emulator with live guarded traffic",
+    )
+    board.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    board.add_argument("--port", type=_port, default=8080, help="default: %(default)s")
+    board.add_argument("--token", help="the bearer token (default: a random one)")
     return parser
 
 
@@ -207,6 +457,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(quiet=args.quiet))
         if args.command == "emulator":
             return _emulator(args)
+        if args.command == "import":
+            return asyncio.run(_import(args))
+        if args.command == "report":
+            return _write_report(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
+        if args.command == "watch":
+            try:
+                return asyncio.run(_watch(args))
+            except KeyboardInterrupt:
+                return 0
+            except BrokenPipeError:  # `| head`: the reader has seen enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         return asyncio.run(_balance(args))
     except UsageError as exc:
         print(f"guard: {exc}", file=sys.stderr)
@@ -217,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BalanceUnavailable as exc:
         print(f"guard: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except GuardError as exc:  # pragma: no cover - every GuardError is above
+    except GuardError as exc:
+        # A history that cannot be opened, an unreadable transaction list...
         print(f"guard: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,16 +6,28 @@ emulator, told as a short story.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sys
+import tempfile
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ._aiohttp_client import guard_client_middleware
 from ._guard import BalanceGuard
 from ._require import require_balance
 from .errors import BalanceUnavailable, InsufficientBalance
+from .history import (
+    SQLiteHistory,
+    build_report,
+    import_oneclickdz,
+    reconcile,
+    render,
+)
+from .monitor import BalanceAlert, BalanceMonitor, Threshold
 from .testing import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
@@ -28,6 +40,9 @@ from .testing import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from ._events import GuardEvent
+    from .providers import OneClickDZ
 
 __all__ = ["run_demo"]
 
@@ -227,10 +242,162 @@ async def run_demo(*, quiet: bool = False) -> int:
             log.removeHandler(handler)
         emu.clear_faults()
 
+        # -- 6. a low-balance alert ------------------------------------------
+        emu.set_balance(DEMO_ONECLICKDZ_KEY, 1000)
+        say("\n6. A BalanceMonitor watches OneClickDZ, alerting at 1,500.00 DZD:")
+        say(
+            "   The account stands at 1,000.00 DZD. The monitor sees every\n"
+            "   balance the guard learns. An alert fires once per crossing, and\n"
+            "   once more when a refill lifts the balance back."
+        )
+        alerts: list[BalanceAlert] = []
+
+        async def on_alert(alert: BalanceAlert) -> None:
+            alerts.append(alert)
+            say(
+                f"   alert {alert.kind!r} ({alert.level}): balance "
+                f"{_money(alert.balance, alert.currency)}, threshold "
+                f"{_money(alert.threshold, alert.currency)}"
+            )
+
+        async with BalanceGuard() as guard:
+            monitor = BalanceMonitor(guard=guard)
+            monitor.watch(
+                oneclick, [Threshold(1500, level="critical")], notify=[on_alert]
+            )
+            async with monitor:
+                await guard.balance(oneclick)
+                await monitor.flush()
+                async with (
+                    guard.reserve(oneclick, 100),
+                    http.post(
+                        f"{emu.url}/v3/mobile/send",
+                        headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+                        json={
+                            "plan_code": "PREPAID_DJEZZY",
+                            "MSSIDN": "0770000009",
+                            "amount": 100,
+                        },
+                    ) as response,
+                ):
+                    response.raise_for_status()
+                await guard.balance(oneclick)
+                await monitor.flush()
+                say("   a top-up of 100.00 DZD later: still below, no new alert")
+                check(
+                    "one 'low' alert for 1,000.00 DZD, none for 900.00 DZD",
+                    [(a.kind, a.balance) for a in alerts] == [("low", Decimal(1000))],
+                )
+                emu.set_balance(DEMO_ONECLICKDZ_KEY, 10000)
+                say("   the account is refilled to 10,000.00 DZD")
+                await guard.balance(oneclick, fresh=True)
+                await monitor.flush()
+            check(
+                "the refill sent one 'recovered' alert",
+                [a.kind for a in alerts] == ["low", "recovered"],
+            )
+
+        # -- 7. history, reconciliation and a report -------------------------
+        report_path = await _history_step(emu, http, oneclick, say, check)
+
+        # -- 7. a priced fixed-plan top-up ------------------------------------
+        say("\n7. A fixed-plan top-up (PIXX_500) through the client middleware:")
+        say(
+            "   The request names a plan, not an amount. The guard reads the\n"
+            "   provider's plan list (500.00 DZD at cost 0.97) and holds what the\n"
+            "   provider will really debit, not the face value. The account is\n"
+            "   refilled with 1,000.00 DZD first."
+        )
+        emu.set_balance(
+            DEMO_ONECLICKDZ_KEY, emu.balance(DEMO_ONECLICKDZ_KEY) + Decimal(1000)
+        )
+        async with BalanceGuard() as guard:
+            held: list[Decimal] = []
+
+            def on_settled(event: GuardEvent) -> None:
+                if event.kind == "settled" and event.amount is not None:
+                    held.append(event.amount)
+
+            guard.add_hook(on_settled)
+            middleware = guard_client_middleware(guard, providers=[oneclick])
+            before = emu.balance(DEMO_ONECLICKDZ_KEY)
+            async with (
+                aiohttp.ClientSession(middlewares=(middleware,)) as priced,
+                priced.post(
+                    f"{emu.url}/v3/mobile/send",
+                    headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+                    json={"plan_code": "PIXX_500", "MSSIDN": "0660000003"},
+                ) as response,
+            ):
+                await response.read()
+            debit = before - emu.balance(DEMO_ONECLICKDZ_KEY)
+            say(
+                f"   held {_money(sum(held, Decimal(0)), 'DZD')}; "
+                f"the provider debited {_money(debit, 'DZD')}"
+            )
+            check(
+                "the fixed plan was held at amount x cost, what the provider debited",
+                held == [debit] == [Decimal("485.00")],
+            )
+
     failed = [what for what, ok in checks if not ok]
     summary = f"guard demo: {len(checks) - len(failed)} of {len(checks)} checks passed"
     if failed:
         print(f"{summary}; failed: {'; '.join(failed)}", file=sys.stderr)
         return 1
     say(summary)
+    say(f"\nThe report is in {report_path}")
     return 0
+
+
+async def _history_step(
+    emu: Emulator,
+    http: aiohttp.ClientSession,
+    oneclick: OneClickDZ,
+    say: Callable[[str], None],
+    check: Callable[[str, bool], None],
+) -> Path:
+    say("\n7. Three guarded top-ups of 200.00 DZD, one of 300.00 DZD around guard:")
+    say(
+        "   A guard given a history records every balance it reads and every\n"
+        "   call it settles, off the hot path. The provider's own transactions\n"
+        "   are then imported and reconciled with them."
+    )
+
+    async def send(amount: int) -> None:
+        async with http.post(
+            f"{emu.url}/v3/mobile/send",
+            headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
+            json={
+                "plan_code": "PREPAID_DJEZZY",
+                "MSSIDN": "0770000000",
+                "amount": amount,
+            },
+        ) as response:
+            await response.read()
+
+    folder = Path(tempfile.mkdtemp(prefix="guard-demo-"))
+    since = dt.datetime.now(dt.UTC)
+    async with SQLiteHistory(folder / "history.db") as history:
+        async with BalanceGuard(history=history) as guard:
+            for _ in range(3):
+                async with guard.reserve(oneclick, 200):
+                    await send(200)
+        await send(300)  # around guard
+        imported = await import_oneclickdz(history, oneclick)
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        found = await reconcile(history, since, until)
+        report = await build_report(history, since.date(), until.date())
+    say(
+        f"   imported {imported.added} transactions; {len(found.through_guard)} "
+        f"spends went through guard, {len(found.bypassed)} around it "
+        f"({_money(found.bypassed_total, 'DZD')})"
+    )
+    check(
+        "the spend made around guard shows up as bypassing it",
+        len(found.through_guard) == 3 and found.bypassed_total == Decimal(300),
+    )
+    check("every imported transaction adds up", not imported.flagged)
+    path = folder / "guard-report.html"
+    path.write_text(render(report, "html"), encoding="utf-8")
+    return path

@@ -13,10 +13,11 @@ import logging
 import random
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import aiohttp
 
+from ._logs import fields
 from ._money import bounded_balance
 from .errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 from .stores import Entry
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
     from ._accounts import Tracked
     from .typing import Provider, Store
+
+    FetchEnd: TypeAlias = Callable[[str, float, BaseException | None], None]
+    FetchTrace: TypeAlias = Callable[[Tracked], FetchEnd]
 
 __all__ = ["Fetcher"]
 
@@ -83,6 +87,10 @@ class Fetcher:
         self._own_session = session is None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._tracked: list[Tracked] = []
+        # Called as each provider request begins; what it returns, as it
+        # ends, with the outcome (as counted), the seconds and the error.
+        # None (the default) costs a fetch one test.
+        self.trace: FetchTrace | None = None
 
     async def aclose(self) -> None:
         """
@@ -134,7 +142,12 @@ class Fetcher:
                 "%s: background refresh failed: %s",
                 tracked.provider.name,
                 exc.reason,
-                extra={"guard_event": "refresh_failed"},
+                extra=fields(
+                    "refresh_failed",
+                    provider=tracked.provider.name,
+                    account=tracked.digest,
+                    reason=exc.reason,
+                ),
             )
         finally:
             tracked.refreshing = None
@@ -201,7 +214,9 @@ class Fetcher:
         if entry is not None:
             tracked.last = entry
             tracked.fetches += 1
-            self.emit("fetched", tracked, amount=amount)
+            self.emit(
+                "fetched", tracked, amount=amount, reported_at=tracked.reported_at
+            )
         return entry
 
     async def _fetch(self, tracked: Tracked, deadline: float) -> Decimal:
@@ -212,16 +227,23 @@ class Fetcher:
             # An outage: don't pile a new request on it for every caller.
             raise _still_down(tracked.down_error, tracked.down_until - now)
         stats = tracked.stats
+        end = None if self.trace is None else self.trace(tracked)
+        outcome = "cancelled"
+        error: BaseException | None = None
         try:
             amount = await self._ask(tracked, deadline)
-        except ProviderAuthError:
+            outcome = "ok"
+        except ProviderAuthError as exc:
             stats.fetches_auth += 1
+            outcome, error = "auth", exc
             raise
-        except ProviderResponseError:
+        except ProviderResponseError as exc:
             stats.fetches_bad_response += 1
+            outcome, error = "bad_response", exc
             raise
         except BalanceUnavailable as exc:
             stats.fetches_unavailable += 1
+            outcome, error = "unavailable", exc
             if stats.unavailable_since is None:
                 stats.unavailable_since = dt.datetime.now(dt.UTC)
             if self.outage_backoff:
@@ -234,12 +256,48 @@ class Fetcher:
                 tracked.down_error = exc
             raise
         finally:
-            stats.fetched(time.monotonic() - now)
+            seconds = time.monotonic() - now
+            stats.fetched(seconds)
+            if end is not None:
+                end(outcome, seconds, error)
         stats.fetches_ok += 1
         stats.unavailable_since = None
         tracked.backoff = 0.0
         tracked.down_error = None
+        if not tracked.typed:
+            await self._learn_key_type(tracked, deadline)
         return amount
+
+    async def _learn_key_type(self, tracked: Tracked, deadline: float) -> None:
+        """
+        Ask a provider that can tell (a ``key_type`` method, as
+        `guard.providers.OneClickDZ` has) whether its key is a sandbox key,
+        once per account: only after a balance was read, so that a bad key
+        is never tried twice. If it cannot say, the account is taken for a
+        real one.
+        """
+        tracked.typed = True
+        ask = getattr(tracked.provider, "key_type", None)
+        if ask is None:
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                kind = await ask(self.session())
+        # An optional extra: whatever it raises must not fail the read.
+        except Exception as exc:
+            log.info(
+                "%s: could not learn the key type: %s",
+                tracked.provider.name,
+                type(exc).__name__,
+                extra=fields(
+                    "key_type_unknown",
+                    provider=tracked.provider.name,
+                    account=tracked.digest,
+                    reason=type(exc).__name__,
+                ),
+            )
+            return
+        tracked.key_type = kind if kind in ("SANDBOX", "PRODUCTION") else None
 
     async def _ask(self, tracked: Tracked, deadline: float) -> Decimal:
         provider = tracked.provider
@@ -249,7 +307,7 @@ class Fetcher:
             async with asyncio.timeout_at(deadline):
                 while True:
                     try:
-                        amount = await provider.fetch_balance(self._get_session())
+                        amount = await provider.fetch_balance(self.session())
                     except ProviderAuthError as exc:
                         tracked.auth_until = time.monotonic() + self.auth_cooldown
                         tracked.auth_error = exc
@@ -267,6 +325,7 @@ class Fetcher:
                         )
                         error.__cause__ = exc
                     else:
+                        tracked.reported_at = getattr(amount, "reported_at", None)
                         return _as_balance(amount, provider)
                     attempt += 1
                     delay = self._delay(attempt, error.retry_after)
@@ -288,7 +347,7 @@ class Fetcher:
         base: float = min(0.1 * 2 ** (attempt - 1), self.max_retry_after)
         return float(random.uniform(base / 2, base))
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
         if self.closed:
             raise RuntimeError("this BalanceGuard is closed")
         loop = asyncio.get_running_loop()
@@ -339,7 +398,8 @@ def _as_balance(value: object, provider: Provider) -> Decimal:
         with contextlib.suppress(ArithmeticError, ValueError):
             value = Decimal(value)
     if isinstance(value, Decimal):
-        bounded = bounded_balance(value)
+        # A `Reported` balance is stored as the plain number.
+        bounded = bounded_balance(Decimal(value))
         if bounded is not None:
             return bounded
     raise ProviderResponseError(
@@ -355,6 +415,7 @@ def _still_down(error: BalanceUnavailable, remaining: float) -> BalanceUnavailab
         provider=error.provider,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )
 
 
@@ -365,4 +426,5 @@ def _cooled(error: ProviderAuthError, remaining: float) -> ProviderAuthError:
         code=error.code,
         status=error.status,
         retry_after=remaining,
+        request_id=error.request_id,
     )

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
-from ._accounts import Accounts, AccountState, Tracked
-from ._balance import Balance
-from ._events import EventKind, GuardEvent
+from ._accounts import Accounts, Tracked
+from ._catalogue import Catalogues
+from ._events import EventKind, Hooks
 from ._fetch import Fetcher
+from ._logs import fields
 from ._loops import HomeLoop
-from ._money import MONEY, to_amount
+from ._money import MONEY, ZERO, to_amount
 from ._options import check_settle, count, make_store, name, seconds
+from ._reads import Reads
+from ._reservation import (
+    _RESERVATION_OUTCOME,
+    _RESERVATION_REPORT,
+    Reservation,
+    _Reserve,
+    _ReserveOther,
+)
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -41,159 +48,20 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Account, Entry, Outcome
-    from .typing import AmountLike, EventHook, Provider, Store
+    from .stores import Account, Outcome, Ticket
+    from .typing import AmountLike, EventHook, History, Provider, Store
 
-__all__ = ["BalanceGuard", "Policy", "Reservation", "Settle"]
+__all__ = ["BalanceGuard", "Policy", "Settle"]
 
 log = logging.getLogger("guard")
+
+T = TypeVar("T")
 
 Settle: TypeAlias = Literal["refresh", "invalidate", "debit"]
 Policy: TypeAlias = Literal["closed", "open"]
 
 
-class Reservation:
-    """
-    An amount held on an account while a guarded block runs; what
-    `BalanceGuard.reserve` yields. Read-only.
-
-    Attributes:
-        provider: The account's provider.
-        amount: The amount held.
-        balance: The balance the amount was checked against; None when the
-            guard failed open (``on_unavailable="open"``) and nothing was
-            checked.
-    """
-
-    __slots__ = ("_failed", "_hold", "_tracked", "amount", "provider")
-
-    provider: Provider
-    amount: Decimal
-    _tracked: Tracked
-    _hold: Hold | None
-    _failed: bool
-
-    def __new__(
-        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
-    ) -> Reservation:
-        # Made on every guarded call: set through the slots, not __setattr__.
-        self = object.__new__(cls)
-        _RESERVATION_PROVIDER(self, provider)
-        _RESERVATION_AMOUNT(self, amount)
-        _RESERVATION_TRACKED(self, tracked)
-        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
-        _RESERVATION_FAILED(self, False)
-        return self
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"a Reservation is read-only: can't set {name}")
-
-    def __repr__(self) -> str:
-        return (
-            f"<Reservation {self.provider.name} amount={self.amount} "
-            f"checked={self._hold is not None} failed={self._failed}>"
-        )
-
-    @property
-    def balance(self) -> Balance | None:
-        hold = self._hold
-        if hold is None or hold.entry is None:
-            return None
-        return _balance(self.provider, hold.entry)
-
-    def failed(self) -> None:
-        """
-        Mark the spend as failed although the block did not raise (a
-        provider that answered an error): it settles as a failure, and
-        ``settle="debit"`` invalidates the balance instead of debiting it.
-        """
-        _RESERVATION_FAILED(self, True)
-
-
-(
-    _RESERVATION_PROVIDER,
-    _RESERVATION_AMOUNT,
-    _RESERVATION_TRACKED,
-    _RESERVATION_HOLD,
-    _RESERVATION_FAILED,
-) = (
-    Reservation.__dict__[name].__set__
-    for name in ("provider", "amount", "_tracked", "_hold", "_failed")
-)
-
-
-class _Reserve:
-    """
-    What `BalanceGuard.reserve` returns: an async context manager for one
-    guarded block. Not reusable.
-    """
-
-    __slots__ = ("_amount", "_guard", "_provider", "_reservation", "_settle")
-
-    def __init__(
-        self,
-        guard: BalanceGuard,
-        provider: Provider,
-        amount: Decimal,
-        settle: Settle | None,
-    ) -> None:
-        self._guard = guard
-        self._provider = provider
-        self._amount = amount
-        self._settle = settle
-        self._reservation: Reservation | None = None
-
-    def _enter_now(self) -> Reservation | None:
-        """
-        Check and hold without awaiting, if the store can (a warm in-process
-        balance that covers the amount); None: `_enter` must run.
-        """
-        guard = self._guard
-        hold_now = guard._hold_now
-        if hold_now is None or guard._loops.home is not asyncio.get_running_loop():
-            return None
-        tracked = guard._track(self._provider)
-        result = hold_now(tracked.account, self._amount)
-        if type(result) is not Hold:
-            return None  # a miss or a shortage: the slow path decides
-        tracked.last = result.entry
-        tracked.stats.allowed += 1
-        return Reservation(self._provider, self._amount, tracked, result)
-
-    async def _enter(self) -> Reservation:
-        guard = self._guard
-        loops = guard._loops
-        if loops.home is asyncio.get_running_loop() or loops.at_home():
-            return await guard._check_and_hold(self._provider, self._amount)
-        return await loops.make(
-            functools.partial(guard._check_and_hold, self._provider, self._amount),
-            guard._drop,
-        )
-
-    async def __aenter__(self) -> Reservation:
-        if self._reservation is not None:
-            raise RuntimeError("a reserve() block can be entered only once")
-        reservation = self._enter_now() or await self._enter()
-        self._reservation = reservation
-        return reservation
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        reservation = self._reservation
-        if reservation is None:
-            raise RuntimeError("a reserve() block exited without being entered")
-        # The one place that decides whether a spend succeeded.
-        ok = exc_type is None and not reservation._failed
-        guard = self._guard
-        if not guard._settle_now(reservation, ok, self._settle):
-            await guard._settle(reservation, ok=ok, settle=self._settle)
-
-
-class BalanceGuard:
+class BalanceGuard(Reads):
     """
     Checks, holds and settles provider balances for guarded calls.
 
@@ -256,6 +124,9 @@ class BalanceGuard:
             died holding it (or could not reach Redis to release it). Holds
             of running calls are renewed every ``lease / 3`` seconds, so a
             call may run longer than this.
+        history: Where to record every balance fetched and every settled
+            call, such as a `guard.history.SQLiteHistory`; recorded off the
+            hot path. Closing the guard flushes it; you close it.
     """
 
     def __init__(
@@ -278,6 +149,7 @@ class BalanceGuard:
         session: aiohttp.ClientSession | None = None,
         namespace: str = "guard",
         lease: float = 60.0,
+        history: History | None = None,
     ) -> None:
         check_settle(settle)
         if on_unavailable not in ("closed", "open"):
@@ -289,7 +161,7 @@ class BalanceGuard:
         fetch_timeout = seconds("fetch_timeout", fetch_timeout)
         self.recheck_after = seconds("recheck_after", recheck_after, zero_ok=True)
         self.namespace = name("namespace", namespace)
-        self._hooks: tuple[EventHook, ...] = ()
+        self._hooks = Hooks()
         for hook in hooks:
             self.add_hook(hook)
         self._store = make_store(
@@ -323,19 +195,19 @@ class BalanceGuard:
         self._hold_now = getattr(self._store, "hold_now", None)
         self._release_now = getattr(self._store, "release_now", None)
         self._accounts = Accounts(self.namespace, self._fetcher.track)
+        self._catalogues = Catalogues()
         self._track = self._accounts.get
         self.closed = False
         """Whether `aclose` was called."""
+        self.history = history
+        """Where this guard's balances and calls are recorded, if anywhere."""
+        if history is not None:
+            history.attach(self)
 
     @property
     def ttl(self) -> float:
         """Seconds a fetched balance is trusted (the store's)."""
         return self._store.ttl
-
-    @property
-    def fetch_timeout(self) -> float:
-        """Seconds one balance fetch may take, retries included."""
-        return self._fetcher.timeout
 
     @property
     def store(self) -> Store:
@@ -370,82 +242,66 @@ class BalanceGuard:
         if self.closed:
             return
         self.closed = True
+        if self.history is not None:
+            await self.history.detach(self)
         await self._fetcher.aclose()
         await self._store.close()
 
-    # -- public reads ---------------------------------------------------
-
-    async def balance(self, provider: Provider, *, fresh: bool = False) -> Balance:
-        """
-        Return the balance of *provider*'s account: cached, or fetched if
-        there is none (or *fresh* is true).
-
-        Raises:
-            BalanceUnavailable: It could not be learned (whatever the
-                *on_unavailable* policy: there is no call to let through).
-        """
-        if not self._loops.at_home():
-            return await self._loops.call(self.balance(provider, fresh=fresh))
-        tracked = self._track(provider)
-        entry = None if fresh else await self._store.read(tracked.account)
-        if entry is None:
-            entry = await self._fetcher.refresh(
-                tracked, time.monotonic() + self.fetch_timeout
-            )
-        return _balance(tracked.provider, entry)
-
-    async def invalidate(self, provider: Provider) -> None:
-        """
-        Forget *provider*'s cached balance; the next call fetches it.
-        """
-        if not self._loops.at_home():
-            await self._loops.call(self.invalidate(provider))
-            return
-        await self._store.invalidate(self._track(provider).account)
-
-    def add_hook(self, hook: EventHook) -> None:
+    def add_hook(
+        self, hook: EventHook, *, kinds: Iterable[EventKind] | None = None
+    ) -> None:
         """
         Call *hook* with every `GuardEvent` from now on, after the hooks
-        given before.
+        given before; with *kinds*, only with events of those kinds (a
+        guarded call then makes no event no hook wants).
 
         Raises:
-            ConfigurationError: *hook* is not a plain (not async) callable.
+            ConfigurationError: *hook* is not a plain (not async) callable,
+                or *kinds* names no event kind.
         """
-        checked: object = hook
-        if not callable(checked) or _is_async(checked):
-            raise ConfigurationError(
-                f"hooks must be plain (not async) callables, got {hook!r}"
-            )
-        self._hooks = (*self._hooks, hook)
+        self._hooks.add(hook, kinds)
 
     def remove_hook(self, hook: EventHook) -> None:
         """
         Stop calling *hook* (added with `add_hook` or *hooks*); nothing if
         it is not there.
         """
-        self._hooks = tuple(h for h in self._hooks if h != hook)
+        self._hooks.remove(hook)
 
-    def accounts(self) -> tuple[AccountState, ...]:
+    def reserve_unavailable(
+        self,
+        provider: Provider,
+        error: BalanceUnavailable,
+        *,
+        settle: Settle | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Reservation]:
         """
-        Return every account this guard has seen, as it sees it now: the
-        last balance, what this process holds, and what it counted.
-        """
-        return tuple(
-            self._accounts.state(tracked, self._store.held(tracked.account))
-            for tracked in self._accounts
-        )
+        A `reserve` for a spend whose amount could not be learned (its
+        price list was unreadable): with ``on_unavailable="closed"``, or
+        when *error* is a `ProviderAuthError` or `ProviderResponseError`,
+        entering raises *error*; with ``"open"`` the block runs unchecked,
+        as when a balance cannot be learned.
 
-    def held(self, provider: Provider) -> Decimal:
+        .. versionadded:: 0.2
         """
-        Sum of the amounts held by *provider*'s running calls in this
-        process.
-        """
-        return self._store.held(self._track(provider).account)
+        if settle is not None:
+            check_settle(settle)
+        return _ReserveOther(self, provider, ZERO, settle, unavailable=error)
+
+    async def _enter_unavailable(
+        self, provider: Provider, error: BalanceUnavailable
+    ) -> Reservation:
+        return self._unavailable(self._track(provider), ZERO, error)
 
     # -- the guarded call -------------------------------------------------
 
     def reserve(
-        self, provider: Provider, amount: AmountLike, *, settle: Settle | None = None
+        self,
+        provider: Provider,
+        amount: AmountLike,
+        *,
+        settle: Settle | None = None,
+        reports: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]:
         """
         Hold *amount* on *provider*'s account for the ``async with`` block.
@@ -470,6 +326,11 @@ class BalanceGuard:
                 through ``str()``).
             settle: ``"invalidate"`` or ``"debit"``; default: the guard's.
 
+            reports: The block may call `Reservation.report_balance` with
+                the balance the provider reports after the spend: the
+                guard notes, before the block runs, what it needs to store
+                that balance safely.
+
         Raises:
             AmountError: At once, for an *amount* that is not a
                 non-negative finite number.
@@ -477,12 +338,20 @@ class BalanceGuard:
                 does not cover *amount*.
             BalanceUnavailable: On entry, when the balance could not be
                 learned and the policy is ``"closed"``.
+
+        .. versionchanged:: 0.2 *reports*.
         """
         if settle is not None:
             check_settle(settle)
+        if reports:
+            return _ReserveOther(
+                self, provider, to_amount(amount), settle, reports=True
+            )
         return _Reserve(self, provider, to_amount(amount), settle)
 
-    async def _check_and_hold(self, provider: Provider, amount: Decimal) -> Reservation:
+    async def _check_and_hold(
+        self, provider: Provider, amount: Decimal, reports: bool = False
+    ) -> Reservation:
         tracked = self._track(provider)
         seen = tracked.fetches
         try:
@@ -492,8 +361,30 @@ class BalanceGuard:
         if isinstance(result, Hold):
             tracked.last = result.entry or tracked.last
             tracked.stats.allowed += 1
+            if reports:
+                return await self._with_ticket(tracked, amount, result)
             return Reservation(provider, amount, tracked, result)
-        return await self._check_slow(tracked, amount, result, seen)
+        reservation = await self._check_slow(tracked, amount, result, seen)
+        if reports and reservation._hold is not None:
+            return await self._with_ticket(tracked, amount, reservation._hold)
+        return reservation
+
+    async def _with_ticket(
+        self, tracked: Tracked, amount: Decimal, hold: Hold
+    ) -> Reservation:
+        reservation = Reservation(tracked.provider, amount, tracked, hold)
+        report: list[Any] = [None, None]
+        _RESERVATION_REPORT(reservation, report)
+        ticket = getattr(self._store, "ticket", None)
+        if ticket is not None:
+            # Before the spend is sent: what settles after this may or may
+            # not be in the balance the provider reports for it.
+            try:
+                report[0] = await ticket(tracked.account)
+            except BaseException:
+                await self._store.release(hold, outcome="forget")
+                raise
+        return reservation
 
     async def _check_slow(
         self, tracked: Tracked, amount: Decimal, result: Short | None, seen: int
@@ -572,6 +463,14 @@ class BalanceGuard:
             "%s: balance unavailable, proceeding unchecked (on_unavailable='open'): %s",
             tracked.provider.name,
             exc.reason,
+            extra=fields(
+                "failed_open",
+                provider=tracked.provider.name,
+                account=tracked.digest,
+                currency=tracked.provider.currency,
+                amount=amount,
+                reason=exc.reason,
+            ),
         )
         self._emit("failed_open", tracked, amount=amount, error=exc)
         return Reservation(tracked.provider, amount, tracked, None)
@@ -579,18 +478,36 @@ class BalanceGuard:
     def _outcome(
         self, reservation: Reservation, ok: bool, settle: Settle | None
     ) -> Outcome:
+        """
+        Count the call's end and tell the store what to do with the balance;
+        once per reservation.
+        """
+        outcome = reservation._outcome
+        if outcome is not None:
+            return outcome
         mode = settle or self.settle_mode
         if ok:
             stats = reservation._tracked.stats
             stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if self._hooks:
-            self._emit(
-                "settled", reservation._tracked, amount=reservation.amount, ok=ok
-            )
         if mode == "refresh":
             self._fetcher.refresh_soon(reservation._tracked)
-            return "spent"
-        return "debit" if ok and mode == "debit" else "forget"
+            outcome = "spent"
+        else:
+            outcome = "debit" if ok and mode == "debit" else "forget"
+        _RESERVATION_OUTCOME(reservation, outcome)
+        return outcome
+
+    def _settled(self, reservation: Reservation, ok: bool) -> None:
+        # Once the store settled: a hook reading the cached balance then sees
+        # it debited or gone, never the balance before.
+        if self._hooks.wants("settled"):
+            self._emit(
+                "settled",
+                reservation._tracked,
+                amount=reservation.amount,
+                ok=ok,
+                duration=time.monotonic() - reservation._started,
+            )
 
     def _settle_now(
         self, reservation: Reservation, ok: bool, settle: Settle | None
@@ -603,11 +520,15 @@ class BalanceGuard:
         if (
             release_now is None
             or hold is None
+            or reservation._report is not None
             or self._loops.home is not asyncio.get_running_loop()
             or (settle or self.settle_mode) == "invalidate"
         ):
             return False
-        return bool(release_now(hold, self._outcome(reservation, ok, settle)))
+        if not release_now(hold, self._outcome(reservation, ok, settle)):
+            return False  # it needs I/O: _settle finishes, counting nothing twice
+        self._settled(reservation, ok)
+        return True
 
     async def _settle(
         self, reservation: Reservation, *, ok: bool, settle: Settle | None
@@ -624,21 +545,54 @@ class BalanceGuard:
             )
             return
         hold = reservation._hold
+        report = reservation._report
+        if ok and hold is not None and report is not None and None not in report:
+            stats = reservation._tracked.stats
+            stats.spent = MONEY.add(stats.spent, reservation.amount)
+            try:
+                await self._settle_reported(reservation, hold, report[0], report[1])
+            finally:
+                self._settled(reservation, ok)
+            return
         outcome = self._outcome(reservation, ok, settle)
-        if hold is None:
-            await self._drop(reservation)
-            return
-        if outcome != "forget":
-            await self._store.release(hold, outcome=outcome)
-            return
         try:
-            # Calls woken by the same fetch as this one check before it
-            # forgets that balance, rather than each fetching anew.
-            await asyncio.sleep(0)
+            if hold is None:
+                await self._drop(reservation)
+            elif outcome != "forget":
+                await self._store.release(hold, outcome=outcome)
+            else:
+                try:
+                    # Calls woken by the same fetch as this one check before it
+                    # forgets that balance, rather than each fetching anew.
+                    await asyncio.sleep(0)
+                finally:
+                    # Stores release the hold before their first await: a
+                    # second cancellation can't leave it behind.
+                    await self._store.release(hold, outcome="forget")
         finally:
-            # Stores release the hold before their first await: a second
-            # cancellation can't leave it behind.
-            await self._store.release(hold, outcome="forget")
+            self._settled(reservation, ok)
+
+    async def _settle_reported(
+        self, reservation: Reservation, hold: Hold, ticket: Ticket, reported: Decimal
+    ) -> None:
+        """
+        Release *hold*, then store the balance the provider reported after
+        the spend, with the ticket taken before it was sent.
+        """
+        account = reservation._tracked.account
+        # "spent" moves no generation: the put below still counts. Should
+        # the put be dropped, the balance is left with this call taken off.
+        await self._store.release(hold, outcome="spent")
+        # The store subtracts what was spent since the ticket, this call
+        # included; the reported balance already counts this call.
+        try:
+            entry = await self._store.put(
+                account, MONEY.add(reported, hold.amount), ticket
+            )
+        except BalanceUnavailable:
+            entry = None
+        if entry is not None:
+            reservation._tracked.last = entry
 
     async def _drop(self, reservation: Reservation) -> None:
         """
@@ -668,48 +622,5 @@ class BalanceGuard:
         """
         self._loops.forget()
 
-    def _emit(
-        self,
-        kind: EventKind,
-        tracked: Tracked,
-        *,
-        amount: Decimal | None = None,
-        available: Decimal | None = None,
-        ok: bool | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if not self._hooks:
-            return
-        provider = tracked.provider
-        event = GuardEvent(
-            kind=kind,
-            provider=provider.name,
-            account_id=provider.account_id,
-            account=tracked.digest,
-            currency=provider.currency,
-            amount=amount,
-            available=available,
-            ok=ok,
-            error=error,
-        )
-        for hook in self._hooks:
-            try:
-                hook(event)
-            except Exception:
-                log.exception("guard hook %r failed on %s", hook, kind)
-
-
-def _balance(provider: Provider, entry: Entry) -> Balance:
-    return Balance(
-        provider=provider.name,
-        amount=entry.amount,
-        currency=provider.currency,
-        fetched_at=entry.fetched_at,
-    )
-
-
-def _is_async(fn: object) -> bool:
-    # An object with an ``async def __call__`` is async too.
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )
+    def _emit(self, kind: EventKind, tracked: Tracked, **values: Any) -> None:
+        self._hooks.emit(kind, tracked, **values)

@@ -14,9 +14,11 @@ import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _sync
-from ._guard import BalanceGuard, _is_async, _Reserve
+from ._events import is_async
+from ._guard import BalanceGuard
 from ._money import to_amount
 from ._options import check_settle
+from ._reservation import _Reserve
 from .errors import AmountError
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ T = TypeVar("T")
 
 _default: BalanceGuard | None = None
 _default_lock = threading.Lock()
+# Guards the entry bookkeeping of every RequireBalance: threads entering one
+# object at once must not both take the slot for its first entry.
+_entries_lock = threading.Lock()
 _inherited: list[BalanceGuard | None] = []
 
 # What an amount function may raise for arguments it cannot read an amount
@@ -67,10 +72,11 @@ def _forget_default() -> None:
     # A forked child inherits the default guard but not the private loop
     # thread its state may live on: it makes its own on first use. The old
     # one stays referenced: collecting it would warn of the parent's session.
-    global _default, _default_lock
+    global _default, _default_lock, _entries_lock
     _inherited.append(_default)
     _default = None
     _default_lock = threading.Lock()
+    _entries_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -200,7 +206,7 @@ class RequireBalance:
             raise TypeError(
                 f"require_balance cannot guard a generator function: {fn!r}"
             )
-        if not _is_async(fn):
+        if not is_async(fn):
             return self._wrap_sync(fn)
         static = self._amount
 
@@ -253,30 +259,37 @@ class RequireBalance:
     # -- context manager --------------------------------------------------
 
     def _enter(self, block: _Reserve) -> None:
-        if self._only is None and self._entered is None:
-            # The usual case, a fresh object entered once: no context variable.
-            self._only = block
-            return
-        var = self._entered
-        if var is None:
-            var = self._entered = contextvars.ContextVar("guard_require_balance")
-        var.set(_Entered(block, var.get(None)))
-        self._open.append(block)
+        with _entries_lock:
+            if self._only is None and self._entered is None:
+                # The usual case, a fresh object entered once: no context
+                # variable.
+                self._only = block
+                return
+            var = self._entered
+            if var is None:
+                var = self._entered = contextvars.ContextVar("guard_require_balance")
+            var.set(_Entered(block, var.get(None)))
+            self._open.append(block)
 
     def _exit(self) -> _Reserve:
-        var = self._entered
-        entered = None if var is None else var.get(None)
-        if var is not None and entered is not None:
-            var.set(entered.outer)
-            self._open.remove(entered.block)
-            return entered.block
-        if self._only is not None:
-            block, self._only = self._only, None
-            return block
-        # Exited in another task than it was entered in (an AsyncExitStack,
-        # fixtures): one block of this object is as good as another, since
-        # they hold the same amount.
-        return self._open.pop(0)
+        with _entries_lock:
+            var = self._entered
+            entered = None if var is None else var.get(None)
+            if var is not None and entered is not None:
+                var.set(entered.outer)
+                self._open.remove(entered.block)
+                return entered.block
+            if self._only is not None:
+                block, self._only = self._only, None
+                return block
+            # Exited in another task than it was entered in (an
+            # AsyncExitStack, fixtures): one block of this object is as good
+            # as another, since they hold the same amount.
+            if not self._open:
+                raise RuntimeError(
+                    "a require_balance block exited without being entered"
+                )
+            return self._open.pop(0)
 
     def _static(self) -> Decimal:
         if self._amount is None:

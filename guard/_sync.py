@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
     from anyio.from_thread import BlockingPortal
 
-    from ._guard import BalanceGuard, Reservation, _Reserve
+    from ._guard import BalanceGuard
+    from ._reservation import Reservation, _Reserve
 
 __all__ = [
     "Block",

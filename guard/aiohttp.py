@@ -32,16 +32,21 @@ import attrs
 from aiohttp import web
 
 from guard._aiohttp_client import (
+    ReportedBalance,
     SpendRequest,
     SpendRule,
+    clickatell_platform_rules,
     clickatell_rules,
     default_rules,
     guard_client_middleware,
     oneclickdz_rules,
 )
+from guard._dashboard import DashboardAuth, dashboard
 from guard._guard import BalanceGuard, Settle
+from guard._logs import fields
 from guard._money import to_amount
 from guard._require import get_default_guard
+from guard._reservation import _Reserve
 from guard.errors import (
     AmountError,
     BalanceUnavailable,
@@ -53,6 +58,7 @@ from guard.errors import (
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
+    from aiohttp.web_urldispatcher import AbstractRoute
 
     from guard.typing import AmountLike, Provider
 
@@ -61,12 +67,16 @@ __all__ = [
     "GUARD_KEY",
     "INSUFFICIENT_BALANCE_TYPE",
     "PROBLEM_CONTENT_TYPE",
+    "DashboardAuth",
     "ProblemHandler",
+    "ReportedBalance",
     "RequestAmount",
     "RouteRule",
     "SpendRequest",
     "SpendRule",
+    "clickatell_platform_rules",
     "clickatell_rules",
+    "dashboard",
     "default_rules",
     "guard_client_middleware",
     "guard_middleware",
@@ -113,6 +123,10 @@ A callable that turns a guard error into a response of your own; returning
 None keeps the default one (see `problem_response`).
 """
 
+_Seen: TypeAlias = (
+    "tuple[weakref.ref[web.Application], RouteRule | None, BalanceGuard | None]"
+)
+
 _DETAIL_UNAVAILABLE = (
     "The provider balance could not be checked right now; try again later."
 )
@@ -150,7 +164,8 @@ class RouteRule:
         Raises:
             aiohttp.web.HTTPBadRequest: The amount cannot be read from the
                 request (the amount function raised `ValueError`, such as a
-                body that is not JSON, `LookupError`, `TypeError` or
+                body that is not JSON, `LookupError`, `TypeError`,
+                `ArithmeticError`, such as ``decimal.InvalidOperation``, or
                 `RecursionError`, for a body nested too deep), or is not a
                 non-negative finite number: the client sent a bad one.
         """
@@ -161,7 +176,13 @@ class RouteRule:
             value = amount(request) if callable(amount) else amount
             if inspect.isawaitable(value):
                 value = await value
-        except (LookupError, TypeError, ValueError, RecursionError) as exc:
+        except (
+            LookupError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            RecursionError,
+        ) as exc:
             raise _unreadable_amount(exc) from None
         try:
             return to_amount(value)
@@ -296,8 +317,9 @@ def guard_middleware(
 
     Args:
         guard: The guard to use. Default: the app's (``app[GUARD_KEY]``, see
-            `setup_guard`), else `guard.get_default_guard()`; looked up per
-            request.
+            `setup_guard`), else `guard.get_default_guard()`. The app's is
+            looked up on each route's first request, the default one on
+            every request.
         routes: Rules by route name (``add_post(..., name="topup")``): the
             amount is checked and held before the handler runs and settled
             after it. A handler that ends with a status below 400 counts as a
@@ -318,10 +340,10 @@ def guard_middleware(
         A new-style aiohttp middleware.
 
     An amount that cannot be read from the request (its function raised
-    `ValueError`, `LookupError`, `TypeError` or `RecursionError`), or is not
-    a non-negative finite number, is answered ``400``, for route rules and
-    for a handler decorated with `guard.require_balance` (which raises
-    `guard.AmountError`) alike.
+    `ValueError`, `LookupError`, `TypeError`, `ArithmeticError` or
+    `RecursionError`), or is not a non-negative finite number, is answered
+    ``400``, for route rules and for a handler decorated with
+    `guard.require_balance` (which raises `guard.AmountError`) alike.
     """
     rules: dict[str, RouteRule] = dict(routes or {})
     for name, rule in rules.items():
@@ -341,14 +363,33 @@ def guard_middleware(
     ):
         raise ValueError(f"retry_after must be seconds >= 0, got {retry_after!r}")
 
-    async def answer(request: web.Request, exc: GuardError) -> web.StreamResponse:
+    async def answer(
+        request: web.Request, exc: GuardError, rule: RouteRule | None
+    ) -> web.StreamResponse:
         if isinstance(exc, BalanceUnavailable):
             # SECURITY: str(exc) never holds a credential; the client gets a
             # generic detail all the same.
             level = (
                 logging.ERROR if isinstance(exc, ProviderAuthError) else logging.WARNING
             )
-            log.log(level, "%s %s: %s", request.method, request.path, exc)
+            # A handler's own guarded call: its account is not known here.
+            account = "" if rule is None else account_of(request, rule)
+            log.log(
+                level,
+                "%s %s: %s",
+                request.method,
+                request.path,
+                exc,
+                extra=fields(
+                    "request_unavailable",
+                    provider=exc.provider,
+                    account=account,
+                    method=request.method,
+                    path=request.path,
+                    reason=exc.reason,
+                    status=exc.status,
+                ),
+            )
         if problem is not None:
             custom = problem(request, exc)
             if inspect.isawaitable(custom):
@@ -359,58 +400,86 @@ def guard_middleware(
             exc, retry_after=retry_after, expose_available=expose_available
         )
 
-    async def guarded(
-        request: web.Request, handler: Handler, rule: RouteRule
-    ) -> web.StreamResponse:
+    def account_of(request: web.Request, rule: RouteRule) -> str:
         active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
-        required = await rule.required(request)
-        passed: web.HTTPException | None = None
-        async with active.reserve(
-            rule.provider, required, settle=rule.settle
-        ) as reservation:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                if exc.status >= 400:
-                    raise
-                passed = exc  # a redirect raised as an exception: a success
-            else:
-                if response.status >= 400:
-                    reservation.failed()
-        if passed is not None:
-            raise passed
+        return active._track(rule.provider).digest
+
+    async def guarded(
+        request: web.Request,
+        handler: Handler,
+        rule: RouteRule,
+        found: BalanceGuard | None,
+    ) -> web.StreamResponse:
+        active = found or get_default_guard()
+        amount = rule.amount
+        if type(amount) is not Decimal:  # fixed amounts were read at build time
+            amount = await rule.required(request)
+        settle = rule.settle
+        # What ``async with active.reserve(...)`` does, without its two
+        # coroutines: the rule's amount and settle mode are already checked.
+        block = _Reserve(active, rule.provider, amount, settle)
+        reservation = block._enter_now() or await block._enter()
+        ok = False
+        try:
+            response = await handler(request)
+            ok = response.status < 400
+        except web.HTTPException as exc:
+            ok = exc.status < 400  # a redirect raised as an exception: a success
+            raise
+        finally:
+            if not active._settle_now(reservation, ok, settle):
+                await active._settle(reservation, ok=ok, settle=settle)
         return response
 
     checked: weakref.WeakSet[web.Application] = weakref.WeakSet()
+    # What each route needs, learnt on its first request: (the app whose
+    # middleware run it was learnt for, its rule, the app's guard). One dict
+    # lookup per request; an entry per route, so bounded by the app.
+    seen: dict[AbstractRoute, _Seen] = {}
 
-    def rule_for(request: web.Request) -> RouteRule | None:
+    def learn(request: web.Request) -> _Seen:
         # A name is looked up in the app this middleware runs for: a route of
         # a sub-application with the same name is another route.
-        app = request.match_info.current_app
+        match_info = request.match_info
+        app = match_info.current_app
         if app not in checked:
             _check_route_names(app, rules)
             checked.add(app)
-        resource = request.match_info.route.resource
+        route = match_info.route
+        resource = route.resource
         name = resource.name if resource is not None else None
-        if not name:
-            return None
-        rule = rules.get(name)
-        if rule is None or app.router.named_resources().get(name) is not resource:
-            return None
-        return rule
+        rule = rules.get(name) if name else None
+        if (
+            rule is not None
+            and app.router.named_resources().get(name or "") is not resource
+        ):
+            rule = None
+        found = None
+        if rule is not None:
+            found = guard or request.config_dict.get(GUARD_KEY)
+        entry = (weakref.ref(app), rule, found)
+        if resource is not None:  # not a 404/405 route, made per request
+            seen[route] = entry
+        return entry
 
     # Kept in this one place: aiohttp 4 drops the decorator.
     @web.middleware
     async def guard_balance(
         request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        rule = rule_for(request) if rules else None
+        rule: RouteRule | None = None
         try:
-            if rule is None:
-                return await handler(request)
-            return await guarded(request, handler, rule)
+            if rules:
+                match_info = request.match_info
+                entry = seen.get(match_info.route)
+                if entry is None or entry[0]() is not match_info.current_app:
+                    entry = learn(request)
+                rule = entry[1]
+                if rule is not None:
+                    return await guarded(request, handler, rule, entry[2])
+            return await handler(request)
         except (InsufficientBalance, BalanceUnavailable) as exc:
-            return await answer(request, exc)
+            return await answer(request, exc, rule)
         except AmountError as exc:
             # A handler decorated with require_balance whose amount could not
             # be read from the request: the client's fault, not a 500.

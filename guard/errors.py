@@ -123,13 +123,18 @@ class BalanceUnavailable(GuardError):
     unreachable, slow, overloaded (5xx, 429), or the shared cache was down.
 
     *retry_after* is the provider's hint in seconds, if it gave one; *status*
-    the HTTP status, if a response arrived.
+    the HTTP status, if a response arrived; *request_id* the provider's id
+    of the request (OneClickDZ's ``requestId``, which its support asks
+    for), if it sent one; ``str()`` shows it.
+
+    .. versionchanged:: 0.2 *request_id*.
     """
 
     provider: str
     reason: str
     status: int | None
     retry_after: float | None
+    request_id: str | None
 
     def __init__(
         self,
@@ -138,20 +143,26 @@ class BalanceUnavailable(GuardError):
         provider: str,
         status: int | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.provider = provider
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.request_id = request_id
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.provider}: balance unavailable: {self.reason}"
+        return f"{self.provider}: balance unavailable: {self.reason}{self._rid()}"
+
+    def _rid(self) -> str:
+        return f" (request id {self.request_id})" if self.request_id else ""
 
     def __repr__(self) -> str:
+        rid = f", request_id={self.request_id!r}" if self.request_id else ""
         return (
             f"{type(self).__name__}({self.reason!r}, provider={self.provider!r}, "
-            f"status={self.status!r}, retry_after={self.retry_after!r})"
+            f"status={self.status!r}, retry_after={self.retry_after!r}{rid})"
         )
 
     def _fields(self) -> dict[str, Any]:
@@ -160,6 +171,7 @@ class BalanceUnavailable(GuardError):
             "provider": self.provider,
             "status": self.status,
             "retry_after": self.retry_after,
+            "request_id": self.request_id,
         }
 
 
@@ -182,15 +194,20 @@ class ProviderAuthError(BalanceUnavailable):
         code: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.code = code
         super().__init__(
-            reason, provider=provider, status=status, retry_after=retry_after
+            reason,
+            provider=provider,
+            status=status,
+            retry_after=retry_after,
+            request_id=request_id,
         )
 
     def __str__(self) -> str:
         code = f" [{self.code}]" if self.code else ""
-        return f"{self.provider}: credentials refused{code}: {self.reason}"
+        return f"{self.provider}: credentials refused{code}: {self.reason}{self._rid()}"
 
     def _fields(self) -> dict[str, Any]:
         return {**super()._fields(), "code": self.code}
@@ -212,13 +229,16 @@ class ProviderResponseError(BalanceUnavailable):
         provider: str,
         code: str | None = None,
         status: int | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.code = code
-        super().__init__(reason, provider=provider, status=status)
+        super().__init__(
+            reason, provider=provider, status=status, request_id=request_id
+        )
 
     def __str__(self) -> str:
         code = f" [{self.code}]" if self.code else ""
-        return f"{self.provider}: unreadable answer{code}: {self.reason}"
+        return f"{self.provider}: unreadable answer{code}: {self.reason}{self._rid()}"
 
     def _fields(self) -> dict[str, Any]:
         fields = super()._fields()

@@ -9,6 +9,8 @@ entry point as soon as guard is installed.
 - ``low_funds``: ``low_funds("oneclickdz", 50)`` sets a provider's balance;
   the marker ``@pytest.mark.guard_low_funds(provider="oneclickdz",
   balance=50)`` does it before the test starts.
+- ``guard_alerts``: every alert a `guard.BalanceMonitor` raises during the
+  test, in order (`guard.testing.CapturedAlerts`, a list).
 - ``default_guard`` (autouse): every test gets a fresh default guard,
   closed after it, so no cached balance or hold leaks between tests.
 
@@ -43,7 +45,7 @@ from guard._guard import BalanceGuard
 from guard._money import to_amount
 from guard._require import set_default_guard
 from guard.providers import Clickatell, OneClickDZ
-from guard.testing import InMemoryProvider
+from guard.testing import CapturedAlerts, InMemoryProvider, capture_alerts
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -327,6 +329,15 @@ def _guard_emulator(request: pytest.FixtureRequest) -> Iterator[GuardEmulator]:
         yield _registered(request, emu)
     finally:
         _sync.run(emu.close)
+
+
+@pytest.fixture(name="guard_alerts")
+def _guard_alerts() -> Iterator[CapturedAlerts]:
+    """
+    Every alert a `guard.BalanceMonitor` raises during the test, in order.
+    """
+    with capture_alerts() as alerts:
+        yield alerts
 
 
 @pytest.fixture(name="default_guard", autouse=True)

@@ -12,9 +12,18 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._events import GuardEvent
+    from ._guard import BalanceGuard
     from .stores import Account, Entry, Hold, Outcome, Short, Ticket
 
-__all__ = ["AmountLike", "AmountSpec", "EventHook", "Provider", "Store"]
+__all__ = [
+    "AmountLike",
+    "AmountSpec",
+    "EventHook",
+    "History",
+    "Provider",
+    "Store",
+    "TicketStore",
+]
 
 AmountLike: TypeAlias = int | Decimal | str | float
 """
@@ -154,4 +163,49 @@ class Store(Protocol):
     async def close(self) -> None:
         """
         Release the store's connections.
+        """
+
+
+@runtime_checkable
+class TicketStore(Store, Protocol):
+    """
+    **Protocol:** a `Store` that can also store a balance a provider
+    reported after a spend (`guard.Reservation.report_balance`), safely.
+
+    The guard takes a `ticket` when a call is held, before its spend is
+    sent. When the spend succeeded with a reported balance, it releases the
+    hold with the ``"spent"`` outcome (which must not move the generation)
+    and calls `put` with that ticket and the reported balance plus the
+    call's own amount: `put` drops the value if the balance was invalidated
+    since the ticket, and subtracts whatever was settled as spent since
+    (this call included). A store without `ticket` settles such calls as
+    usual.
+
+    .. versionadded:: 0.2
+    """
+
+    async def ticket(self, account: Account) -> Ticket:
+        """
+        Return a lock-free `Ticket` for `put`: the account's generation
+        now, with an empty token (no leave to fetch is taken).
+        """
+
+
+@runtime_checkable
+class History(Protocol):
+    """
+    **Protocol:** where a `guard.BalanceGuard` given ``history=`` records
+    its balances and settled calls, such as a `guard.history.SQLiteHistory`.
+    """
+
+    def attach(self, guard: BalanceGuard) -> None:
+        """
+        Start recording *guard*'s events (it calls this when made); must not
+        block.
+        """
+
+    async def detach(self, guard: BalanceGuard) -> None:
+        """
+        Stop recording *guard*'s events and write what is queued (it calls
+        this when it closes).
         """

@@ -1,11 +1,19 @@
+"""
+Fixtures shared by the test modules.
+
+A module that needs its emulator with accounts in it overrides ``emu`` with
+a fixture of the same name that takes this one and adds them.
+"""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 
-from guard import BalanceGuard
-from guard.testing import InMemoryProvider
+from guard import BalanceGuard, GuardEvent, _sync
+from guard.testing import Emulator, InMemoryProvider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -48,3 +56,38 @@ def _sentinel_servers() -> Iterator[SentinelServers]:
         yield servers
     finally:
         servers.stop()
+
+
+@pytest.fixture(name="events")
+def _events() -> list[GuardEvent]:
+    """Where `debit_guard` and `sync_guard` put the events they emit."""
+    return []
+
+
+@pytest.fixture(name="debit_guard")
+async def _debit_guard(events: list[GuardEvent]) -> AsyncIterator[BalanceGuard]:
+    """A guard that debits its cached balance after a successful call."""
+    async with BalanceGuard(settle="debit", hooks=[events.append]) as guard:
+        yield guard
+
+
+@pytest.fixture(name="sync_guard")
+def _sync_guard(events: list[GuardEvent]) -> Iterator[BalanceGuard]:
+    """A guard for the synchronous API, closed on its private loop."""
+    guard = BalanceGuard(hooks=[events.append])
+    yield guard
+    _sync.close_guard(guard)
+
+
+@pytest.fixture(name="emu")
+async def _emu() -> AsyncIterator[Emulator]:
+    """A started provider emulator on loopback, with no accounts."""
+    async with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture(name="session")
+async def _session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session for talking to the emulator directly."""
+    async with aiohttp.ClientSession() as session:
+        yield session

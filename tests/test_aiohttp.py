@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from _readme import amount_function
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
-from guard import BalanceGuard, InsufficientBalance, require_balance
+from guard import BalanceGuard, GuardEvent, InsufficientBalance, require_balance
 from guard.aiohttp import (
     GUARD_KEY,
     INSUFFICIENT_BALANCE_TYPE,
@@ -215,6 +217,42 @@ class TestRoutes:
         assert 200 == (await client.post("/topup")).status
         assert 200 == (await client.post("/v2/topup")).status
 
+    async def test_one_middleware_on_parent_and_sub_app(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """
+        One middleware object on a parent and its sub-application guards each
+        route once: for the app that names it, whichever app's run came first.
+        """
+        guard_emulator.set_balance(oneclick, 1000)
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="sent")
+
+        settled: list[GuardEvent] = []
+        async with BalanceGuard(settle="debit", hooks=[settled.append]) as guard:
+            # 600 twice on 1,000 would be refused: a double hold shows.
+            middleware = guard_middleware(
+                guard=guard, routes={"topup": guard_route(oneclick, 600)}
+            )
+            parent, sub = web.Application(), web.Application()
+            parent.router.add_post("/topup", ok, name="topup")
+            sub.router.add_post("/topup", ok, name="topup")
+            parent.middlewares.append(middleware)
+            sub.middlewares.append(middleware)
+            parent.add_subapp("/v2", sub)
+            client = await aiohttp_client(parent)
+
+            for path in ("/v2/topup", "/topup", "/v2/topup", "/topup"):
+                guard_emulator.set_balance(oneclick, 1000)
+                await guard.invalidate(oneclick)
+                assert 200 == (await client.post(path)).status, path
+
+        assert [Decimal(600)] * 4 == [e.amount for e in settled if e.kind == "settled"]
+
     async def test_unknown_route_name(self, oneclick: Provider) -> None:
         """A rule for a route name the app doesn't have fails at startup."""
         app = make_app(oneclick, routes={"top-up": guard_route(oneclick, 1)})
@@ -234,6 +272,79 @@ class TestRoutes:
         client = await aiohttp_client(app)
 
         assert 402 == (await client.post("/topup", json={"amount": 1})).status
+
+    @pytest.mark.parametrize(
+        ("outcome", "status", "ok"),
+        [
+            ("answer 200", 200, True),
+            ("answer 500", 500, False),
+            ("raise 302", 302, True),
+            ("raise 409", 409, False),
+            ("raise RuntimeError", 500, False),
+        ],
+    )
+    async def test_settled_as_the_handler_ended(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        outcome: str,
+        status: int,
+        ok: bool,
+    ) -> None:
+        """
+        A guarded route settles as a success on a status below 400 (answered
+        or raised) and as a failure otherwise; its hold is released either way.
+        """
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if outcome == "answer 200":
+                return web.Response(text="sent")
+            if outcome == "answer 500":
+                return web.Response(status=500)
+            if outcome == "raise 302":
+                raise web.HTTPFound("/done")
+            if outcome == "raise 409":
+                raise web.HTTPConflict()
+            raise RuntimeError("the provider call broke")
+
+        events: list[GuardEvent] = []
+        app = web.Application()
+        app.router.add_post("/topup", handler, name="topup")
+        setup_guard(
+            app,
+            lambda: BalanceGuard(settle="debit", hooks=[events.append]),
+            routes={"topup": guard_route(oneclick, 100)},
+        )
+        client = await aiohttp_client(app)
+
+        response = await client.post("/topup", allow_redirects=False)
+
+        assert status == response.status
+        assert [ok] == [e.ok for e in events if e.kind == "settled"]
+        assert Decimal(0) == client.app[GUARD_KEY].held(oneclick)
+
+    async def test_no_route_and_wrong_method(
+        self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
+    ) -> None:
+        """404 and 405 stay so with rules configured, and check no balance."""
+        client = await aiohttp_client(make_app(oneclick))
+
+        for _ in range(2):
+            assert 404 == (await client.post("/nowhere")).status
+            assert 405 == (await client.get("/topup")).status
+
+        assert 0 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+
+    async def test_rule_required_reads_the_amount(self, oneclick: Provider) -> None:
+        """A rule's required() gives its fixed amount, or the one it reads."""
+        request = make_mocked_request("POST", "/topup/250", match_info={"n": "250"})
+
+        fixed = await guard_route(oneclick, "10.50").required(request)
+        read = await guard_route(oneclick, lambda r: r.match_info["n"]).required(
+            request
+        )
+
+        assert (Decimal("10.50"), Decimal(250)) == (fixed, read)
 
 
 class TestUnavailable:
@@ -484,3 +595,181 @@ class TestSetup:
 
         assert (200, 402) == (accepted.status, refused.status)
         assert Decimal(9700) == guard_emulator.balance(oneclick)
+
+
+DEEP = b'{"amount": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def readme_app(provider: Provider, *, decorated: bool) -> web.Application:
+    """
+    An app whose /topup amount is read by the README's own amount function:
+    through a route rule, or through require_balance on the handler.
+    """
+    amount = amount_function()
+
+    async def topup(request: web.Request) -> web.Response:
+        return web.Response(text="sent")
+
+    app = web.Application()
+    if decorated:
+        app.router.add_post("/topup", require_balance(provider, amount)(topup))
+        setup_guard(app, lambda: BalanceGuard(retries=0))
+    else:
+        app.router.add_post("/topup", topup, name="topup")
+        setup_guard(
+            app,
+            lambda: BalanceGuard(retries=0),
+            routes={"topup": guard_route(provider, amount=amount)},
+        )
+    return app
+
+
+class TestHostileBodies:
+    """
+    Bodies a client may send to break a guarded route get 400 or 402,
+    never 500.
+    """
+
+    @pytest.mark.parametrize("decorated", [False, True], ids=["rule", "decorator"])
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"amount": 1e4400}',
+            b'{"amount": -1e4400}',
+            b'{"amount": "1e4400"}',
+            b'{"amount": 1e18}',
+            b'{"amount": 0.0000000000000000001}',
+            b'{"amount": ' + b"9" * 5000 + b"}",
+            DEEP,
+        ],
+        ids=["1e4400", "-1e4400", "str", "1e18", "19-places", "5000-digits", "deep"],
+    )
+    async def test_answered_400(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        decorated: bool,
+        body: bytes,
+    ) -> None:
+        """The README's amount function on a hostile body: 400, naming amount."""
+        client = await aiohttp_client(readme_app(oneclick, decorated=decorated))
+
+        response = await client.post(
+            "/topup", data=body, headers={"Content-Type": "application/json"}
+        )
+
+        assert 400 == response.status
+        assert PROBLEM_CONTENT_TYPE == response.content_type
+        assert "amount" in (await response.json(content_type=None))["detail"]
+
+    @pytest.mark.parametrize("decorated", [False, True], ids=["rule", "decorator"])
+    async def test_big_but_exact_is_402(
+        self, aiohttp_client: MakeClient, oneclick: Provider, decorated: bool
+    ) -> None:
+        """An amount guard can hold but the balance can't cover: 402."""
+        client = await aiohttp_client(readme_app(oneclick, decorated=decorated))
+
+        response = await client.post(
+            "/topup",
+            data=b'{"amount": 999999999999999999}',
+            headers={"Content-Type": "application/json"},
+        )
+
+        assert 402 == response.status
+
+    @pytest.mark.parametrize("decorated", [False, True], ids=["rule", "decorator"])
+    async def test_amount_function_arithmetic_error(
+        self, aiohttp_client: MakeClient, oneclick: Provider, decorated: bool
+    ) -> None:
+        """An amount function whose Decimal() raised on the query gets 400 too."""
+
+        def amount(request: web.Request) -> Decimal:
+            return Decimal(request.query["amount"])  # InvalidOperation on "abc"
+
+        async def topup(request: web.Request) -> web.Response:
+            return web.Response(text="sent")  # pragma: no cover - refused
+
+        app = web.Application()
+        if decorated:
+            app.router.add_post("/topup", require_balance(oneclick, amount)(topup))
+            setup_guard(app)
+        else:
+            app.router.add_post("/topup", topup, name="topup")
+            setup_guard(app, routes={"topup": guard_route(oneclick, amount)})
+        client = await aiohttp_client(app)
+
+        response = await client.post("/topup?amount=abc")
+
+        assert 400 == response.status
+        assert "amount" in (await response.json(content_type=None))["detail"]
+
+
+class TestAvailableExposure:
+    """
+    A 402 tells the client what was required, not the merchant's balance,
+    unless the app opts in.
+    """
+
+    async def test_not_exposed_by_default(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """By default a 402 carries required and currency, not available."""
+        guard_emulator.set_balance(oneclick, "120.53")
+        client = await aiohttp_client(make_app(oneclick))
+
+        response = await client.post("/topup", json={"amount": 500})
+
+        assert 402 == response.status
+        text = await response.text()
+        body = json.loads(text)
+        assert ("500", "DZD") == (body["required"], body["currency"])
+        assert "available" not in body
+        assert "120.53" not in text
+        assert "120" not in body["detail"]
+
+    async def test_exposed_through_setup_guard(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """setup_guard(expose_available=True) adds available to a 402."""
+        guard_emulator.set_balance(oneclick, "120.53")
+        client = await aiohttp_client(make_app(oneclick, expose_available=True))
+
+        response = await client.post("/topup", json={"amount": 500})
+
+        assert 402 == response.status
+        body = await response.json(content_type=None)
+        assert ("500", "120.53") == (body["required"], body["available"])
+        assert "120.53" in body["detail"]
+
+    async def test_exposed_through_the_middleware(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """guard_middleware(expose_available=True) adds available to a 402."""
+        guard_emulator.set_balance(oneclick, "120.53")
+
+        @require_balance(oneclick, 500)
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text="sent")  # pragma: no cover - refused
+
+        for expose in (False, True):
+            app = web.Application(
+                middlewares=[guard_middleware(expose_available=expose)]
+            )
+            app.router.add_post("/send", handler)
+            client = await aiohttp_client(app)
+
+            response = await client.post("/send")
+
+            assert 402 == response.status
+            body = await response.json(content_type=None)
+            assert "500" == body["required"]
+            assert ("120.53" if expose else None) == body.get("available")

@@ -55,7 +55,15 @@ class TestDemo:
         assert "refused: 3,000.00 DZD required, 2,500.00 DZD available" in out
         # The hold: of two concurrent top-ups that fit only alone, one runs.
         assert "refused: 1,500.00 DZD required, 1,000.00 DZD available" in out
-        assert "9 of 9 checks passed" in out
+        passed = re.search(r"guard demo: (\d+) of (\d+) checks passed", out)
+        assert passed is not None
+        assert passed[1] == passed[2]
+        assert "alert 'low' (critical): balance 1,000.00 DZD" in out
+        assert "alert 'recovered' (critical): balance 10,000.00 DZD" in out
+        # It ends by saying where its report is.
+        report = out.rstrip().rpartition("The report is in ")[2]
+        with open(report, encoding="utf-8") as page:
+            assert "Debits that bypassed guard" in page.read()
 
     def test_demo_money_format(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Every amount the demo prints is written one way: 2,500.00 DZD."""
@@ -86,51 +94,80 @@ class TestDemo:
 
 
 class TestBalance:
-    async def test_prints_balance(self) -> None:
+    async def test_prints_balance(self, emu: Emulator) -> None:
         """balance prints the amount exactly, as text or JSON."""
-        async with Emulator() as emu:
-            emu.add_oneclickdz(SECRET_KEY, "1326.13")
-            env = {"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY}
+        emu.add_oneclickdz(SECRET_KEY, "1326.13")
+        env = {"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY}
 
-            code, out, _ = await run(
-                "balance", "oneclickdz", "--base-url", emu.url, env=env
-            )
-            assert (0, "oneclickdz: 1326.13 DZD\n") == (code, out)
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, env=env
+        )
+        assert (0, "oneclickdz: 1326.13 DZD (PRODUCTION key)\n") == (code, out)
 
-            code, out, _ = await run(
-                "balance", "oneclickdz", "--base-url", emu.url, "--json", env=env
-            )
-            assert 0 == code
-            assert {"provider": "oneclickdz", "amount": "1326.13"}.items() <= (
-                json.loads(out).items()
-            )
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, "--json", env=env
+        )
+        assert 0 == code
+        assert {
+            "provider": "oneclickdz",
+            "amount": "1326.13",
+            "key_type": "PRODUCTION",
+            "sandbox": False,
+        }.items() <= (json.loads(out).items())
 
-    async def test_clickatell(self) -> None:
+    async def test_sandbox_key_labelled(self, emu: Emulator) -> None:
+        """A sandbox key's balance is labelled as such, as text and JSON."""
+        emu.add_oneclickdz(SECRET_KEY, 500, key_type="SANDBOX")
+        env = {"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY}
+
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, env=env
+        )
+        assert (0, "oneclickdz: 500 DZD (SANDBOX key)\n") == (code, out)
+
+        code, out, _ = await run(
+            "balance", "oneclickdz", "--base-url", emu.url, "--json", env=env
+        )
+        assert {"key_type": "SANDBOX", "sandbox": True}.items() <= (
+            json.loads(out).items()
+        )
+
+    async def test_clickatell_platform(self, emu: Emulator) -> None:
+        """The Platform key is GUARD_CLICKATELL_API_KEY; the currency the account's."""
+        emu.add_clickatell_platform(SECRET_KEY, "1267.92865", currency="ZAR")
+        env = {"GUARD_CLICKATELL_API_KEY": SECRET_KEY}
+
+        code, out, err = await run(
+            "balance", "clickatell-platform", "--base-url", emu.url, env=env
+        )
+
+        assert (0, "clickatell-platform: 1267.92865 ZAR\n") == (code, out)
+        assert SECRET_KEY not in out + err
+
+    async def test_clickatell(self, emu: Emulator) -> None:
         """Clickatell credentials come from three environment variables."""
-        async with Emulator() as emu:
-            emu.add_clickatell("acme", "pw-secret", "3000001", credits="12.5")
-            env = {
-                "GUARD_CLICKATELL_USER": "acme",
-                "GUARD_CLICKATELL_PASSWORD": "pw-secret",
-                "GUARD_CLICKATELL_API_ID": "3000001",
-            }
+        emu.add_clickatell("acme", "pw-secret", "3000001", credits="12.5")
+        env = {
+            "GUARD_CLICKATELL_USER": "acme",
+            "GUARD_CLICKATELL_PASSWORD": "pw-secret",
+            "GUARD_CLICKATELL_API_ID": "3000001",
+        }
 
-            code, out, _ = await run(
-                "balance", "clickatell", "--base-url", emu.url, env=env
-            )
+        code, out, _ = await run(
+            "balance", "clickatell", "--base-url", emu.url, env=env
+        )
 
         assert (0, "clickatell: 12.5 credits\n") == (code, out)
 
-    async def test_refused_key(self) -> None:
+    async def test_refused_key(self, emu: Emulator) -> None:
         """A refused key is one line on stderr, exit 3, and the key isn't in it."""
-        async with Emulator() as emu:
-            code, out, err = await run(
-                "balance",
-                "oneclickdz",
-                "--base-url",
-                emu.url,
-                env={"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY},
-            )
+        code, out, err = await run(
+            "balance",
+            "oneclickdz",
+            "--base-url",
+            emu.url,
+            env={"GUARD_ONECLICKDZ_API_KEY": SECRET_KEY},
+        )
 
         assert 3 == code
         assert "" == out
@@ -198,7 +235,7 @@ class TestBalance:
 
 
 class TestEmulatorCommand:
-    async def test_serves(self) -> None:
+    async def test_serves(self, session: aiohttp.ClientSession) -> None:
         """python -m guard emulator serves the demo accounts until stopped."""
         port = free_port()
         process = await asyncio.create_subprocess_exec(
@@ -215,13 +252,10 @@ class TestEmulatorCommand:
             assert process.stdout is not None
             banner = await asyncio.wait_for(process.stdout.readline(), 30)
             assert f"127.0.0.1:{port}" in banner.decode()
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"http://127.0.0.1:{port}/v3/account/balance",
-                    headers={"X-Access-Token": "demo-oneclickdz-key"},
-                ) as response,
-            ):
+            async with session.get(
+                f"http://127.0.0.1:{port}/v3/account/balance",
+                headers={"X-Access-Token": "demo-oneclickdz-key"},
+            ) as response:
                 body = await response.json()
             assert 10000 == body["data"]["balance"]
         finally:
@@ -253,21 +287,18 @@ class TestEmulatorCommand:
         assert "5 bad X-Access-Token values" in banner
         assert "15 minutes" in banner
 
-    async def test_banner_lockout_is_real(self) -> None:
+    async def test_banner_lockout_is_real(self, session: aiohttp.ClientSession) -> None:
         """The lockout the banner tells of is what the emulator does."""
-        async with (
-            Emulator.with_demo_accounts() as emu,
-            aiohttp.ClientSession() as http,
-        ):
+        async with Emulator.with_demo_accounts() as emu:
             statuses = []
             for _ in range(6):
-                async with http.get(
+                async with session.get(
                     f"{emu.url}/v3/account/balance",
                     headers={"X-Access-Token": "wrong"},
                 ) as response:
                     statuses.append(response.status)
             emu.advance(15 * 60 - 1)
-            async with http.get(
+            async with session.get(
                 f"{emu.url}/v3/account/balance",
                 headers={"X-Access-Token": DEMO_ONECLICKDZ_KEY},
             ) as response:

@@ -13,7 +13,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from guard import BalanceGuard, InsufficientBalance
+from guard import AmountError, BalanceGuard, InsufficientBalance
 from guard.aiohttp import (
     SpendRequest,
     SpendRule,
@@ -56,7 +56,7 @@ class TestOneClickDZ:
     async def test_accepted_and_settled(
         self, guard: BalanceGuard, guard_emulator: GuardEmulator
     ) -> None:
-        """A covered send goes out, and the cached balance is invalidated after it."""
+        """A covered send goes out; the balance its reply reports is kept."""
         oneclick = guard_emulator.oneclickdz
         rules = [attrs.evolve(rule, settle="invalidate") for rule in default_rules()]
         middleware = guard_client_middleware(guard, providers=[oneclick], rules=rules)
@@ -70,8 +70,29 @@ class TestOneClickDZ:
                     assert 200 == response.status
 
         assert Decimal(9400) == guard_emulator.balance(oneclick)
-        assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        assert 1 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        assert Decimal(9400) == (await guard.balance(oneclick)).amount
         assert Decimal(0) == guard.held(oneclick)
+
+    async def test_without_new_balance_invalidated(
+        self, guard: BalanceGuard, guard_emulator: GuardEmulator
+    ) -> None:
+        """A reply without data.newBalance settles as before: invalidated."""
+        guard_emulator.emulator.send_new_balance = False
+        oneclick = guard_emulator.oneclickdz
+        middleware = guard_client_middleware(
+            guard, providers=[oneclick], rules=oneclickdz_rules(settle="invalidate")
+        )
+        async with session_for(middleware) as session:
+            for _ in range(2):
+                async with session.post(
+                    f"{oneclick.base_url}/v3/mobile/send",
+                    json=send_body(300),
+                    headers={"X-Access-Token": oneclick.api_key.reveal()},
+                ) as response:
+                    assert 200 == response.status
+
+        assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
 
     async def test_refused_never_sent(
         self, guard: BalanceGuard, guard_emulator: GuardEmulator
@@ -84,7 +105,7 @@ class TestOneClickDZ:
             with pytest.raises(InsufficientBalance) as info:
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
-                    json=send_body("500"),
+                    json=send_body(500),
                     headers={"X-Access-Token": oneclick.api_key.reveal()},
                 )
 
@@ -97,12 +118,12 @@ class TestOneClickDZ:
     async def test_missing_amount_not_sent(
         self, guard: BalanceGuard, guard_emulator: GuardEmulator
     ) -> None:
-        """A send without an amount cannot be checked, so it is not sent."""
+        """A dynamic-plan send without an amount cannot be priced: not sent."""
         oneclick = guard_emulator.oneclickdz
-        body = {"plan_code": "DJEZZY_HADAYA_1000", "MSSIDN": "0770000000"}
+        body = {"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000"}
         middleware = guard_client_middleware(guard, providers=[oneclick])
         async with session_for(middleware) as session:
-            with pytest.raises(ValueError, match="amount"):
+            with pytest.raises(AmountError, match="PREPAID_DJEZZY needs an amount"):
                 await session.post(
                     f"{oneclick.base_url}/v3/mobile/send",
                     json=body,
@@ -179,13 +200,13 @@ class TestOneClickDZ:
 
         assert 0 == guard_emulator.count(Route.ONECLICKDZ_SEND)
 
-    def test_streamed_body_named_by_the_rule(self) -> None:
-        """The OneClickDZ rule says a streamed body is streamed, not "not JSON"."""
-        (rule,) = oneclickdz_rules()
+    @pytest.mark.parametrize("rule", oneclickdz_rules())
+    async def test_streamed_body_named_by_the_rule(self, rule: SpendRule) -> None:
+        """Each OneClickDZ rule says a streamed body is streamed, not "not JSON"."""
         request = SpendRequest("POST", URL("http://x/v3/mobile/send"), {}, None)
 
         with pytest.raises(ValueError, match="streamed") as info:
-            rule.amount(request)
+            await rule.required(request)
         assert "not JSON" not in str(info.value)
 
     async def test_debit_skips_the_next_fetch(

@@ -27,3 +27,29 @@ async def test_emulator_snippet() -> None:
     exec(compile(source, str(README), "exec"), namespace)  # noqa: S102 - our README
 
     await namespace["run_snippet"]()  # type: ignore[operator]
+
+
+async def test_alerts_snippet() -> None:
+    """The README's alerts snippet runs as written (the account is well above)."""
+    from guard import BalanceGuard
+    from guard.testing import Emulator
+
+    code = snippet("from guard import BalanceMonitor, Threshold\n")
+    assert 12 >= len(code.strip().splitlines())
+    async with Emulator() as emu, BalanceGuard() as guard:
+        emu.add_oneclickdz("k", 10000)
+        oneclick = emu.oneclickdz("k")
+
+        async def serve_forever() -> None:
+            await guard.balance(oneclick)
+
+        namespace: dict[str, object] = {
+            "guard": guard,
+            "oneclick": oneclick,
+            "smtp_password": "pw",
+            "serve_forever": serve_forever,
+        }
+        source = "async def run_snippet():\n" + textwrap.indent(code, "    ")
+        exec(compile(source, str(README), "exec"), namespace)  # noqa: S102 - our README
+        await namespace["run_snippet"]()  # type: ignore[operator]
+        assert 1 == len(guard.accounts())

@@ -29,7 +29,7 @@ from guard.testing import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from aiohttp.pytest_plugin import AiohttpServer
 
@@ -38,18 +38,6 @@ USER = "acme"
 PASSWORD = "hunter2-secret"
 API_ID = "3512345"
 HEX32 = re.compile(r"[0-9a-f]{32}")
-
-
-@pytest.fixture(name="emu")
-async def _emu() -> AsyncIterator[Emulator]:
-    async with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(name="session")
-async def _session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(name="account")
@@ -116,11 +104,10 @@ def send_body(amount: object = 100, **extra: object) -> dict[str, object]:
 
 
 class TestLifecycle:
-    async def test_url(self) -> None:
+    async def test_url(self, emu: Emulator) -> None:
         """The emulator listens on loopback at a free port."""
-        async with Emulator() as emu:
-            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", emu.url)
-            assert emu is emu.app[EMULATOR_KEY]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", emu.url)
+        assert emu is emu.app[EMULATOR_KEY]
 
     async def test_not_started(self) -> None:
         """url needs a started emulator."""
@@ -436,7 +423,7 @@ class TestOneClickDZRoutes:
         """plans lists dynamic and fixed plans."""
         _, doc, _ = await api("GET", "/v3/mobile/plans")
 
-        assert 3 == len(doc["data"]["dynamicPlans"])
+        assert 5 == len(doc["data"]["dynamicPlans"])
         assert {
             "code": "DJEZZY_HADAYA_1000",
             "name": "Djezzy Hadaya 1000",
@@ -1128,14 +1115,13 @@ class TestFaults:
 
         assert [] == emu.requests
 
-    async def test_drop(self, emu: Emulator) -> None:
+    async def test_drop(self, session: aiohttp.ClientSession, emu: Emulator) -> None:
         """A dropping fault closes the connection without an answer."""
         emu.fail(Route.CLICKATELL_PING, Fault(drop=True))
 
         # POST, because aiohttp quietly retries an idempotent GET once.
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(aiohttp.ServerDisconnectedError):
-                await session.post(f"{emu.url}/http/ping")
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await session.post(f"{emu.url}/http/ping")
 
         (record,) = emu.requests
         assert record.status is None

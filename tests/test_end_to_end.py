@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import aiohttp
@@ -29,21 +28,15 @@ API_ID = "3114159"
 
 
 @pytest.fixture(name="emu")
-async def _emu() -> AsyncIterator[Emulator]:
-    async with Emulator() as emu:
-        emu.add_oneclickdz(KEY, 1000)
-        emu.add_clickatell("acme", PASSWORD, API_ID, credits=20)
-        yield emu
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
+def _emu(emu: Emulator) -> Emulator:
+    """The shared emulator, with a OneClickDZ and a Clickatell account."""
+    emu.add_oneclickdz(KEY, 1000)
+    emu.add_clickatell("acme", PASSWORD, API_ID, credits=20)
+    return emu
 
 
 def topup_function(
-    emu: Emulator, http: aiohttp.ClientSession, guard: BalanceGuard
+    emu: Emulator, session: aiohttp.ClientSession, guard: BalanceGuard
 ) -> tuple[object, list[str]]:
     """A guarded OneClickDZ top-up as users write it, and the error codes seen."""
     provider = emu.oneclickdz(KEY)
@@ -51,7 +44,7 @@ def topup_function(
 
     @require_balance(provider, lambda phone, amount: amount, guard=guard)
     async def send_topup(phone: str, amount: Decimal) -> str:
-        async with http.post(
+        async with session.post(
             f"{emu.url}/v3/mobile/send",
             headers={"X-Access-Token": KEY},
             json={"plan_code": "PREPAID_MOBILIS", "MSSIDN": phone, "amount": amount},
@@ -67,11 +60,11 @@ def topup_function(
 
 class TestOverHTTP:
     async def test_holds_against_the_emulator(
-        self, emu: Emulator, http: aiohttp.ClientSession
+        self, emu: Emulator, session: aiohttp.ClientSession
     ) -> None:
         """50 concurrent 100 DZD top-ups on 1,000 DZD: 10 go, 40 refused, 0 bounced."""
         async with BalanceGuard() as guard:
-            send_topup, errors = topup_function(emu, http, guard)
+            send_topup, errors = topup_function(emu, session, guard)
             results = await asyncio.gather(
                 *(send_topup("0661000000", 100) for _ in range(50)),  # type: ignore[operator]
                 return_exceptions=True,
@@ -83,7 +76,7 @@ class TestOverHTTP:
         assert Decimal(0) == emu.balance(KEY)
 
     async def test_single_flight_over_http(
-        self, emu: Emulator, http: aiohttp.ClientSession
+        self, emu: Emulator, session: aiohttp.ClientSession
     ) -> None:
         """1,000 concurrent cold guarded calls make one balance request."""
         emu.set_balance(KEY, 10**6)
@@ -203,7 +196,7 @@ class TestSecrets:
     async def test_secrets_never_leak(
         self,
         emu: Emulator,
-        http: aiohttp.ClientSession,
+        session: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """Keys and passwords never reach a repr, log, error, cache key or URL."""
@@ -247,7 +240,7 @@ class TestSecrets:
 
 class TestOneAccountManySpellings:
     async def test_spellings_share_holds(
-        self, emu: Emulator, http: aiohttp.ClientSession
+        self, emu: Emulator, session: aiohttp.ClientSession
     ) -> None:
         """20 x 100 DZD on 1,000 DZD through two spellings of one URL: 10 go."""
         port = emu.url.rsplit(":", 1)[1]
@@ -258,7 +251,7 @@ class TestOneAccountManySpellings:
         async def topup(provider: OneClickDZ, guard: BalanceGuard) -> str:
             async with require_balance(provider, 100, guard=guard):
                 await asyncio.sleep(0.05)  # every call overlaps every other
-                async with http.post(
+                async with session.post(
                     f"{provider.base_url}/v3/mobile/send",
                     headers={"X-Access-Token": KEY},
                     json={

@@ -1,7 +1,8 @@
 """
 The documented provider error codes, transcribed by hand from
 ``shared/providers.md`` (OneClickDZ: section 1.3; Clickatell legacy HTTP:
-section 2.2), walked against the parsers.
+section 2.2; Clickatell Platform: sections 2.3 and 6.1), walked against the
+parsers.
 
 SECURITY/correctness: this table is deliberately *not* built from guard's own
 code sets, nor from the emulator: a wrong entry there must fail here, not be
@@ -16,6 +17,9 @@ import pytest
 
 from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
 from guard.providers._clickatell import parse_balance as parse_clickatell_balance
+from guard.providers._clickatell_platform import (
+    parse_balance as parse_platform_balance,
+)
 from guard.providers._oneclickdz import parse_balance as parse_oneclickdz_balance
 
 AUTH = ProviderAuthError
@@ -116,5 +120,66 @@ def test_clickatell_documented_codes(
 
     with pytest.raises(BalanceUnavailable) as ei:
         parse_clickatell_balance(status, body)
+
+    assert expected is type(ei.value)
+
+
+# Clickatell Platform ("One API") error table, section 6.1 / 2.3:
+# (code, HTTP status as documented, guard class). Errors arrive in 2xx
+# replies too, so each is also walked with 200 and 202.
+PLATFORM_CODES = [
+    (1, 401, AUTH),  # invalid or missing key
+    (2, 400, AUTH),  # account not active
+    (3, 400, AUTH),  # integration not active
+    (7, 401, AUTH),  # IP not approved
+    (46, 400, AUTH),  # demo access expired
+    (18, 500, TRANSIENT),
+    (19, 503, TRANSIENT),  # "please retry"
+    (43, 400, TRANSIENT),  # rate limit
+    # Not auth, not transient: on a balance call, no answer.
+    (20, 402, OTHER),  # insufficient balance
+    (41, 400, OTHER),  # resource does not exist
+    (42, 400, OTHER),  # method not supported
+]
+
+# "401 and 403 are auth without a body"; 429 and 5xx transient.
+PLATFORM_BARE_STATUSES = [
+    (401, AUTH),
+    (403, AUTH),
+    (429, TRANSIENT),
+    (500, TRANSIENT),
+    (502, TRANSIENT),
+    (503, TRANSIENT),
+]
+
+
+@pytest.mark.parametrize(("code", "status", "expected"), PLATFORM_CODES)
+@pytest.mark.parametrize("sent_with", ["documented", 200, 202])
+def test_platform_documented_codes(
+    code: int,
+    status: int,
+    expected: type[BalanceUnavailable],
+    sent_with: int | str,
+) -> None:
+    """Each One API error code gets its guard class, on any status."""
+    body = json.dumps(
+        {"errorCode": code, "error": "documented", "errorDescription": "documented"}
+    ).encode()
+    answered = status if sent_with == "documented" else int(sent_with)
+
+    with pytest.raises(BalanceUnavailable) as ei:
+        parse_platform_balance(answered, body)
+
+    assert expected is type(ei.value)
+    assert answered == ei.value.status
+
+
+@pytest.mark.parametrize(("status", "expected"), PLATFORM_BARE_STATUSES)
+def test_platform_bare_statuses(
+    status: int, expected: type[BalanceUnavailable]
+) -> None:
+    """A Platform error without a body is classified by its status."""
+    with pytest.raises(BalanceUnavailable) as ei:
+        parse_platform_balance(status, b"")
 
     assert expected is type(ei.value)

@@ -57,3 +57,32 @@ def test_providers_all_sorted_and_complete() -> None:
     }
     assert sorted(guard.providers.__all__) == guard.providers.__all__
     assert public == set(guard.providers.__all__)
+
+
+def test_monitor_names() -> None:
+    """The alert names are importable from guard, guard.monitor and guard.notify."""
+    import guard.monitor
+    import guard.notify
+
+    assert guard.BalanceMonitor is guard.monitor.BalanceMonitor
+    assert guard.Threshold is guard.monitor.Threshold
+    assert guard.BalanceAlert is guard.monitor.BalanceAlert
+    for module in (guard.monitor, guard.notify):
+        assert sorted(module.__all__) == module.__all__
+        assert all(hasattr(module, name) for name in module.__all__)
+
+
+def test_import_guard_leaves_notifiers_out() -> None:
+    """import guard imports neither guard.notify, smtplib nor aiosmtpd."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, guard; "
+        "print(sorted(m for m in ('guard.notify', 'smtplib', 'aiosmtpd') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(  # noqa: S603 - this interpreter
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "[]" == out.strip()

@@ -6,11 +6,11 @@ import inspect
 import logging
 import threading
 from decimal import Decimal
-from typing import Any
 
 import aiohttp
 import pytest
 from _holds import hold
+from _providers import LoopRecorder, Network
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -282,12 +282,14 @@ class TestRace:
 
     async def test_fetch_racing_invalidation_is_not_stored(self) -> None:
         """A balance fetched before an invalidation is never cached after it."""
-        provider = InMemoryProvider(1000, delay=0.05)
+        provider = Network(1000)
         async with BalanceGuard() as guard:
+            gate = provider.slow_down()
             reading = asyncio.create_task(guard.balance(provider))
-            await asyncio.sleep(0.01)
+            await provider.asked.wait()  # it read 1000; the answer is on its way
             provider.balance = Decimal(100)
             await guard.invalidate(provider)
+            gate.set()
             first = await reading
             second = await guard.balance(provider)
 
@@ -298,17 +300,22 @@ class TestRace:
 
     async def test_spend_during_fetch_is_not_overspent(self) -> None:
         """A call that settles while a fetch is in flight can't be counted twice."""
-        provider = InMemoryProvider(1000, delay=0.05)
+        provider = Network(1000)
         async with BalanceGuard(ttl=0.02) as guard:
             async with require_balance(provider, 600, guard=guard):
                 await asyncio.sleep(0.03)  # the cached balance expires
+                gate = provider.slow_down()
                 second = asyncio.create_task(
                     require_balance(provider, 600, guard=guard)(spend)(provider, 600)
                 )
-                await asyncio.sleep(0.01)  # its fetch still sees 1000
+                await provider.asked.wait()  # its fetch read 1000
                 provider.spend(600)
-            with pytest.raises(InsufficientBalance):
+            gate.set()  # ... and answers after the first call settled
+            with pytest.raises(InsufficientBalance) as info:
                 await second
+
+        assert Decimal(400) == info.value.available
+        assert Decimal(400) == provider.balance
 
 
 class TestPolicy:
@@ -632,18 +639,6 @@ class TestUserProviders:
             ) as info:
                 await strict.balance(provider)
         assert isinstance(info.value.__cause__, ConnectionResetError)
-
-
-class LoopRecorder(InMemoryProvider):
-    """Records the event loop each fetch runs on."""
-
-    def __init__(self, balance: int, **options: Any) -> None:
-        super().__init__(balance, **options)
-        self.loops: list[asyncio.AbstractEventLoop] = []
-
-    async def fetch_balance(self, session: object) -> Decimal:  # type: ignore[override]
-        self.loops.append(asyncio.get_running_loop())
-        return await super().fetch_balance(session)  # type: ignore[arg-type]
 
 
 class TestEventLoops:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _holds import hold, release
+from _providers import During, Network
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
@@ -41,58 +42,9 @@ from guard.stores import Account, Hold, MemoryStore, Short
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import Iterator
 
     from _holds import Held
-
-
-class Network(InMemoryProvider):
-    """
-    A provider whose server reads the balance when asked; while `gate` is
-    set, the answer arrives only once the gate opens (a slow network).
-    """
-
-    def __init__(self, balance: int, **kwargs: Any) -> None:
-        super().__init__(balance, **kwargs)
-        self.gate: asyncio.Event | None = None
-        self.asked = asyncio.Event()
-        self.cancelled = False
-
-    def slow_down(self) -> asyncio.Event:
-        """Hold the next answers until the returned gate is set."""
-        self.gate = asyncio.Event()
-        self.asked = asyncio.Event()
-        return self.gate
-
-    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
-        self.fetches += 1
-        if self._failures:
-            raise self._failures.pop(0)
-        seen = self.balance
-        if self.gate is not None:
-            self.asked.set()
-            try:
-                await self.gate.wait()
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-        return seen
-
-
-class During(InMemoryProvider):
-    """
-    A provider that runs *during* between reading the balance and answering.
-    """
-
-    def __init__(self, balance: int, during: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(balance)
-        self.during = during
-
-    async def fetch_balance(self, session: aiohttp.ClientSession) -> Decimal:
-        self.fetches += 1
-        seen = self.balance
-        await self.during()
-        return seen
 
 
 class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
@@ -123,15 +75,34 @@ class FlakyCache(SimpleMemoryCache):  # type: ignore[misc]
         return await super()._delete(key, _conn=_conn)
 
 
+class HangingCache(SimpleMemoryCache):  # type: ignore[misc]
+    """
+    A non-Redis aiocache backend that stops answering writes and deletes
+    while `hang` is true (a stuck connection, a wedged server).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hang = False
+        self.stuck = 0
+
+    async def _stop(self) -> None:
+        if self.hang:
+            self.stuck += 1
+            await asyncio.Event().wait()
+
+    async def _set(self, key: str, value: object, *args: Any, **kwargs: Any) -> Any:
+        await self._stop()
+        return await super()._set(key, value, *args, **kwargs)
+
+    async def _delete(self, key: str, _conn: object = None) -> Any:
+        await self._stop()
+        return await super()._delete(key, _conn=_conn)
+
+
 @pytest.fixture(name="network")
 def _network() -> Network:
     return Network(100)
-
-
-@pytest.fixture(name="debit_guard")
-async def _debit_guard() -> AsyncIterator[BalanceGuard]:
-    async with BalanceGuard(settle="debit") as guard:
-        yield guard
 
 
 class TestFetchOverlappingSettle:
@@ -578,6 +549,46 @@ class TestCacheErrors:
             cache.down = False
 
         assert ["fetched", "failed_open", "settled"] == [e.kind for e in events]
+
+    async def test_stuck_write_is_bounded(self) -> None:
+        """A cache that stops answering a write fails the call as unavailable."""
+        provider = InMemoryProvider(100)
+        cache = HangingCache()
+        cache.hang = True
+        async with (
+            asyncio.timeout(10),  # a hang fails here instead of hanging the run
+            BalanceGuard(cache=cache, fetch_timeout=0.2) as guard,
+        ):
+            with pytest.raises(BalanceUnavailable, match="cache unavailable"):
+                await hold(guard, provider, Decimal(1))
+            assert Decimal(0) == guard.held(provider)
+            cache.hang = False
+            async with guard.reserve(provider, 100) as reservation:
+                assert reservation.balance is not None
+
+        assert 1 == cache.stuck
+
+    async def test_stuck_delete_is_bounded(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A cache that stops answering a delete doesn't hang the settle."""
+        provider = InMemoryProvider(100)
+        cache = HangingCache()
+        async with (
+            asyncio.timeout(10),  # a hang fails here instead of hanging the run
+            BalanceGuard(cache=cache, fetch_timeout=0.2) as guard,
+        ):
+            with caplog.at_level(logging.WARNING, logger="guard"):
+                async with guard.reserve(provider, 10, settle="invalidate"):
+                    cache.hang = True  # the settle's delete gets no answer
+                await guard.invalidate(provider)  # nor does this one
+            assert Decimal(0) == guard.held(provider)
+            cache.hang = False
+            async with guard.reserve(provider, 100):
+                pass
+
+        assert 2 == cache.stuck
+        assert 2 == caplog.text.count("could not delete a cached balance")
 
 
 class TestProviders:

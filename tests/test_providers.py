@@ -16,24 +16,12 @@ from guard.testing import Emulator, Fault, Route
 from guard.typing import Provider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    pass
 
 KEY = "sk_test_0123456789abcdef"
 USER = "acme"
 PASSWORD = "hunter2-secret"
 API_ID = "3512345"
-
-
-@pytest.fixture(name="emu")
-async def _emu() -> AsyncIterator[Emulator]:
-    async with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(name="session")
-async def _session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(name="oneclick")

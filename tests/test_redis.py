@@ -22,6 +22,7 @@ from _redis_server import RedisProxy, RedisServer, delete_namespace, machine_red
 from aiocache import RedisCache
 
 from guard import (
+    AmountError,
     BalanceGuard,
     BalanceUnavailable,
     ConfigurationError,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
     from contextlib import AbstractAsyncContextManager
 
-    from guard._guard import Reservation, Settle
+    from guard import Reservation
+    from guard._guard import Settle
     from guard.typing import Provider
 
 pytestmark = pytest.mark.redis
@@ -191,6 +193,42 @@ class HeldBack(InMemoryProvider):
         return balance
 
 
+class TestMoneyLimits:
+    async def test_amount_beyond_exact_lua_is_refused(self, g1: BalanceGuard) -> None:
+        """An amount Redis's scripts can't compare exactly is an AmountError."""
+        from guard.stores.redis._scripts import MAX_AMOUNT
+
+        provider = InMemoryProvider(10**15)
+        with pytest.raises(AmountError, match=r"at most 56,294,995,342\.1312"):
+            async with g1.reserve(provider, MAX_AMOUNT + Decimal("0.0001")):
+                pass
+        async with g1.reserve(provider, MAX_AMOUNT) as reservation:
+            # A balance past the limit is kept as the limit: it errs low.
+            assert reservation.balance is not None
+            assert MAX_AMOUNT == reservation.balance.amount
+        assert Decimal(0) == g1.held(provider)
+
+    async def test_application_decimal_context_is_not_used(
+        self, g1: BalanceGuard
+    ) -> None:
+        """With prec=6 set by the application, Redis amounts stay exact."""
+        import decimal
+
+        provider = InMemoryProvider(Decimal("999999.7"))
+        saved = decimal.getcontext().prec
+        decimal.getcontext().prec = 6
+        try:
+            with pytest.raises(InsufficientBalance) as info:
+                async with g1.reserve(provider, 1_000_000):
+                    pass
+            assert Decimal("999999.7") == info.value.available
+            async with g1.reserve(provider, Decimal("999999.7")):
+                pass
+        finally:
+            decimal.getcontext().prec = saved
+        assert Decimal(0) == g1.held(provider)
+
+
 class TestHolds:
     async def test_holds_are_shared(self, g1: BalanceGuard, g2: BalanceGuard) -> None:
         """A hold made through one guard counts against the other's calls."""
@@ -321,6 +359,32 @@ async def g1_keys(guard: BalanceGuard) -> list[str]:
     # Only this guard's namespace: other runs may share the machine's Redis.
     match = f"*{guard.namespace}:*"
     return sorted([k async for k in store.client.scan_iter(match=match)])
+
+
+class TestReportedBalance:
+    async def test_kept_across_processes(
+        self, g1: BalanceGuard, g2: BalanceGuard, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """A reported balance is shared, less what another process spent meanwhile."""
+        provider = InMemoryProvider(1000)
+        async with g1.reserve(provider, 300, reports=True, settle="invalidate") as r:
+            async with g2.reserve(provider, 100, settle="refresh"):
+                provider.spend(100)
+            provider.spend(300)
+            r.report_balance(700)  # may not count the other process's 100
+
+        assert Decimal(600) == (await g2.balance(provider)).amount
+        assert 1 == provider.fetches
+
+    async def test_not_over_an_invalidation(self, g1: BalanceGuard) -> None:
+        """A balance invalidated while the spend ran is not overwritten."""
+        provider = InMemoryProvider(1000)
+        async with g1.reserve(provider, 300, reports=True) as r:
+            await g1.invalidate(provider)
+            r.report_balance(5)
+
+        assert Decimal(1000) == (await g1.balance(provider)).amount
+        assert 2 == provider.fetches
 
 
 class TestLeases:
@@ -828,7 +892,11 @@ class TestRedisDown:
         """A fetch that began before Redis lost its data is not stored after it."""
         provider = HeldBack(1000)
         addr = ("127.0.0.1", server.port)
-        async with make(addr, "loss") as slow, make(addr, "loss") as other:
+        # Invalidating settles: each bumps the generation, as the loss must.
+        async with (
+            make(addr, "loss", settle="invalidate") as slow,
+            make(addr, "loss", settle="invalidate") as other,
+        ):
             for _ in range(3):
                 await slow.invalidate(provider)
             fetching = asyncio.create_task(slow.balance(provider))

@@ -23,7 +23,7 @@ from guard.providers import Clickatell, OneClickDZ, Secret
 from guard.testing import Emulator
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from guard.typing import GuardEvent
 
@@ -159,12 +159,6 @@ async def serve(handler: Any, path: str) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-@pytest.fixture(name="session")
-async def _session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 class TestEchoedSecrets:
     """
     A provider or proxy echoing credentials, in any encoding, over real HTTP.
@@ -262,11 +256,11 @@ def rendered(error: BaseException) -> str:
 
 
 @pytest.fixture(name="emu")
-async def _emu() -> AsyncIterator[Emulator]:
-    async with Emulator() as emu:
-        emu.add_oneclickdz(KEY, 1000)
-        emu.add_clickatell(USER, PASSWORD, API_ID, credits=20)
-        yield emu
+def _emu(emu: Emulator) -> Emulator:
+    """The shared emulator, with a OneClickDZ and a Clickatell account."""
+    emu.add_oneclickdz(KEY, 1000)
+    emu.add_clickatell(USER, PASSWORD, API_ID, credits=20)
+    return emu
 
 
 class _HookFailed(Exception):

@@ -22,13 +22,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-@pytest.fixture(name="sync_guard")
-def _sync_guard() -> Iterator[BalanceGuard]:
-    guard = BalanceGuard()
-    yield guard
-    _sync.close_guard(guard)
-
-
 @pytest.fixture(name="wallet")
 def _wallet() -> InMemoryProvider:
     return InMemoryProvider(100, name="memory", currency="DZD")

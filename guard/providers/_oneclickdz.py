@@ -1,20 +1,26 @@
 """
 OneClickDZ (Flexy API v3): its paths and header, how its balance answers
-read, the `OneClickDZ` provider, and the client-middleware rule for its
-spend endpoint.
+read, and the `OneClickDZ` provider. What its spends cost, and the
+client-middleware rules, are in ``_oneclickdz_spends.py``.
 
 Wire details and sources: ``shared/providers.md``, section 1.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
-from guard.errors import BalanceUnavailable, ProviderAuthError, ProviderResponseError
+from guard._balance import Reported
+from guard.errors import (
+    BalanceUnavailable,
+    ProviderAuthError,
+    ProviderResponseError,
+)
 
 from ._http import (
     Secret,
@@ -27,32 +33,34 @@ from ._http import (
     parse_retry_after,
     request,
     to_secret,
-    under_base,
 )
 
 if TYPE_CHECKING:
-    import datetime as dt
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     import aiohttp
 
-    from guard._aiohttp_client import SpendRequest, SpendRule
-    from guard._guard import Settle
-    from guard.typing import AmountLike, Provider
 
 __all__ = [
     "AUTH_CODES",
     "BALANCE_PATH",
     "DEFAULT_BASE_URL",
+    "GIFT_ORDER_PATH",
+    "GIFT_PRODUCT_PATH",
+    "INTERNET_PRODUCTS_PATH",
+    "INTERNET_SEND_PATH",
     "IP_BLOCK_SECONDS",
     "NAME",
     "OTHER_CODES",
     "OneClickDZ",
+    "PLANS_PATH",
     "SEND_PATH",
     "TOKEN_HEADER",
     "TRANSIENT_CODES",
-    "oneclickdz_rules",
+    "VALIDATE_PATH",
     "parse_balance",
+    "get_json",
+    "parse_envelope",
 ]
 
 NAME: Final = "oneclickdz"
@@ -63,6 +71,12 @@ The provider name, in cache keys, events and errors.
 DEFAULT_BASE_URL: Final = "https://api.oneclickdz.com"
 BALANCE_PATH: Final = "/v3/account/balance"
 SEND_PATH: Final = "/v3/mobile/send"
+PLANS_PATH: Final = "/v3/mobile/plans"
+INTERNET_SEND_PATH: Final = "/v3/internet/send"
+INTERNET_PRODUCTS_PATH: Final = "/v3/internet/products"
+GIFT_ORDER_PATH: Final = "/v3/gift-cards/placeOrder"
+GIFT_PRODUCT_PATH: Final = "/v3/gift-cards/checkProduct"
+VALIDATE_PATH: Final = "/v3/validate"
 TOKEN_HEADER: Final = "X-Access-Token"  # noqa: S105 - a header name
 """
 The header that carries the key (the docs stress: not ``Authorization``).
@@ -118,6 +132,7 @@ How long OneClickDZ blocks an IP after too many bad keys (documented: 15 min).
 """
 
 _STATUS_TRANSIENT = frozenset({408, 425, 429})
+_REQUEST_ID_LIMIT = 100
 _STATUS_AUTH = frozenset({401, 403})
 
 
@@ -160,18 +175,14 @@ def _error_of(doc: object) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) else None
 
 
-def _balance_of(doc: object, status: int) -> Decimal:
+def _balance_of(data: object, meta: object, status: int, rid: str | None) -> Decimal:
     provider = NAME
-    if not isinstance(doc, dict) or doc.get("success") is not True:
-        raise ProviderResponseError(
-            "not a success envelope", provider=provider, status=status
-        )
-    data = doc.get("data")
     if not isinstance(data, dict) or "balance" not in data:
         raise ProviderResponseError(
             "success envelope without data.balance",
             provider=provider,
             status=status,
+            request_id=rid,
         )
     balance = data["balance"]
     # bool is an int subclass, and "123" is not a JSON number.
@@ -180,8 +191,23 @@ def _balance_of(doc: object, status: int) -> Decimal:
             f"data.balance is a JSON {_json_type(balance)}, not a number",
             provider=provider,
             status=status,
+            request_id=rid,
         )
-    return checked_balance(Decimal(balance), provider, status)
+    amount = checked_balance(Decimal(balance), provider, status)
+    reported_at = _timestamp(meta)
+    return amount if reported_at is None else Reported(amount, reported_at)
+
+
+def _timestamp(meta: object) -> dt.datetime | None:
+    # ``meta.timestamp`` is optional, and only recorded: never fail on it.
+    stamp = meta.get("timestamp") if isinstance(meta, dict) else None
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _json_type(value: object) -> str:
@@ -196,6 +222,115 @@ def _json_type(value: object) -> str:
     return "object"
 
 
+def _request_id(doc: object, redact: Iterable[Secret]) -> str | None:
+    # Top level, as the error envelope documents it.
+    value = doc.get("requestId") if isinstance(doc, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    return clean_text(value, redact)[:_REQUEST_ID_LIMIT] or None
+
+
+def parse_envelope(
+    status: int,
+    body: bytes,
+    *,
+    retry_after: str | None = None,
+    redact: Iterable[Secret] = (),
+    now: dt.datetime | None = None,
+) -> tuple[Any, str | None, object]:
+    """
+    Read any OneClickDZ answer: the ``data`` of a success envelope (an
+    object, or a list as one guide shows for products), the ``requestId``
+    and the ``meta``, or the error it carries.
+
+    The error code decides first (403 means many things on this API); bodies
+    without one (router misses, proxy HTML pages) are classified by status.
+
+    Raises:
+        ProviderAuthError: The key or the caller's IP was refused.
+        ProviderResponseError: An error code that is neither auth nor
+            transient, or an unreadable answer.
+        BalanceUnavailable: A transient failure (429, 5xx...).
+    """
+    provider = NAME
+    doc = _load_json(body)
+    code, message = _error_of(doc)
+    wait = parse_retry_after(retry_after, now=now)
+    text = clean_text(message or "", redact) or None
+    rid = _request_id(doc, redact)
+
+    if code in AUTH_CODES:
+        if code == "IP_BLOCKED" and wait is None:
+            wait = IP_BLOCK_SECONDS
+        raise ProviderAuthError(
+            f"{text or 'key refused'} (HTTP {status})",
+            provider=provider,
+            code=code,
+            status=status,
+            retry_after=wait,
+            request_id=rid,
+        )
+    if code in TRANSIENT_CODES:
+        raise BalanceUnavailable(
+            f"{code}: {text or 'try again later'} (HTTP {status})",
+            provider=provider,
+            status=status,
+            retry_after=wait,
+            request_id=rid,
+        )
+    if code in OTHER_CODES:
+        raise ProviderResponseError(
+            f"{code}: {text or 'unexpected answer'} (HTTP {status})",
+            provider=provider,
+            code=code,
+            status=status,
+            request_id=rid,
+        )
+    if status == 200 and code is None:
+        if doc is _NOT_JSON:
+            raise ProviderResponseError(
+                "body is not valid JSON", provider=provider, status=status
+            )
+        if not isinstance(doc, dict) or doc.get("success") is not True:
+            raise ProviderResponseError(
+                "not a success envelope",
+                provider=provider,
+                status=status,
+                request_id=rid,
+            )
+        data = doc.get("data")
+        if not isinstance(data, dict | list):
+            raise ProviderResponseError(
+                "success envelope without data",
+                provider=provider,
+                status=status,
+                request_id=rid,
+            )
+        return data, rid, doc.get("meta")
+
+    if code is not None:
+        # SECURITY: an unknown code is provider text too; it may echo a key.
+        code = clean_text(code, redact)
+    detail = f"{code}: " if code else ""
+    reason = f"{detail}{text or 'unexpected answer'} (HTTP {status})"
+    if status >= 500 or status in _STATUS_TRANSIENT:
+        raise BalanceUnavailable(
+            reason, provider=provider, status=status, retry_after=wait, request_id=rid
+        )
+    if status in _STATUS_AUTH:
+        raise ProviderAuthError(
+            reason,
+            provider=provider,
+            code=code,
+            status=status,
+            retry_after=wait,
+            request_id=rid,
+        )
+    raise ProviderResponseError(
+        reason, provider=provider, code=code, status=status, request_id=rid
+    )
+
+
 def parse_balance(
     status: int,
     body: bytes,
@@ -206,9 +341,6 @@ def parse_balance(
 ) -> Decimal:
     """
     Read the answer to OneClickDZ ``GET /v3/account/balance``.
-
-    The error code decides first (403 means many things on this API); bodies
-    without one (router misses, proxy HTML pages) are classified by status.
 
     Args:
         status: The HTTP status.
@@ -225,57 +357,10 @@ def parse_balance(
         ProviderResponseError: An answer that holds no readable balance.
         BalanceUnavailable: A transient failure (429, 5xx...).
     """
-    provider = NAME
-    doc = _load_json(body)
-    code, message = _error_of(doc)
-    wait = parse_retry_after(retry_after, now=now)
-    text = clean_text(message or "", redact) or None
-
-    if code in AUTH_CODES:
-        if code == "IP_BLOCKED" and wait is None:
-            wait = IP_BLOCK_SECONDS
-        raise ProviderAuthError(
-            f"{text or 'key refused'} (HTTP {status})",
-            provider=provider,
-            code=code,
-            status=status,
-            retry_after=wait,
-        )
-    if code in TRANSIENT_CODES:
-        raise BalanceUnavailable(
-            f"{code}: {text or 'try again later'} (HTTP {status})",
-            provider=provider,
-            status=status,
-            retry_after=wait,
-        )
-    if code in OTHER_CODES:
-        raise ProviderResponseError(
-            f"{code}: {text or 'unexpected answer'} (HTTP {status})",
-            provider=provider,
-            code=code,
-            status=status,
-        )
-    if status == 200 and code is None:
-        if doc is _NOT_JSON:
-            raise ProviderResponseError(
-                "body is not valid JSON", provider=provider, status=status
-            )
-        return _balance_of(doc, status)
-
-    if code is not None:
-        # SECURITY: an unknown code is provider text too; it may echo a key.
-        code = clean_text(code, redact)
-    detail = f"{code}: " if code else ""
-    reason = f"{detail}{text or 'unexpected answer'} (HTTP {status})"
-    if status >= 500 or status in _STATUS_TRANSIENT:
-        raise BalanceUnavailable(
-            reason, provider=provider, status=status, retry_after=wait
-        )
-    if status in _STATUS_AUTH:
-        raise ProviderAuthError(
-            reason, provider=provider, code=code, status=status, retry_after=wait
-        )
-    raise ProviderResponseError(reason, provider=provider, code=code, status=status)
+    data, rid, meta = parse_envelope(
+        status, body, retry_after=retry_after, redact=redact, now=now
+    )
+    return _balance_of(data, meta, status, rid)
 
 
 # --- The provider -------------------------------------------------------------
@@ -357,74 +442,48 @@ class OneClickDZ:
         )
         return parse_balance(status, body, retry_after=retry_after, redact=redact)
 
+    async def key_type(self, session: aiohttp.ClientSession) -> str:
+        """
+        Ask ``GET /v3/validate`` whether the key is a ``"SANDBOX"`` key (its
+        sends never move money) or a ``"PRODUCTION"`` one.
 
-# --- The client-middleware rule -----------------------------------------------
+        Raises:
+            guard.ProviderAuthError: The key or the caller's IP was refused.
+            guard.ProviderResponseError: The answer does not say.
+            guard.BalanceUnavailable: Network trouble, timeout, 429 or 5xx.
 
-
-def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
-    tokens = {str(t).strip() for t in request.headers.getall(TOKEN_HEADER, ())}
-    if len(tokens) > 1:
-        # SECURITY: which one the API reads is not ours to guess.
-        msg = f"OneClickDZ send with several {TOKEN_HEADER} headers: refused"
-        raise ValueError(msg)
-    # The server trims the header value (HTTP optional whitespace); so do we.
-    token = tokens.pop() if tokens else None
-    for provider in providers:
-        if (
-            isinstance(provider, OneClickDZ)
-            and under_base(request.url, provider.base_url)
-            and provider.api_key.matches(token)
-        ):
-            return provider
-    return None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        # Parsers disagree on which duplicate wins; guard won't guess.
-        msg = "duplicate keys"
-        raise ValueError(msg)
-    return doc
+        .. versionadded:: 0.2
+        """
+        data = await get_json(self, session, VALIDATE_PATH)
+        key = data.get("apiKey") if isinstance(data, dict) else None
+        kind = key.get("type") if isinstance(key, dict) else None
+        if kind not in ("SANDBOX", "PRODUCTION"):
+            raise ProviderResponseError(
+                "data.apiKey.type is not SANDBOX or PRODUCTION",
+                provider=NAME,
+                status=200,
+            )
+        return str(kind)
 
 
-def _amount(request: SpendRequest) -> AmountLike:
-    if request.body is None:
-        raise ValueError(
-            "OneClickDZ send: the body is streamed, so guard cannot read its "
-            "amount; send it with json="
-        )
-    try:
-        # The API reads JSON whatever the Content-Type says; so does guard.
-        doc = json.loads(
-            request.body, parse_float=Decimal, object_pairs_hook=_unique_keys
-        )
-    except (ValueError, RecursionError):
-        raise ValueError(
-            "OneClickDZ send: the body is not JSON with unique keys, so guard "
-            "cannot read its amount"
-        ) from None
-    amount = doc.get("amount") if isinstance(doc, dict) else None
-    if amount is None:
-        raise ValueError(
-            "OneClickDZ send without an 'amount': guard cannot check it; "
-            "send the amount with fixed plans too"
-        )
-    if not isinstance(amount, int | Decimal | str) or isinstance(amount, bool):
-        raise TypeError(f"OneClickDZ send: 'amount' must be a number, not {amount!r}")
-    return amount
+# --- Catalogues -----------------------------------------------------------------
 
 
-def oneclickdz_rules(*, settle: Settle | None = None) -> tuple[SpendRule, ...]:
+async def get_json(
+    provider: OneClickDZ, session: aiohttp.ClientSession, path: str
+) -> Any:
     """
-    The rule for OneClickDZ ``POST /v3/mobile/send``: the ``amount`` of the
-    JSON body, in DZD, on the `OneClickDZ` provider whose *base_url* and
-    ``X-Access-Token`` the request uses.
-
-    A send without ``amount`` (a fixed plan) is refused with `ValueError`:
-    guard cannot know its price.
+    ``GET`` *path* from the provider and return the envelope's ``data``.
     """
-    # Imported here: the middleware module imports this one for its defaults.
-    from guard._aiohttp_client import SpendRule
-
-    return (SpendRule("POST", SEND_PATH, _account, _amount, settle=settle),)
+    redact = (provider.api_key,)
+    status, body, retry_after = await request(
+        NAME,
+        session,
+        "GET",
+        f"{provider.base_url}{path}",
+        limit=provider.timeout,
+        redact=redact,
+        headers={TOKEN_HEADER: provider.api_key, "Accept": "application/json"},
+    )
+    data, _, _ = parse_envelope(status, body, retry_after=retry_after, redact=redact)
+    return data

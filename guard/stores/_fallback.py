@@ -4,10 +4,10 @@ A shared store with a stand-in in this process for while it is down.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._logs import digest, fields, log
 from .._money import MONEY
 from ..errors import BalanceUnavailable
 from ._memory import MemoryStore
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from ..typing import Store
 
 __all__ = ["FallbackStore"]
-
-log = logging.getLogger("guard")
 
 
 class FallbackStore:
@@ -125,6 +123,12 @@ class FallbackStore:
             "provider's balance and holds on its own until it is back",
             account.provider,
             exc.reason,
+            extra=fields(
+                "store_down",
+                provider=account.provider,
+                account=digest(account.key),
+                error=exc.reason,
+            ),
         )
         if self.on_down is not None:
             self.on_down(account, exc)
@@ -133,7 +137,10 @@ class FallbackStore:
         if self.down:
             self.down = False
             self._used = {}
-            log.info("the shared store is back: balances and holds are shared again")
+            log.info(
+                "the shared store is back: balances and holds are shared again",
+                extra=fields("store_back", provider="", account=""),
+            )
 
     async def _stand_in(self, account: Account) -> Store:
         if account.key not in self._used:

@@ -13,6 +13,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .._logs import digest, fields
 from .._money import MONEY, ZERO
 from ..errors import BalanceUnavailable
 from ._values import Account, Entry, Hold, Outcome, Short, Ticket
@@ -143,6 +144,12 @@ class MemoryStore:
         state = self._state(account)
         return Ticket("", f"{state.generation}/{state.settled}")
 
+    async def ticket(self, account: Account) -> Ticket:
+        # Lock-free: put() with it drops the value if the balance was
+        # invalidated since, and subtracts what settled since.
+        state = self._state(account)
+        return Ticket("", f"{state.generation}/{state.settled}")
+
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         pass
 
@@ -257,6 +264,12 @@ class MemoryStore:
                 "%s: could not delete a cached balance: %s",
                 account.provider,
                 type(exc).__name__,
+                extra=fields(
+                    "cache_delete_failed",
+                    provider=account.provider,
+                    account=digest(account.key),
+                    error=type(exc).__name__,
+                ),
             )
 
     async def invalidate(self, account: Account) -> None:

@@ -17,10 +17,13 @@ be served by pytest-aiohttp's ``aiohttp_server`` as well.
 
 from __future__ import annotations
 
+from ._alerts import CapturedAlerts, capture_alerts
 from ._clickatell import ClickatellAccount, SentMessage
+from ._clickatell_platform import PlatformAccount
 from ._core import (
     DEMO_CLICKATELL_API_ID,
     DEMO_CLICKATELL_PASSWORD,
+    DEMO_CLICKATELL_PLATFORM_KEY,
     DEMO_CLICKATELL_USER,
     DEMO_ONECLICKDZ_KEY,
     EMULATOR_KEY,
@@ -29,24 +32,39 @@ from ._core import (
 from ._faults import Fault
 from ._log import RequestRecord
 from ._memory import InMemoryProvider
-from ._oneclickdz import OneClickDZAccount, Plan, Topup, Transaction
+from ._oneclickdz_records import (
+    GiftCard,
+    GiftCardType,
+    InternetProduct,
+    OneClickDZAccount,
+    Plan,
+    Topup,
+    Transaction,
+)
 from ._routes import Route
 
 __all__ = [
+    "CapturedAlerts",
     "ClickatellAccount",
     "DEMO_CLICKATELL_API_ID",
     "DEMO_CLICKATELL_PASSWORD",
+    "DEMO_CLICKATELL_PLATFORM_KEY",
     "DEMO_CLICKATELL_USER",
     "DEMO_ONECLICKDZ_KEY",
     "EMULATOR_KEY",
     "Emulator",
     "Fault",
+    "GiftCard",
+    "GiftCardType",
     "InMemoryProvider",
+    "InternetProduct",
     "OneClickDZAccount",
     "Plan",
+    "PlatformAccount",
     "RequestRecord",
     "Route",
     "SentMessage",
     "Topup",
     "Transaction",
+    "capture_alerts",
 ]

@@ -39,10 +39,20 @@ def to_decimal(value: object, name: str) -> Decimal:
     return amount
 
 
+class RawJSON(str):
+    """
+    JSON text `dumps` writes as it is: a part serialized once and reused.
+    """
+
+    __slots__ = ()
+
+
 def dumps(value: object) -> str:
     """
     Serialize *value* to JSON, writing `Decimal` as an exact JSON number.
     """
+    if isinstance(value, RawJSON):
+        return str(value)
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, Decimal):

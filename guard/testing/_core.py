@@ -18,16 +18,21 @@ import attrs
 from aiohttp import web
 from yarl import URL
 
-from guard.providers import Clickatell, OneClickDZ
+from guard.providers import Clickatell, ClickatellPlatform, OneClickDZ
 
 from ._clickatell import ClickatellAccount, ClickatellServer
+from ._clickatell_platform import PlatformAccount, PlatformServer
 from ._common import AmountInput, Clock, Refused, to_decimal
 from ._log import RequestRecord, read_record
-from ._oneclickdz import (
+from ._oneclickdz import OneClickDZServer
+from ._oneclickdz_records import (
+    DEFAULT_GIFT_CARDS,
+    DEFAULT_INTERNET_PRODUCTS,
     DEFAULT_PLANS,
+    GiftCard,
+    InternetProduct,
     KeyType,
     OneClickDZAccount,
-    OneClickDZServer,
     Plan,
 )
 from ._routes import ROUTE_NAMES, Route, to_route
@@ -43,13 +48,14 @@ DEMO_ONECLICKDZ_KEY: Final = "demo-oneclickdz-key"
 DEMO_CLICKATELL_USER: Final = "demo"
 DEMO_CLICKATELL_PASSWORD: Final = "demo-password"  # noqa: S105 - a demo account
 DEMO_CLICKATELL_API_ID: Final = "3000001"
+DEMO_CLICKATELL_PLATFORM_KEY: Final = "demo-clickatell-platform-key"
 
 EMULATOR_KEY: Final = web.AppKey["Emulator"]("guard.emulator")
 """
 Where ``emu.app`` keeps its `Emulator`.
 """
 
-Account: TypeAlias = OneClickDZAccount | ClickatellAccount
+Account: TypeAlias = OneClickDZAccount | ClickatellAccount | PlatformAccount
 
 
 @attrs.define(eq=False)
@@ -78,6 +84,8 @@ class Emulator:
         clock: Monotonic seconds for IP blocks and sessions; `advance` moves
             it forward. Defaults to `time.monotonic`.
         plans: The OneClickDZ mobile plan catalogue.
+        internet_products: The OneClickDZ internet cards on sale.
+        gift_cards: The OneClickDZ gift cards on sale.
         missing_token_status: Status of ``MISSING_ACCESS_TOKEN``: 401 per the
             error-handling page, 400 per the validate-token page.
         invalid_token_code: ``"INVALID_ACCESS_TOKEN"`` or its alias
@@ -102,6 +110,8 @@ class Emulator:
         clickatell_ping_echo: Whether ``ping`` answers ``OK: <session_id>``
             rather than ``OK:``.
         session_seconds: Inactivity expiry of Clickatell sessions.
+        platform_bare_401: Answer a bad Clickatell Platform key with a 401
+            without a body, rather than with the code-1 error body.
     """
 
     def __init__(
@@ -112,6 +122,8 @@ class Emulator:
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
         plans: Iterable[Plan] = DEFAULT_PLANS,
+        internet_products: Iterable[InternetProduct] = DEFAULT_INTERNET_PRODUCTS,
+        gift_cards: Iterable[GiftCard] = DEFAULT_GIFT_CARDS,
         missing_token_status: int = 401,
         invalid_token_code: str = "INVALID_ACCESS_TOKEN",  # noqa: S107 - an error code
         insufficient_balance_code: str = "INSUFFICIENT_BALANCE",
@@ -128,11 +140,15 @@ class Emulator:
         clickatell_login_error: int = 1,
         clickatell_ping_echo: bool = False,
         session_seconds: float = 900.0,
+        platform_bare_401: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.latency = latency
         self.plans = {plan.code: plan for plan in plans}
+        self.internet_products = tuple(internet_products)
+        self.gift_cards = tuple(gift_cards)
+        self.platform_bare_401 = platform_bare_401
         self.missing_token_status = missing_token_status
         self.invalid_token_code = invalid_token_code
         self.insufficient_balance_code = insufficient_balance_code
@@ -165,6 +181,7 @@ class Emulator:
         lock = asyncio.Lock()
         self._oneclickdz = OneClickDZServer(self, self._clock, lock)
         self._clickatell = ClickatellServer(self, self._clock, lock)
+        self._platform = PlatformServer(self, lock)
         self._faults: dict[Route, deque[_Queued]] = {}
         self._requests: list[RequestRecord] = []
         self._seq = 0
@@ -182,6 +199,8 @@ class Emulator:
         - OneClickDZ key ``"demo-oneclickdz-key"`` with 10000 DZD.
         - Clickatell user ``"demo"``, password ``"demo-password"``, api_id
           ``"3000001"`` with 100 credits.
+        - Clickatell Platform key ``"demo-clickatell-platform-key"`` with
+          250 ZAR.
 
         Args:
             host: Where to listen.
@@ -196,6 +215,7 @@ class Emulator:
             DEMO_CLICKATELL_API_ID,
             100,
         )
+        emu.add_clickatell_platform(DEMO_CLICKATELL_PLATFORM_KEY, 250)
         return emu
 
     # -- lifecycle --
@@ -338,6 +358,35 @@ class Emulator:
             allowed_ips=allowed_ips,
         )
 
+    def add_clickatell_platform(
+        self,
+        api_key: str,
+        balance: AmountInput = 0,
+        *,
+        currency: str = "ZAR",
+        price_per_part: AmountInput = Decimal("0.25"),
+    ) -> PlatformAccount:
+        """
+        Add a Clickatell Platform API key holding *balance* in *currency*;
+        each SMS part it sends costs *price_per_part*.
+
+        Raises:
+            ValueError: The key exists, or an argument is invalid.
+        """
+        return self._platform.add(
+            api_key, balance, currency=currency, price_per_part=price_per_part
+        )
+
+    def clickatell_platform(
+        self, api_key: str, *, base_url: str | None = None, timeout: float = 10.0
+    ) -> ClickatellPlatform:
+        """
+        A `guard.providers.ClickatellPlatform` pointed at this emulator.
+        """
+        return ClickatellPlatform(
+            api_key, base_url=base_url or self.url, timeout=timeout
+        )
+
     def account(self, account_or_key: object) -> Account:
         """
         Find an account by record, OneClickDZ key, Clickatell user, or a
@@ -346,17 +395,23 @@ class Emulator:
         Raises:
             KeyError: No such account.
         """
-        if isinstance(account_or_key, OneClickDZAccount | ClickatellAccount):
+        if isinstance(
+            account_or_key, OneClickDZAccount | ClickatellAccount | PlatformAccount
+        ):
             return account_or_key
         found: Account | None
-        if isinstance(account_or_key, OneClickDZ):
+        if isinstance(account_or_key, ClickatellPlatform):
+            found = self._platform.accounts.get(account_or_key.api_key.reveal())
+        elif isinstance(account_or_key, OneClickDZ):
             found = self._oneclickdz.accounts.get(account_or_key.api_key.reveal())
         elif isinstance(account_or_key, Clickatell):
             found = self._clickatell.accounts.get(account_or_key.user)
         elif isinstance(account_or_key, str):
-            found = self._oneclickdz.accounts.get(
-                account_or_key
-            ) or self._clickatell.accounts.get(account_or_key)
+            found = (
+                self._oneclickdz.accounts.get(account_or_key)
+                or self._clickatell.accounts.get(account_or_key)
+                or self._platform.accounts.get(account_or_key)
+            )
         else:
             found = None
         if found is None:
@@ -370,7 +425,7 @@ class Emulator:
         The balance of an account: DZD for OneClickDZ, credits for Clickatell.
         """
         account = self.account(account_or_key)
-        if isinstance(account, OneClickDZAccount):
+        if isinstance(account, OneClickDZAccount | PlatformAccount):
             return account.balance
         return account.credits
 
@@ -383,6 +438,8 @@ class Emulator:
         value = to_decimal(amount, "amount")
         if isinstance(account, OneClickDZAccount):
             self._oneclickdz.adjust(account, value - account.balance)
+        elif isinstance(account, PlatformAccount):
+            account.balance = value
         else:
             account.credits = value
 
@@ -497,6 +554,7 @@ class Emulator:
         app.on_shutdown.append(self._on_shutdown)
         self._oneclickdz.add_routes(app)
         self._clickatell.add_routes(app)
+        self._platform.add_routes(app)
         return app
 
     async def _on_shutdown(self, app: web.Application) -> None:

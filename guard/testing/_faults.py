@@ -11,6 +11,7 @@ import attrs
 from aiohttp import web
 
 from ._clickatell import err_line
+from ._clickatell_platform import platform_error
 from ._common import JSON_TYPE, TEXT_TYPE, dumps
 from ._oneclickdz import error_body
 
@@ -148,6 +149,20 @@ class Fault:
             delay: Seconds to wait before answering.
         """
         return cls(200, body=err_line(code, text, digits), delay=delay)
+
+    @classmethod
+    def clickatell_platform(
+        cls, code: int, *, status: int | None = None, delay: float = 0.0
+    ) -> Fault:
+        """
+        A Clickatell Platform error body (``errorCode``, ``error``,
+        ``errorDescription``) with the One API table's status, or *status*
+        (200 and 202 carry errors too), such as
+        ``Fault.clickatell_platform(19)``.
+        """
+        reply = platform_error(code, status=status)
+        assert isinstance(reply.text, str)
+        return cls(reply.status, body=reply.text, content_type=JSON_TYPE, delay=delay)
 
     @classmethod
     def html(cls, status: int = 502, title: str = "Bad gateway") -> Fault:

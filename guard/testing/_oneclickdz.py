@@ -12,21 +12,29 @@ import re
 import secrets
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
-import attrs
 from aiohttp import web
 
 from ._common import (
     JSON_TYPE,
     AmountInput,
     Clock,
+    RawJSON,
     Refused,
     dumps,
     iso,
     new_id,
     request_id,
     to_decimal,
+)
+from ._oneclickdz_records import (
+    GiftCard,
+    KeyType,
+    OneClickDZAccount,
+    Plan,
+    Topup,
+    Transaction,
 )
 from ._routes import Route
 
@@ -36,9 +44,10 @@ if TYPE_CHECKING:
 
     from ._core import Emulator
 
-KeyType: TypeAlias = Literal["PRODUCTION", "SANDBOX"]
 
 _MSSIDN = re.compile(r"0[567][0-9]{8}", re.ASCII)
+_ADSL = re.compile(r"0[0-9]{8}", re.ASCII)
+_4G = re.compile(r"213[0-9]{9}", re.ASCII)
 _CENT = Decimal("0.01")
 
 
@@ -75,169 +84,14 @@ def refusal(
     )
 
 
-@attrs.define(frozen=True)
-class Transaction:
-    """
-    A OneClickDZ ledger entry, as ``/v3/account/transactions`` lists it.
-    """
-
-    id: str
-    type: str
-    operation: str
-    amount: Decimal
-    old_balance: Decimal
-    new_balance: Decimal
-    objid: str | None
-    note: str
-    time: dt.datetime
-
-    def to_json(self) -> dict[str, object]:
-        """
-        The API's JSON shape of this entry.
-        """
-        return {
-            "_id": self.id,
-            "type": self.type,
-            "operation": self.operation,
-            "amount": self.amount,
-            "oldBalance": self.old_balance,
-            "newBalance": self.new_balance,
-            "objid": self.objid,
-            "note": self.note,
-            "time": iso(self.time),
-        }
-
-
-@attrs.define(frozen=True)
-class Plan:
-    """
-    A OneClickDZ mobile plan: dynamic (*min_amount* to *max_amount*) or fixed
-    (*amount*). The emulator charges ``amount * cost`` rounded to the cent.
-    """
-
-    code: str
-    name: str
-    operator: str
-    cost: Decimal = Decimal(1)
-    min_amount: Decimal | None = None
-    max_amount: Decimal | None = None
-    amount: Decimal | None = None
-    enabled: bool = True
-
-    def to_json(self) -> dict[str, object]:
-        """
-        The API's JSON shape of this plan.
-        """
-        data: dict[str, object] = {
-            "code": self.code,
-            "name": self.name,
-            "operator": self.operator,
-            "cost": self.cost,
-            "isEnabled": self.enabled,
-        }
-        if self.amount is None:
-            data["min_amount"] = self.min_amount
-            data["max_amount"] = self.max_amount
-        else:
-            data["amount"] = self.amount
-        return data
-
-
-DEFAULT_PLANS: Final = (
-    *(
-        Plan(
-            f"PREPAID_{operator.upper()}",
-            f"{operator.title()} prepaid",
-            operator,
-            min_amount=Decimal(50),
-            max_amount=Decimal(5000),
-        )
-        for operator in ("djezzy", "mobilis", "ooredoo")
-    ),
-    Plan("DJEZZY_HADAYA_1000", "Djezzy Hadaya 1000", "djezzy", amount=Decimal(1000)),
-)
-"""
-The plans an `Emulator` offers by default: ``PREPAID_DJEZZY``,
-``PREPAID_MOBILIS`` and ``PREPAID_OOREDOO`` (50 to 5000 DZD) and the fixed
-``DJEZZY_HADAYA_1000``, all charged at face value.
-"""
-
-
-@attrs.define(eq=False)
-class Topup:
-    """
-    A OneClickDZ mobile top-up the emulator accepted.
-
-    Each check by id or ref moves it one step along *statuses*; the last one
-    sticks. Reaching ``REFUNDED`` credits *charged* back once.
-    """
-
-    id: str
-    ref: str
-    plan_code: str
-    mssidn: str
-    amount: Decimal
-    charged: Decimal
-    created_at: dt.datetime
-    statuses: tuple[str, ...]
-    checks: int = 0
-    refunded: bool = False
-
-    @property
-    def status(self) -> str:
-        """
-        The status the last check reported (the first one before any check).
-        """
-        return self.statuses[max(0, min(self.checks, len(self.statuses)) - 1)]
-
-    def to_json(self) -> dict[str, object]:
-        """
-        The API's JSON shape of this top-up.
-        """
-        return {
-            "_id": self.id,
-            "ref": self.ref,
-            "status": self.status,
-            "plan_code": self.plan_code,
-            "MSSIDN": self.mssidn,
-            "topup_amount": self.amount,
-            "balance_amount": self.charged,
-            "created_at": iso(self.created_at),
-        }
-
-
-@attrs.define(eq=False)
-class OneClickDZAccount:
-    """
-    An emulated OneClickDZ API key and its balance; change the fields freely.
-
-    Attributes:
-        api_key: The ``X-Access-Token`` value.
-        balance: The balance in DZD.
-        key_type: ``"PRODUCTION"``, or ``"SANDBOX"`` whose sends never debit.
-        disabled: Answer ``403 API_DISABLED``.
-        allowed_ips: When not empty, other client addresses get
-            ``403 IP_NOT_ALLOWED``.
-        username: What ``/v3/validate`` reports.
-        transactions: The ledger, oldest first.
-        topups: Accepted top-ups, oldest first.
-    """
-
-    api_key: str = attrs.field(repr=False)
-    balance: Decimal
-    key_type: KeyType = "PRODUCTION"
-    disabled: bool = False
-    allowed_ips: tuple[str, ...] = ()
-    username: str = "emulated-user"
-    transactions: list[Transaction] = attrs.field(factory=list, repr=False)
-    topups: list[Topup] = attrs.field(factory=list, repr=False)
-
-    @property
-    def sandbox(self) -> bool:
-        """
-        Whether this is a sandbox key.
-        """
-        return self.key_type == "SANDBOX"
+def _json_object(raw: bytes) -> dict[str, object]:
+    try:
+        doc = json.loads(raw, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise _invalid("body", None, "body must be a JSON object")
+    return doc
 
 
 def _invalid(field: str, value: object, message: str) -> Refused:
@@ -259,6 +113,10 @@ class OneClickDZServer:
         # balances stay exact however callers race.
         self._lock = lock
         self.accounts: dict[str, OneClickDZAccount] = {}
+        # Each ledger entry's JSON, written once: paging through a long
+        # ledger would otherwise serialize the same rows again and again.
+        # Keyed by value, so that a test that replaces an entry sees it.
+        self._entry_json: dict[Transaction, RawJSON] = {}
         self._failures: dict[str, list[float]] = {}
         self._blocked: dict[str, float] = {}
 
@@ -281,6 +139,26 @@ class OneClickDZServer:
                 name=name,
             )
         get("/v3/mobile/plans", self._plans, name=Route.ONECLICKDZ_PLANS)
+        get(
+            "/v3/internet/products",
+            self._internet_products,
+            name=Route.ONECLICKDZ_INTERNET_PRODUCTS,
+        )
+        app.router.add_post(
+            "/v3/internet/send",
+            self._internet_send,
+            name=Route.ONECLICKDZ_INTERNET_SEND,
+        )
+        get(
+            "/v3/gift-cards/checkProduct/{productId}",
+            self._gift_product,
+            name=Route.ONECLICKDZ_GIFT_CARD_PRODUCT,
+        )
+        app.router.add_post(
+            "/v3/gift-cards/placeOrder",
+            self._gift_order,
+            name=Route.ONECLICKDZ_GIFT_CARD_ORDER,
+        )
         get("/v3/validate", self._validate, name=Route.ONECLICKDZ_VALIDATE)
         get("/v3/ping", self._ping, name=Route.ONECLICKDZ_PING)
         # The real API's router (Fastify) answers unknown paths with JSON.
@@ -342,19 +220,19 @@ class OneClickDZServer:
     ) -> None:
         old = account.balance
         account.balance = old + delta
-        account.transactions.append(
-            Transaction(
-                new_id(),
-                kind,
-                "CREDIT" if delta > 0 else "DEBIT",
-                abs(delta),
-                old,
-                account.balance,
-                objid,
-                note,
-                self._clock.wall(),
-            )
+        entry = Transaction(
+            new_id(),
+            kind,
+            "CREDIT" if delta > 0 else "DEBIT",
+            abs(delta),
+            old,
+            account.balance,
+            objid,
+            note,
+            self._clock.wall(),
         )
+        account.transactions.append(entry)
+        self._json_of(entry)
 
     def unblock(self) -> None:
         self._blocked.clear()
@@ -463,9 +341,124 @@ class OneClickDZServer:
                 self._post(
                     account, "FLEXY", -charged, objid=topup.id, note=f"Top-up {mssidn}"
                 )
+            # Read under the lock: the balance right after this debit.
+            new_balance = account.balance
         data: dict[str, object] = {"topupId": topup.id, "topupRef": topup.ref}
         if emu.send_new_balance:
-            data["newBalance"] = account.balance
+            data["newBalance"] = new_balance
+        return self._ok(data)
+
+    async def _debit(
+        self,
+        account: OneClickDZAccount,
+        kind: str,
+        charged: Decimal,
+        objid: str,
+        note: str,
+    ) -> Decimal:
+        """
+        Debit *charged* (nothing on a sandbox key) or refuse with the
+        insufficient-balance error; return the balance after it.
+        """
+        async with self._lock:
+            if not account.sandbox and account.balance < charged:
+                raise refusal(
+                    403,
+                    self._emu.insufficient_balance_code,
+                    "Insufficient balance",
+                    details={"required": charged, "available": account.balance},
+                )
+            if not account.sandbox:
+                self._post(account, kind, -charged, objid=objid, note=note)
+            return account.balance
+
+    async def _internet_products(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        kind = request.query.get("type")
+        if kind not in ("ADSL", "4G"):
+            raise _invalid("type", kind, "type must be ADSL or 4G")
+        products = [p for p in self._emu.internet_products if p.type == kind]
+        return self._ok({"products": [p.to_json() for p in products], "type": kind})
+
+    async def _internet_send(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        doc = _json_object(await request.read())
+        kind = doc.get("type")
+        if kind not in ("ADSL", "4G"):
+            raise _invalid("type", kind, "type must be ADSL or 4G")
+        number = doc.get("number")
+        pattern = _ADSL if kind == "ADSL" else _4G
+        if not isinstance(number, str) or not pattern.fullmatch(number):
+            raise _invalid("number", number, f"number is not a valid {kind} number")
+        value = doc.get("value")
+        product = next(
+            (
+                p
+                for p in self._emu.internet_products
+                if p.type == kind
+                and not isinstance(value, bool)
+                and isinstance(value, int | Decimal)
+                and p.value == value
+            ),
+            None,
+        )
+        if product is None:
+            raise _invalid("value", value, f"no {kind} card of this value")
+        if not product.available:
+            raise refusal(400, "OUT_OF_STOCK", "This card is out of stock")
+        topup_id = new_id()
+        new_balance = await self._debit(
+            account, "ADSL", product.cost, topup_id, f"{kind} card {number}"
+        )
+        data: dict[str, object] = {"topupId": topup_id, "topupRef": topup_id}
+        if self._emu.send_new_balance:
+            data["newBalance"] = new_balance
+        return self._ok(data)
+
+    def _gift_card(self, product_id: object) -> GiftCard | None:
+        return next(
+            (g for g in self._emu.gift_cards if g.product_id == product_id), None
+        )
+
+    async def _gift_product(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        card = self._gift_card(request.match_info["productId"])
+        if card is None:
+            raise refusal(404, "NOT_FOUND", "Product not found")
+        return self._ok(
+            {
+                "productId": card.product_id,
+                "productTitle": card.title,
+                "types": [t.to_json() for t in card.types],
+            }
+        )
+
+    async def _gift_order(self, request: web.Request) -> web.Response:
+        account = self._authenticate(request)
+        doc = _json_object(await request.read())
+        card = self._gift_card(doc.get("productId"))
+        if card is None:
+            raise _invalid("productId", doc.get("productId"), "unknown productId")
+        type_id = doc.get("typeId")
+        kind = next((t for t in card.types if t.id == type_id), None)
+        if kind is None:
+            raise _invalid("typeId", type_id, "unknown typeId for this product")
+        quantity = doc.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+            raise _invalid("quantity", quantity, "quantity must be an integer >= 1")
+        if quantity > kind.quantity:
+            raise refusal(400, "OUT_OF_STOCK", "Not enough cards in stock")
+        order_id = new_id()
+        new_balance = await self._debit(
+            account,
+            "ORDER",
+            kind.price * quantity,
+            order_id,
+            f"{quantity} x {card.title} {kind.name}",
+        )
+        data: dict[str, object] = {"orderId": order_id}
+        if self._emu.send_new_balance:
+            data["newBalance"] = new_balance
         return self._ok(data)
 
     def _read_send(self, raw: bytes) -> tuple[Plan, str, Decimal, str | None]:
@@ -552,7 +545,7 @@ class OneClickDZServer:
         first = (page - 1) * size
         return self._ok(
             {
-                "items": [t.to_json() for t in items[first : first + size]],
+                "items": [self._json_of(t) for t in items[first : first + size]],
                 "pagination": {
                     "page": page,
                     "pageSize": size,
@@ -561,6 +554,12 @@ class OneClickDZServer:
                 },
             }
         )
+
+    def _json_of(self, entry: Transaction) -> RawJSON:
+        text = self._entry_json.get(entry)
+        if text is None:
+            text = self._entry_json[entry] = RawJSON(dumps(entry.to_json()))
+        return text
 
     async def _plans(self, request: web.Request) -> web.Response:
         self._authenticate(request)

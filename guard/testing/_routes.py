@@ -28,6 +28,14 @@ class Route(enum.StrEnum):
     """``GET /v3/mobile/check-id/{id}``"""
     ONECLICKDZ_PLANS = "oneclickdz.plans"
     """``GET /v3/mobile/plans``"""
+    ONECLICKDZ_INTERNET_PRODUCTS = "oneclickdz.internet_products"
+    """``GET /v3/internet/products?type=``"""
+    ONECLICKDZ_INTERNET_SEND = "oneclickdz.internet_send"
+    """``POST /v3/internet/send`` (spends)"""
+    ONECLICKDZ_GIFT_CARD_PRODUCT = "oneclickdz.gift_card_product"
+    """``GET /v3/gift-cards/checkProduct/{productId}``"""
+    ONECLICKDZ_GIFT_CARD_ORDER = "oneclickdz.gift_card_order"
+    """``POST /v3/gift-cards/placeOrder`` (spends)"""
     ONECLICKDZ_VALIDATE = "oneclickdz.validate"
     """``GET /v3/validate``"""
     ONECLICKDZ_PING = "oneclickdz.ping"
@@ -40,6 +48,10 @@ class Route(enum.StrEnum):
     """``GET|POST /http/getbalance``"""
     CLICKATELL_SENDMSG = "clickatell.sendmsg"
     """``GET|POST /http/sendmsg`` (spends)"""
+    CLICKATELL_PLATFORM_BALANCE = "clickatell_platform.balance"
+    """``GET /public-client/balance``"""
+    CLICKATELL_PLATFORM_MESSAGES = "clickatell_platform.messages"
+    """``POST /messages`` (spends)"""
 
 
 ROUTE_NAMES: Final = frozenset(r.value for r in Route)

@@ -22,6 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..._logs import digest, fields
 from ..._money import MONEY, ZERO
 from ...errors import BalanceUnavailable
 from ._scripts import DROP, RELEASE, RENEW, Script
@@ -161,6 +162,12 @@ class Leases:
                 "holds of running calls are renewed",
                 account.provider,
                 self.window_ms / 1000,
+                extra=fields(
+                    "redis_data_lost",
+                    provider=account.provider,
+                    account=digest(account.key),
+                    seconds=self.window_ms / 1000,
+                ),
             )
 
     # -- scripts finished for callers that left ---------------------------------
@@ -195,6 +202,13 @@ class Leases:
                 account.provider,
                 self.lease,
                 exc.reason,
+                extra=fields(
+                    "release_retried",
+                    provider=account.provider,
+                    account=digest(account.key),
+                    seconds=self.lease,
+                    reason=exc.reason,
+                ),
             )
         except asyncio.CancelledError:
             if owned:
@@ -290,7 +304,15 @@ class Leases:
                 back = await self._wire.run(RENEW, account, self._keys(account), args)
             except BalanceUnavailable as exc:
                 log.warning(
-                    "%s: could not renew holds: %s", account.provider, exc.reason
+                    "%s: could not renew holds: %s",
+                    account.provider,
+                    exc.reason,
+                    extra=fields(
+                        "renew_failed",
+                        provider=account.provider,
+                        account=digest(account.key),
+                        reason=exc.reason,
+                    ),
                 )
                 ok = False
                 continue
@@ -302,6 +324,12 @@ class Leases:
                 "its data, or they expired before being renewed): put back",
                 account.provider,
                 len(back) - 1,
+                extra=fields(
+                    "holds_restored",
+                    provider=account.provider,
+                    account=digest(account.key),
+                    holds=len(back) - 1,
+                ),
             )
             for member in back[1:]:
                 if member not in live.members:

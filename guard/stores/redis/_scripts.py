@@ -39,6 +39,7 @@ import hashlib
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from ..._money import MONEY
+from ...errors import AmountError
 
 __all__ = [
     "BEGIN",
@@ -49,9 +50,11 @@ __all__ = [
     "READ",
     "RELEASE",
     "RENEW",
+    "TICKET",
     "UNLOCK",
     "Script",
     "amount_of",
+    "MAX_AMOUNT",
     "ceil_units",
     "floor_units",
     "keys_of",
@@ -81,13 +84,37 @@ def keys_of(prefix: str, account_key: str) -> tuple[str, ...]:
     return tuple(f"{tag}:{name}" for name in "bghslexc")
 
 
+# Lua numbers are doubles: integers are exact up to 2**53. Every amount the
+# scripts add or compare stays below this many units (about 9e11 of the
+# currency), and sums of a few of them stay exact too.
+MAX_UNITS = 2**53 // 16
+MAX_AMOUNT = Decimal(MAX_UNITS).scaleb(-SCALE)
+"""The largest amount the Redis store holds or balance it keeps exactly."""
+
+
 def floor_units(amount: Decimal) -> int:
-    """A balance in units, rounded down: rounding never admits a call."""
-    return int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_FLOOR))
+    """
+    A balance in units, rounded down: rounding never admits a call. One
+    above `MAX_AMOUNT` is kept as that (it errs low).
+    """
+    units = int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_FLOOR))
+    return min(units, MAX_UNITS)
 
 
 def ceil_units(amount: Decimal) -> int:
-    """A hold in units, rounded up."""
+    """
+    A hold in units, rounded up.
+
+    Raises:
+        AmountError: *amount* is above `MAX_AMOUNT`: Redis's scripts could
+            not compare it exactly.
+    """
+    if amount > MAX_AMOUNT:
+        raise AmountError(
+            f"amount must be at most {MAX_AMOUNT:,} with the Redis store "
+            f"(its Lua scripts count in doubles, exact below 2**53 units of "
+            f"1/10,000), got {amount:.6e}"
+        )
     return int(amount.scaleb(SCALE, context=MONEY).to_integral_value(ROUND_CEILING))
 
 
@@ -319,6 +346,11 @@ if b[1] then return {2, b[1], b[2], b[3], now - tonumber(b[3])} end
 return {0}
 """
 )
+
+# No ARGV. Returns the generation and spent units ("<generation>/<spent>"),
+# for a PUT without the fetch lock (a balance a provider reported after a
+# spend): it is stored only if nothing invalidated the balance since.
+TICKET = Script(_NOW + _GEN + "\nreturn generation()\n")
 
 # ARGV: lock token, lock ms, fetch id seen when the wait began ('*' on the
 # first call). Returns {1, generation} when the lock is ours, {2, units,

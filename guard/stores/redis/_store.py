@@ -24,6 +24,7 @@ from ._scripts import (
     INVALIDATE,
     PUT,
     READ,
+    TICKET,
     UNLOCK,
     amount_of,
     ceil_units,
@@ -179,9 +180,21 @@ class RedisStore:
     @property
     def client(self) -> Any:
         """
-        A redis-py client on the store's pool (for tests and benchmarks).
+        The store's redis-py client, on its pool: for guard's own parts that
+        keep per-account state beside the store's (the low-balance alerts),
+        tests and benchmarks.
         """
         return self._wire.client
+
+    @property
+    def key_prefix(self) -> str:
+        """
+        What the store's keys put before the account key inside their hash
+        tag (the cache's namespace and a colon, or nothing): a key of one's
+        own named ``{<key_prefix><account key>}:...`` shares the account's
+        Redis Cluster slot.
+        """
+        return self._prefix
 
     @property
     def data_losses(self) -> int:
@@ -356,6 +369,12 @@ class RedisStore:
                 )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.1)
+
+    async def ticket(self, account: Account) -> Ticket:
+        # Lock-free: no leave to fetch is taken, so the token is empty and
+        # PUT has no lock to drop.
+        reply = await self._run(TICKET, account, ())
+        return Ticket("", str(reply))
 
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         self._locks.pop(ticket.token, None)

@@ -1,0 +1,431 @@
+"""
+Measure what guard costs an aiohttp server: requests/second under a real
+load generator, and the per-request work of the middleware in process.
+
+Run from the repository root, in the dev environment, with ``wrk`` installed
+(Debian package ``wrk``)::
+
+    python benchmarks/bench_aiohttp.py            # 7 rounds of 2 s per app
+    python benchmarks/bench_aiohttp.py --quick    # a few seconds, for CI
+    python benchmarks/bench_aiohttp.py --check    # exit 1 if a target is missed
+
+The same app (one ``GET /`` handler answering a small JSON body) is served
+five ways, each by its own process on a free loopback port:
+
+- ``plain``: no guard, the baseline;
+- ``route/debit`` and ``route/refresh``: ``setup_guard(app, ...,
+  routes={"hello": guard_route(provider, 1)})`` with ``settle="debit"`` and
+  the default ``"refresh"``;
+- ``decorator/debit`` and ``decorator/refresh``: ``@require_balance(provider,
+  1)`` on the handler, with ``setup_guard`` for the error answers.
+
+The provider is a `guard.testing.InMemoryProvider` whose balance never runs
+out, so the figures are guard's own work and not a provider's.
+
+(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration. Each
+    round runs the guarded apps in turn between two runs of the plain app,
+    and a guarded app's ratio in that round is its requests/second over the
+    mean of those two, so that load from other processes, which drifts over
+    seconds, cancels out. Printed: each app's median requests/second, median
+    ratio and median p99 latency, and the server process's CPU time per
+    request (from ``/proc``, on Linux) as a ratio to the plain app's, the
+    figure least moved by other processes. Target: at least 0.9x the plain
+    app's requests/second for every guarded app.
+(b) In process: one request dispatched through ``Application._handle``
+    (routing, middlewares, handler; no HTTP parsing) in a tight loop, the
+    median CPU time per request of each app as a ratio to the plain app's,
+    and what guard adds per request.
+
+Times are wall-clock on a shared machine: compare the ratios, not the
+absolute figures, and on a busy machine run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from decimal import Decimal
+from typing import TYPE_CHECKING, NamedTuple
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from guard import BalanceGuard, require_balance
+from guard.aiohttp import guard_route, setup_guard
+from guard.testing import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+MODES = (
+    "plain",
+    "route/debit",
+    "route/refresh",
+    "decorator/debit",
+    "decorator/refresh",
+)
+BASELINE = "plain"
+TARGET_RATIO = 0.9
+PLENTY = Decimal(10) ** 15
+CONNECTIONS = 50
+
+
+# -- the app ----------------------------------------------------------------
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def make_app(mode: str) -> web.Application:
+    """
+    The app served in *mode* (one of `MODES`).
+    """
+    app = web.Application()
+    if mode == BASELINE:
+        app.router.add_get("/", hello, name="hello")
+        return app
+    kind, settle = mode.split("/")
+    provider = InMemoryProvider(PLENTY)
+    guard = BalanceGuard(settle="debit" if settle == "debit" else "refresh")
+    if kind == "route":
+        app.router.add_get("/", hello, name="hello")
+        setup_guard(app, guard, routes={"hello": guard_route(provider, 1)})
+    else:
+        app.router.add_get("/", require_balance(provider, 1, guard=guard)(hello))
+        setup_guard(app, guard)
+    return app
+
+
+def serve(mode: str) -> None:
+    """
+    Serve *mode*'s app on a free loopback port, printed first, until
+    SIGTERM.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    web.run_app(make_app(mode), sock=sock, print=None, access_log=None)
+
+
+# -- (a) wrk -----------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+class Run(NamedTuple):
+    """
+    One wrk run against one app.
+    """
+
+    requests: int
+    rps: float
+    p99: float  # seconds
+    cpu: float | None  # the server's CPU seconds per request; None: unknown
+
+
+def parse_wrk(output: str) -> tuple[int, float, float]:
+    """
+    Return (requests, requests/second, p99 latency in seconds) from wrk's
+    output.
+
+    Raises:
+        RuntimeError: wrk saw non-2xx answers or socket errors: the figure
+            would not measure the app's normal path.
+    """
+    for problem in ("Non-2xx or 3xx responses", "Socket errors"):
+        if problem in output:
+            raise RuntimeError(f"wrk reported {problem.lower()}:\n{output}")
+    count = re.search(r"(\d+) requests in", output)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    if count is None or rps is None or p99 is None:
+        raise RuntimeError(f"unreadable wrk output:\n{output}")
+    return int(count[1]), float(rps[1]), _seconds(p99[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """
+    CPU seconds process *pid* has used (user + system), from Linux's
+    ``/proc``; None elsewhere.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """
+    One app served by a child process.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, __file__, "--serve", mode],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.stop()
+            raise RuntimeError(f"{mode}: the server did not start")
+        self.url = f"http://127.0.0.1:{int(line)}/"
+
+    def ready(self, deadline: float) -> None:
+        """
+        Wait until the app answers 200 (its guard then has a balance).
+        """
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as reply:  # noqa: S310
+                    if reply.status == 200:
+                        return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.mode}: no answer from {self.url}"
+                    ) from exc
+                time.sleep(0.05)
+
+    def load(self, wrk: str, duration: int) -> Run:
+        """
+        Load the app with wrk for *duration* seconds.
+        """
+        cpu_before = cpu_seconds(self.proc.pid)
+        out = subprocess.run(  # noqa: S603
+            [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", self.url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        cpu_after = cpu_seconds(self.proc.pid)
+        requests, rps, p99 = parse_wrk(out)
+        cpu = None
+        if cpu_before is not None and cpu_after is not None and requests:
+            cpu = (cpu_after - cpu_before) / requests
+        return Run(requests, rps, p99, cpu)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Figures(NamedTuple):
+    """
+    One app's medians over the rounds.
+    """
+
+    rps: float
+    ratio: float  # requests/second over the plain app's
+    p99: float
+    cpu_ratio: float | None  # server CPU per request over the plain app's
+
+
+def find_wrk() -> str:
+    """
+    Return wrk's path, or exit saying how to install it.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "bench_aiohttp.py needs wrk, the HTTP load generator: "
+            "apt-get install -y wrk"
+        )
+    return wrk
+
+
+def load(rounds: int, duration: int) -> dict[str, Figures]:
+    """
+    Each mode's medians under wrk.
+
+    Every round runs the guarded apps in turn between two runs of the plain
+    app; a guarded app's ratios in that round are to the mean of those two,
+    so that load from other processes, which drifts over seconds, cancels
+    out.
+    """
+    wrk = find_wrk()
+    servers = {mode: Server(mode) for mode in MODES}
+    guarded = [mode for mode in MODES if mode != BASELINE]
+    runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
+    ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
+
+    def measure(mode: str) -> Run:
+        run = servers[mode].load(wrk, duration)
+        runs[mode].append(run)
+        return run
+
+    try:
+        deadline = time.monotonic() + 30
+        for server in servers.values():
+            server.ready(deadline)
+        before = measure(BASELINE)
+        for i in range(rounds):
+            # Rotate the order so no mode always runs first after the plain app.
+            order = guarded[i % len(guarded) :] + guarded[: i % len(guarded)]
+            this_round = {mode: measure(mode) for mode in order}
+            after = measure(BASELINE)
+            base = (before.rps + after.rps) / 2
+            for mode, run in this_round.items():
+                ratios[mode].append(run.rps / base)
+                if run.cpu and before.cpu and after.cpu:
+                    cpu_ratios[mode].append(run.cpu / ((before.cpu + after.cpu) / 2))
+            before = after
+    finally:
+        for server in servers.values():
+            server.stop()
+    ratios[BASELINE] = [1.0]
+    cpu_ratios[BASELINE] = [1.0] if cpu_ratios[guarded[0]] else []
+    return {
+        mode: Figures(
+            rps=statistics.median(run.rps for run in runs[mode]),
+            ratio=statistics.median(ratios[mode]),
+            p99=statistics.median(run.p99 for run in runs[mode]),
+            cpu_ratio=statistics.median(cpu_ratios[mode]) if cpu_ratios[mode] else None,
+        )
+        for mode in MODES
+    }
+
+
+# -- (b) in process ---------------------------------------------------------------
+
+
+async def dispatch_loops(calls: int, repeats: int) -> tuple[dict[str, float], float]:
+    """
+    Median seconds per request of each mode's ``Application._handle``, and
+    of the handler alone.
+    """
+    runners: list[web.AppRunner] = []
+    loops: dict[str, Callable[[], Awaitable[object]]] = {}
+    try:
+        for mode in MODES:
+            app = make_app(mode)
+            runner = web.AppRunner(app)
+            await runner.setup()  # runs setup_guard's startup
+            runners.append(runner)
+            request = make_mocked_request("GET", "/", app=app)
+            loops[mode] = lambda app=app, request=request: app._handle(request)
+        request = make_mocked_request("GET", "/")
+        loops["handler"] = lambda: hello(request)
+        for run in loops.values():
+            for _ in range(100):
+                response = await run()
+                assert getattr(response, "status", 0) == 200, response
+        times: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(repeats):
+            for name, run in loops.items():
+                # The collector stays on: requests and responses make cyclic
+                # garbage, which a server collects too.
+                gc.collect()
+                # CPU time: a loop that never waits, so what it costs, not
+                # the time other processes had the CPU meanwhile.
+                start = time.process_time()
+                for _ in range(calls):
+                    await run()
+                times[name].append((time.process_time() - start) / calls)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    handler = statistics.median(times.pop("handler"))
+    return {name: statistics.median(t) for name, t in times.items()}, handler
+
+
+# -- report ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="aiohttp server throughput and middleware cost, with and "
+        "without guard, as ratios in one run"
+    )
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if a target is missed"
+    )
+    parser.add_argument("--rounds", type=int, help="wrk runs per app")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run")
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    rounds = args.rounds or (2 if args.quick else 7)
+    duration = args.duration or (1 if args.quick else 2)
+    calls, repeats = (2_000, 5) if args.quick else (10_000, 9)
+
+    find_wrk()
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}; "
+        f"wrk -t1 -c{CONNECTIONS} -d{duration}s --latency, {rounds} rounds "
+        "interleaved"
+    )
+    figures = load(rounds, duration)
+    missed = []
+    print(
+        "\n(a) under wrk, medians over the rounds: requests/second and its "
+        "ratio to the plain app's, p99 latency, and the server's CPU time per "
+        "request as a ratio to the plain app's"
+    )
+    for mode, fig in figures.items():
+        mark = ""
+        if mode != BASELINE and fig.ratio < TARGET_RATIO:
+            mark = f"  MISSED (target >= {TARGET_RATIO}x)"
+            missed.append(mode)
+        cpu = "" if fig.cpu_ratio is None else f"  CPU/request {fig.cpu_ratio:5.2f}x"
+        print(
+            f"  {mode:<18} {fig.rps:>7.0f} req/s {fig.ratio:5.2f}x  "
+            f"p99 {fig.p99 * 1e3:6.2f} ms{cpu}{mark}"
+        )
+
+    per_request, handler = asyncio.run(dispatch_loops(calls, repeats))
+    base = per_request[BASELINE]
+    print(
+        f"\n(b) in process, CPU time of one request through Application._handle "
+        f"(median of {repeats} x {calls:,}); the handler alone "
+        f"{handler * 1e6:.2f} us"
+    )
+    for mode, seconds in per_request.items():
+        added = seconds - base
+        print(
+            f"  {mode:<18} {seconds * 1e6:6.2f} us  {seconds / base:5.2f}x"
+            + (
+                ""
+                if mode == BASELINE
+                else f"  guard adds {added * 1e6:5.2f} us "
+                f"({added / handler:.1f}x the handler)"
+            )
+        )
+    if missed:
+        print(f"\nmissed: {', '.join(missed)}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
