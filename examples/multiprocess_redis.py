@@ -2,9 +2,11 @@
 Several worker processes spend one OneClickDZ account through one Redis,
 and together never spend more than it holds.
 
-Run it with a Redis on 127.0.0.1:6379 (or at ``REDIS_URL``)::
+Run it with a Redis on 127.0.0.1:6379 (or at ``REDIS_URL``), or on a Redis
+Cluster whose node ``REDIS_CLUSTER`` names (``host:port``)::
 
     python examples/multiprocess_redis.py
+    REDIS_CLUSTER=127.0.0.1:7000 python examples/multiprocess_redis.py
 
 It starts the provider emulator in this process with 2,000 DZD, then four
 worker processes that each send 20 concurrent top-ups of 100 DZD: 8,000 DZD
@@ -22,7 +24,7 @@ import uuid
 from decimal import Decimal
 
 import aiohttp
-from aiocache import RedisCache
+from redis.asyncio import RedisCluster
 
 from guard import BalanceGuard, InsufficientBalance, require_balance
 from guard.providers import OneClickDZ
@@ -30,27 +32,20 @@ from guard.testing import Emulator
 
 KEY = "example-oneclickdz-key"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-
-
-def redis_cache() -> RedisCache:
-    from redis.asyncio.connection import parse_url
-
-    where = parse_url(REDIS_URL)
-    return RedisCache(
-        endpoint=where.get("host", "127.0.0.1"),
-        port=where.get("port", 6379),
-        db=where.get("db", 0),
-        password=where.get("password"),
-    )
+REDIS_CLUSTER = os.environ.get("REDIS_CLUSTER", "")
 
 
 async def worker(url: str, namespace: str) -> tuple[int, int]:
     oneclick = OneClickDZ(KEY, base_url=url)
     sent = refused = 0
+    # Every process passes the same Redis and namespace: the balance and the
+    # holds of the account are shared through it.
+    redis: str | RedisCluster = REDIS_URL
+    if REDIS_CLUSTER:
+        host, _, port = REDIS_CLUSTER.rpartition(":")
+        redis = RedisCluster(host=host, port=int(port))
     async with (
-        # Every process passes the same Redis and namespace: the balance and
-        # the holds of the account are shared through it.
-        BalanceGuard(cache=redis_cache(), namespace=namespace) as guard,
+        BalanceGuard(redis=redis, namespace=namespace) as guard,
         aiohttp.ClientSession() as session,
     ):
 
@@ -77,6 +72,8 @@ async def worker(url: str, namespace: str) -> tuple[int, int]:
                 refused += 1
 
         await asyncio.gather(*(one() for _ in range(20)))
+    if isinstance(redis, RedisCluster):
+        await redis.aclose()  # the guard leaves a client it was given open
     return sent, refused
 
 

@@ -29,6 +29,7 @@ EventKind: TypeAlias = Literal[
     "unavailable",
     "failed_open",
     "auth_cooldown",
+    "degraded",
 ]
 
 
@@ -44,7 +45,9 @@ class GuardEvent:
             (the balance could not be learned), ``"failed_open"`` (same, but
             the call went ahead under ``on_unavailable="open"``),
             ``"auth_cooldown"`` (credentials refused; the account is not
-            asked again until the cooldown ends).
+            asked again until the cooldown ends), ``"degraded"`` (the shared
+            store is unreachable: this process checks and holds on its own;
+            once per outage).
         provider: The provider's name.
         account_id: The provider's non-secret account identity.
         account: The non-secret account digest (as in cache keys).
@@ -53,8 +56,8 @@ class GuardEvent:
         available: What was available, for ``"refused"``.
         ok: For ``"settled"``: whether the call succeeded (its amount counts
             as spent).
-        error: The error behind ``"unavailable"``, ``"failed_open"`` and
-            ``"auth_cooldown"``.
+        error: The error behind ``"unavailable"``, ``"failed_open"``,
+            ``"auth_cooldown"`` and ``"degraded"``.
         duration: For ``"settled"``: seconds the guarded block ran.
         reported_at: For ``"fetched"``: when the provider says it read the
             balance (OneClickDZ ``meta.timestamp``), if it said.

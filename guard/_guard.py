@@ -38,7 +38,7 @@ from .errors import (
     ProviderAuthError,
     ProviderResponseError,
 )
-from .stores import Hold, Short
+from .stores import FallbackStore, Hold, Short
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiocache.base import BaseCache
 
-    from .stores import Outcome, Ticket
+    from .stores import Account, Outcome, Ticket
     from .typing import AmountLike, EventHook, History, Provider, Store
 
 __all__ = ["BalanceGuard", "Policy", "Settle"]
@@ -77,6 +77,12 @@ class BalanceGuard(Reads):
         store: Instead of *cache*: any `guard.typing.Store`, such as a
             `guard.stores.MemoryStore` or `guard.stores.RedisStore` you
             configured. The guard closes it when it closes.
+        redis: Instead of *cache*: share balances and holds through Redis,
+            given as a ``redis.asyncio.Redis``, a ``redis.asyncio.RedisCluster``,
+            a Sentinel-managed client (``Sentinel(...).master_for(name)``) or
+            a URL (``redis://``, ``rediss://``, ``unix://``). A
+            `guard.stores.RedisStore` is made for it; a client you pass is
+            yours to close.
         ttl: Seconds a fetched balance is trusted (default 30), for the
             store made from *cache*; a *store* you pass has its own.
         settle: What a guarded call's end does to the cached balance.
@@ -128,6 +134,7 @@ class BalanceGuard(Reads):
         cache: BaseCache | None = None,
         *,
         store: Store | None = None,
+        redis: object = None,
         ttl: float | None = None,
         settle: Settle = "refresh",
         on_unavailable: Policy = "closed",
@@ -163,7 +170,13 @@ class BalanceGuard(Reads):
             ttl=None if ttl is None else seconds("ttl", ttl),
             lease=seconds("lease", lease),
             fetch_timeout=fetch_timeout,
+            redis=redis,
+            # Under "open", a shared store that is down is stood in for in
+            # process rather than every call let through unchecked.
+            fallback=on_unavailable == "open",
         )
+        if isinstance(self._store, FallbackStore):
+            self._store.on_down = self._store_down
         self._fetcher = Fetcher(
             self._store,
             self._emit,
@@ -596,6 +609,12 @@ class BalanceGuard(Reads):
             # meanwhile can't be corrected: drop it.
             with contextlib.suppress(BalanceUnavailable):
                 await self._store.invalidate(reservation._tracked.account)
+
+    def _store_down(self, account: Account, exc: BalanceUnavailable) -> None:
+        for tracked in self._accounts:
+            if tracked.account.key == account.key:
+                self._emit("degraded", tracked, error=exc)
+                return
 
     def _forget_loop(self) -> None:
         """

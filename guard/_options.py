@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiocache.base import BaseCache
 
 from .errors import ConfigurationError
-from .stores import MemoryStore
+from .stores import FallbackStore, MemoryStore
 
 if TYPE_CHECKING:
     from .typing import Store
@@ -53,7 +53,23 @@ def make_store(
     ttl: float | None,
     lease: float,
     fetch_timeout: float,
+    redis: object = None,
+    fallback: bool = False,
 ) -> Store:
+    """
+    The store a guard's options call for; *fallback*: a shared one made
+    here is stood in for by one of this process while it is down.
+    """
+    if redis is not None:
+        if cache is not None or store is not None:
+            raise ConfigurationError("pass one of cache, store and redis")
+        shared = _redis_store(
+            redis,
+            ttl=30.0 if ttl is None else ttl,
+            lease=lease,
+            fetch_timeout=fetch_timeout,
+        )
+        return FallbackStore(shared) if fallback else shared
     if store is not None:
         if cache is not None:
             raise ConfigurationError("pass cache or store, not both")
@@ -76,14 +92,24 @@ def make_store(
             f"or aiocache.RedisCache), not {type(cache).__name__}"
         )
     if _is_redis_cache(cache):
-        try:
-            from .stores.redis import RedisStore
-        except ImportError as exc:
-            raise ConfigurationError(
-                "a RedisCache needs redis-py: pip install guard[redis]"
-            ) from exc
-        return RedisStore(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+        shared = _redis_store(cache, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+        return FallbackStore(shared) if fallback else shared
     return MemoryStore(cache, ttl=ttl, timeout=fetch_timeout)
+
+
+def _redis_store(
+    redis: object, *, ttl: float, lease: float, fetch_timeout: float
+) -> Store:
+    try:
+        from .stores.redis import RedisStore
+    except ImportError as exc:
+        raise ConfigurationError(
+            "Redis needs redis-py: pip install guard[redis]"
+        ) from exc
+    try:
+        return RedisStore(redis, ttl=ttl, lease=lease, fetch_timeout=fetch_timeout)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _is_redis_cache(cache: BaseCache) -> bool:

@@ -14,18 +14,29 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from typing import Any
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 __all__ = [
+    "ClusterServers",
     "RedisProxy",
     "RedisServer",
+    "SentinelServers",
     "delete_namespace",
     "machine_redis",
     "missing",
+    "topology_client",
 ]
 
 
@@ -65,6 +76,20 @@ def delete_namespace(host: str, port: int, namespace: str) -> None:
         keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
         if keys:
             client.delete(*keys)
+
+
+def _free_ports(n: int) -> list[int]:
+    """
+    *n* distinct free loopback ports (all bound at once, so none repeats).
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _free_port() -> int:
@@ -211,3 +236,263 @@ class RedisProxy:
             )
         finally:
             self._writers -= {client_w, server_w}
+
+
+def _binaries() -> tuple[str, str]:
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        missing("redis-server and redis-cli are not installed")
+    assert server is not None
+    assert cli is not None
+    return server, cli
+
+
+def _wait(check: Any, what: str, limit: float = 30.0) -> Any:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            result = check()
+        except (redis.RedisError, OSError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class _Processes:
+    """
+    redis-server processes of a test session, in a directory of their own.
+    """
+
+    def __init__(self) -> None:
+        self.server, self.cli = _binaries()
+        self.dir = Path(tempfile.mkdtemp(prefix="guard-redis-"))
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.argv: dict[int, list[str]] = {}
+
+    def spawn(self, port: int, *options: str) -> None:
+        argv = [
+            self.server,
+            *options,
+            "--dbfilename",
+            f"dump-{port}.rdb",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+        ]
+        self.argv[port] = argv
+        self.processes[port] = subprocess.Popen(  # noqa: S603 - our own argv
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one server."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait()
+
+    def restart(self, port: int) -> None:
+        """Start a killed server again, as it was."""
+        self.processes[port] = subprocess.Popen(  # noqa: S603 - our own argv
+            self.argv[port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait()
+        self.processes.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _info(port: int, section: str) -> dict[str, Any]:
+    with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as c:
+        info: dict[str, Any] = c.info(section)
+    return info
+
+
+class ClusterServers(_Processes):
+    """
+    A Redis Cluster on loopback: 3 masters with a replica each, short
+    timeouts so that a failover takes about a second.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        ports = _free_ports(12)
+        self.ports = ports[:6]
+        # The cluster bus's ports: by default port + 10000, which may not exist.
+        self.bus = ports[6:]
+
+    def start(self) -> None:
+        for port, bus in zip(self.ports, self.bus, strict=True):
+            self.spawn(
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(bus),
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(self.NODE_TIMEOUT_MS),
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            )
+        for port in self.ports:
+            _wait(lambda port=port: redis.Redis(port=port).ping(), "a cluster node")
+        subprocess.run(  # noqa: S603 - our own argv
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        """Wait until every node is up, the cluster ok, each master replicated."""
+
+        def healthy() -> bool:
+            for port in self.ports:
+                if _info(port, "cluster").get("cluster_enabled") != 1:
+                    return False
+                with redis.Redis(port=port, socket_timeout=1) as c:
+                    state = c.execute_command("CLUSTER INFO")
+                if state.get("cluster_state") != "ok":
+                    return False
+            roles = [_info(p, "replication") for p in self.ports]
+            masters = [r for r in roles if r["role"] == "master"]
+            replicas = [r for r in roles if r["role"] == "slave"]
+            return (
+                len(masters) == 3
+                and all(r.get("connected_slaves", 0) >= 1 for r in masters)
+                and all(r.get("master_link_status") == "up" for r in replicas)
+            )
+
+        _wait(healthy, "a healthy cluster", limit=60)
+
+    def owner(self, key: str) -> int:
+        """The port of the master that owns *key*'s slot, as the cluster says."""
+        slot = redis.crc.key_slot(key.encode())
+        for port in self.ports:
+            if port not in self.processes:
+                continue
+            with (
+                contextlib.suppress(redis.RedisError),
+                redis.Redis(port=port, socket_timeout=1) as c,
+            ):
+                for first, last, primary, *_ in c.execute_command("CLUSTER SLOTS"):
+                    if first <= slot <= last:
+                        return int(primary[1])
+        raise RuntimeError("no node answered CLUSTER SLOTS")
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", port) for port in self.ports]
+
+
+class SentinelServers(_Processes):
+    """
+    A primary, its replica and a Sentinel watching them on loopback, with
+    short timeouts so that a failover takes a few seconds.
+    """
+
+    SERVICE = "guard-primary"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary, self.replica, self.sentinel = _free_ports(3)
+
+    def start(self) -> None:
+        plain = ("--save", "", "--appendonly", "no")
+        self.spawn(self.primary, *plain)
+        self.spawn(self.replica, *plain, "--replicaof", "127.0.0.1", str(self.primary))
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+            f"sentinel failover-timeout {self.SERVICE} 2000\n"
+            f"sentinel parallel-syncs {self.SERVICE} 1\n"
+        )
+        self.spawn(self.sentinel, str(conf), "--sentinel")
+        self.wait_healthy()
+
+    def current(self) -> int:
+        """The primary's port, as the Sentinel says."""
+        with redis.Redis(port=self.sentinel, socket_timeout=1) as c:
+            _, port = c.sentinel_get_master_addr_by_name(self.SERVICE)
+        return int(port)
+
+    def wait_healthy(self) -> None:
+        """Wait until the Sentinel knows a primary with a replica in sync."""
+
+        def healthy() -> bool:
+            primary = self.current()
+            with redis.Redis(port=self.sentinel, socket_timeout=1) as c:
+                replicas = c.sentinel_slaves(self.SERVICE)
+            links = [
+                _info(port, "replication").get("master_link_status")
+                for port in (self.primary, self.replica)
+                if port in self.processes and port != primary
+            ]
+            return (
+                primary in self.processes
+                and links == ["up"]
+                and any(
+                    not {"s_down", "disconnected"} & set(str(r["flags"]).split(","))
+                    and int(r["port"]) in self.processes
+                    for r in replicas
+                )
+            )
+
+        _wait(healthy, "a primary with its replica", limit=60)
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.sentinel)]
+
+
+@asynccontextmanager
+async def topology_client(
+    request: pytest.FixtureRequest, kind: str
+) -> AsyncIterator[Any]:
+    """
+    A redis-py asyncio client of the session's *kind* of servers
+    (``"cluster"`` or ``"sentinel"``), closed afterwards.
+    """
+    client: Any
+    closing: list[Any] = []
+    if kind == "cluster":
+        cluster: ClusterServers = request.getfixturevalue("cluster_servers")
+        host, port = cluster.nodes[0]
+        client = aioredis.RedisCluster(host=host, port=port)
+    else:
+        servers: SentinelServers = request.getfixturevalue("sentinel_servers")
+        sentinel = Sentinel(servers.sentinels)
+        client = sentinel.master_for(servers.SERVICE)
+        # The Sentinels' own clients, asked where the primary is.
+        closing = list(sentinel.sentinels)
+    try:
+        yield client
+    finally:
+        for other in (client, *closing):
+            await other.aclose()

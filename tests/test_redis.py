@@ -452,7 +452,8 @@ class TestLeases:
             make(addr, namespace) as other,
         ):
             await settle(await acquire(guard, provider, Decimal(1)), ok=True)
-            proxy.lose = 2
+            # The check's reply, then every reconnection's first reply.
+            proxy.lose = 4
 
             with pytest.raises(BalanceUnavailable):
                 await acquire(guard, provider, Decimal(60))
@@ -749,10 +750,13 @@ class TestRedisDown:
         assert "could not renew holds" in caplog.text
         assert Decimal(0) == guard.held(provider)
 
-    async def test_down_fails_open_by_policy(
+    async def test_down_checks_per_process_under_open(
         self, server: RedisServer, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """With on_unavailable='open' a call goes ahead while Redis is down."""
+        """
+        With on_unavailable='open' and Redis down, calls are still checked
+        against the provider, in process: said once per outage, not per call.
+        """
         provider = InMemoryProvider(100)
         events: list[GuardEvent] = []
         async with make(
@@ -762,13 +766,73 @@ class TestRedisDown:
             hooks=[events.append],
         ) as guard:
             server.stop()
-            ran = []
             with caplog.at_level(logging.WARNING, logger="guard"):
-                async with guard.reserve(provider, 10):
-                    ran.append(True)
+                async with guard.reserve(provider, 60), guard.reserve(provider, 30):
+                    with pytest.raises(InsufficientBalance):
+                        await guard.reserve(provider, 20).__aenter__()
+            warnings = [r for r in caplog.records if "unreachable" in r.message]
+            assert guard.store.down  # type: ignore[attr-defined]
+
+            server.start()
+            await asyncio.sleep(1.1)  # the shared store is tried again
+            async with guard.reserve(provider, 10):
+                assert not guard.store.down  # type: ignore[attr-defined]
+
+        kinds = [e.kind for e in events]
+        assert "failed_open" not in kinds
+        assert 1 == kinds.count("degraded")
+        assert 1 == kinds.count("refused")
+        assert 1 == len(warnings)
+
+    async def test_back_from_an_outage_counts_the_stand_ins_calls(
+        self, server: RedisServer
+    ) -> None:
+        """
+        Redis back while a call the stand-in admitted still runs: checks in
+        Redis cover its amount too, until it settles.
+        """
+        provider = InMemoryProvider(100)
+        async with make(
+            ("127.0.0.1", server.port), "back", on_unavailable="open", settle="debit"
+        ) as guard:
+            server.stop()
+            async with guard.reserve(provider, 60):
+                server.start()
+                await asyncio.sleep(1.1)  # the shared store is tried again
+                with pytest.raises(InsufficientBalance):
+                    await guard.reserve(provider, 50).__aenter__()
+                assert not guard.store.down  # type: ignore[attr-defined]
+            async with guard.reserve(provider, 50):
+                pass
+
+    async def test_down_with_the_provider_fails_open(self, server: RedisServer) -> None:
+        """Only when the provider is unreachable too does a call go unchecked."""
+        provider = InMemoryProvider(100)
+        provider.fail_next(times=10)
+        events: list[GuardEvent] = []
+        async with make(
+            ("127.0.0.1", server.port),
+            "open2",
+            on_unavailable="open",
+            hooks=[events.append],
+            retries=0,
+        ) as guard:
+            server.stop()
+            ran = []
+            async with guard.reserve(provider, 10):
+                ran.append(True)
 
         assert [True] == ran
-        assert ["failed_open", "settled"] == [e.kind for e in events]
+        assert ["degraded", "unavailable", "failed_open", "settled"] == [
+            e.kind for e in events
+        ]
+
+    async def test_down_fails_closed_without_a_stand_in(
+        self, server: RedisServer
+    ) -> None:
+        """Under 'closed' a Redis that is down refuses calls: no stand-in."""
+        async with make(("127.0.0.1", server.port), "closed") as guard:
+            assert isinstance(guard.store, RedisStore)
 
     async def test_restart_mid_run_stays_correct(
         self, server: RedisServer, emu: Emulator

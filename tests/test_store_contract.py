@@ -1,7 +1,9 @@
 """
 The `guard.typing.Store` contract, run against every store guard ships:
-`MemoryStore`, and `RedisStore` on a real redis-server (the machine's, at
-127.0.0.1:6379 or ``REDIS_URL``; in CI a missing one fails the tests).
+`MemoryStore`; `RedisStore` on a real redis-server (the machine's, at
+127.0.0.1:6379 or ``REDIS_URL``; in CI a missing one fails the tests), on a
+Redis Cluster and on a Sentinel-managed primary the tests start; and
+`FallbackStore` in front of a Redis that is up, and of one that is down.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pytest
-from _redis_server import delete_namespace, machine_redis
+from _redis_server import delete_namespace, machine_redis, topology_client
 from aiocache import RedisCache
 
 from guard import BalanceUnavailable
 from guard.stores import (
     Account,
     Entry,
+    FallbackStore,
     Hold,
     MemoryStore,
     Outcome,
@@ -34,17 +37,38 @@ if TYPE_CHECKING:
 FETCH_TIMEOUT = 0.5
 
 
-@pytest.fixture(name="store", params=["memory", "redis"])
+@pytest.fixture(
+    name="store",
+    params=["memory", "redis", "cluster", "sentinel", "fallback", "fallback-down"],
+)
 async def _store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         store: Store = MemoryStore(ttl=30)
         yield store
         await store.close()
         return
+    if request.param == "fallback-down":
+        # Redis never answers: every call is served by the stand-in.
+        down = RedisStore("redis://127.0.0.1:1", ttl=30, fetch_timeout=FETCH_TIMEOUT)
+        store = FallbackStore(down)
+        yield store
+        await store.close()
+        return
+    if request.param in ("cluster", "sentinel"):
+        # Servers of the session's own: the accounts' keys are unique.
+        async with topology_client(request, request.param) as client:
+            store = RedisStore(client, ttl=30, lease=60, fetch_timeout=FETCH_TIMEOUT)
+            try:
+                yield store
+            finally:
+                await store.close()
+        return
     host, port = machine_redis()
     namespace = f"guard-contract-{uuid.uuid4().hex[:12]}"
     cache = RedisCache(endpoint=host, port=port, namespace=namespace)
     store = RedisStore(cache, ttl=30, lease=60, fetch_timeout=FETCH_TIMEOUT)
+    if request.param == "fallback":  # Redis up: every call goes to it
+        store = FallbackStore(store)
     try:
         yield store
     finally:

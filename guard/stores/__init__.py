@@ -3,7 +3,8 @@ Where a `guard.BalanceGuard` keeps balances and holds.
 
 `MemoryStore` keeps them in this process (balances in any aiocache cache);
 `RedisStore` shares them between processes through Redis (the ``redis``
-extra). Any object implementing `guard.typing.Store` can be passed as
+extra); `FallbackStore` stands in for a shared store, in process, while it
+is down. Any object implementing `guard.typing.Store` can be passed as
 ``BalanceGuard(store=...)``; the values below are what a store takes and
 returns.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._fallback import FallbackStore
 from ._memory import MemoryStore
 from ._values import Account, Entry, Hold, Outcome, Short, Ticket
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Account",
     "Entry",
+    "FallbackStore",
     "Hold",
     "MemoryStore",
     "Outcome",

@@ -4,7 +4,8 @@ extra): `RedisStore`.
 
 The store is in parts: ``_scripts`` (the Lua scripts, the keys they use and
 the units they count in), ``_wire`` (the connection layer: every redis-py
-internal guard relies on), ``_leases`` (holds of running calls renewed in
+internal guard relies on, for one Redis, a Sentinel-managed primary and
+Redis Cluster), ``_leases`` (holds of running calls renewed in
 the background, scripts finished for callers that left) and ``_store``
 (the `guard.typing.Store` methods).
 """

@@ -192,7 +192,9 @@ class Leases:
         second would invalidate a debited balance.)
         """
         try:
-            await self._wire.run(RELEASE, account, self._keys(account), args)
+            await self._wire.run(
+                RELEASE, account, self._keys(account), args, durable=True
+            )
         except BalanceUnavailable as exc:
             self.retry(RELEASE, account, args)
             log.warning(

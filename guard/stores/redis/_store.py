@@ -31,13 +31,11 @@ from ._scripts import (
     floor_units,
     keys_of,
 )
-from ._wire import Wire
+from ._wire import Wire, target_of
 
 if TYPE_CHECKING:
     from decimal import Decimal
 
-    import redis.asyncio as aioredis
-    from aiocache.base import BaseCache
 
 __all__ = ["RedisStore"]
 
@@ -102,37 +100,61 @@ class RedisStore:
     afresh on first use.
 
     Args:
-        cache: The user's ``aiocache.RedisCache``: its connection settings
-            (host, port, db, credentials, TLS, pool size, timeout) are used
-            for a client of the store's own with a blocking, bounded pool.
-            Its timeout (at most *fetch_timeout*) bounds each Redis call as a
-            whole: the wait for a connection, the reply and the one retry.
+        redis: Where: a redis-py asyncio client (``redis.asyncio.Redis``,
+            ``redis.asyncio.RedisCluster``, or ``Sentinel(...).master_for(name)``),
+            a URL (``redis://``, ``rediss://``, ``unix://``), or an
+            ``aiocache.RedisCache``. Its connection settings (address,
+            db, credentials, TLS) are used for pools of the store's own,
+            bounded and blocking; the client itself is left to its owner,
+            but a ``RedisCache``'s client is closed with the store. A
+            ``RedisCache``'s timeout (else 5 s, at most *fetch_timeout*)
+            bounds each Redis call as a whole: the wait for a connection,
+            the replies and the retries.
         ttl: Seconds a fetched balance is trusted.
         lease: Seconds a hold lives unless renewed. Holds of running calls are
             renewed every third of it; those of a dead process expire.
         fetch_timeout: Seconds a fetch may take: the fetch lock's lease and
             how long other processes wait for its result.
+        replicas: After each hold and release, wait until this many replicas
+            acknowledge it (Redis ``WAIT``), so that a failover keeps it; a
+            hold not acknowledged within *replica_timeout* is dropped and
+            the call is refused as `guard.BalanceUnavailable`. 0 (the
+            default): don't wait.
+        replica_timeout: Seconds to wait for the replicas.
+
+    Raises:
+        TypeError: *redis* is none of those.
+        ValueError: A URL of another scheme.
     """
 
     def __init__(
         self,
-        cache: BaseCache,
+        redis: object,
         *,
-        ttl: float,
-        lease: float,
-        fetch_timeout: float,
+        ttl: float = 30.0,
+        lease: float = 60.0,
+        fetch_timeout: float = 10.0,
+        replicas: int = 0,
+        replica_timeout: float = 0.1,
     ) -> None:
-        self.cache = cache
+        target = target_of(redis)
+        self.cache = redis
         self.ttl = ttl
         self.ttl_ms = max(1, round(ttl * 1000))
         self.lease = lease
         self.fetch_timeout = fetch_timeout
         self.lock_ms = max(1, round(fetch_timeout * 1000))
-        timeout = float(getattr(cache, "timeout", None) or 5.0)
         # Bounds each Redis call as a whole: waiting for a connection, sending,
-        # the reply, and the one retry.
-        self.timeout = min(timeout, fetch_timeout)
-        self._wire = Wire(cache, timeout=self.timeout, on_new_loop=self._on_new_loop)
+        # the replies, and the retries.
+        self.timeout = min(target.timeout or 5.0, fetch_timeout)
+        self._wire = Wire(
+            target,
+            timeout=self.timeout,
+            size=getattr(redis, "pool_max_size", None) or 64,
+            replicas=replicas,
+            replica_timeout=replica_timeout,
+            on_new_loop=self._on_new_loop,
+        )
         self._leases = Leases(
             self._wire,
             self._keys,
@@ -141,7 +163,7 @@ class RedisStore:
             # for the renewals to reach Redis.
             window_ms=round(max(lease / 3, RETRY) * 1000) + 500,
         )
-        prefix = getattr(cache, "namespace", None) or ""
+        prefix = getattr(redis, "namespace", None) or ""
         self._prefix = f"{prefix}:" if prefix else ""
         self._key_cache: dict[str, tuple[str, ...]] = {}
         # Locks taken by a missed try_hold, for the fetch that follows it,
@@ -156,7 +178,7 @@ class RedisStore:
         return f"<RedisStore ttl={self.ttl:g} lease={self.lease:g}>"
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Any:
         """
         The store's redis-py client, on its pool: for guard's own parts that
         keep per-account state beside the store's (the low-balance alerts),
@@ -187,8 +209,17 @@ class RedisStore:
             keys = self._key_cache[account.key] = keys_of(self._prefix, account.key)
         return keys
 
-    async def _run(self, script: Any, account: Account, args: tuple[Any, ...]) -> Any:
-        return await self._wire.run(script, account, self._keys(account), args)
+    async def _run(
+        self,
+        script: Any,
+        account: Account,
+        args: tuple[Any, ...],
+        *,
+        durable: bool = False,
+    ) -> Any:
+        return await self._wire.run(
+            script, account, self._keys(account), args, durable=durable
+        )
 
     def _entry(
         self, units: str, fetch_id: str, fetched_ms: str | int, age_ms: int
@@ -227,7 +258,7 @@ class RedisStore:
                 leases.window_ms,
             )
             try:
-                reply = await self._run(HOLD, account, args)
+                reply = await self._run(HOLD, account, args, durable=True)
             except BaseException:
                 # It may have held, its reply lost or its caller gone: drop
                 # what it took now, not at the renewer's next tick.
@@ -311,6 +342,13 @@ class RedisStore:
         seen = "*"
         delay = 0.005
         while True:
+            ticket = self._tickets.pop(account.key, None)
+            if ticket is not None:
+                if ticket[1] > time.monotonic():
+                    # Another call of this process took the lock meanwhile
+                    # (its check missed) and joined this fetch: it is ours.
+                    return ticket[0]
+                self._locks.pop(ticket[0].token, None)  # lapsed
             token = _new_id()
             reply = await self._run(BEGIN, account, (token, self.lock_ms, seen))
             if reply[0] == 1:

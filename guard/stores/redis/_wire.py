@@ -2,10 +2,20 @@
 The Redis store's connection layer: every redis-py internal it relies on.
 
 A warm guarded call is two scripts, so their round trips are most of its
-cost: they are sent on the pool's connections directly, packed once per
+cost: they are sent on pooled connections directly, packed once per
 account, rather than through redis-py's general command path. Each call is
-bounded as a whole (the wait for a connection, the reply and the one
-retry); a script the server lost (``NOSCRIPT``) is loaded again.
+bounded as a whole (the wait for a connection, the replies and every
+retry); a script the server lost (``NOSCRIPT``) is loaded again, on the
+node that runs it.
+
+Three topologies (`Target`): one server; a primary that Sentinels watch,
+asked where it is each time a connection is made (``READONLY`` from a
+demoted primary counts as a lost connection); and Redis Cluster, where each
+account's slot is computed once from its hash tag and its scripts are sent
+to the pool of the node that owns the slot, ``MOVED`` and ``ASK`` are
+followed, ``TRYAGAIN`` and ``CLUSTERDOWN`` waited out within the call's
+timeout, and the slot map asked for again after a lost connection, so that
+a promoted replica is found.
 
 The connections belong to one event loop. Used on another once that one has
 ended, the wire drops the old loop's connections (closing their sockets
@@ -21,10 +31,21 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import BalanceUnavailable
@@ -32,14 +53,12 @@ from ...errors import BalanceUnavailable
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from aiocache.base import BaseCache
-
     from .._values import Account
     from ._scripts import Script
 
-__all__ = ["Wire", "pack"]
+__all__ = ["Target", "Wire", "pack", "target_of"]
 
-# The connection settings copied from the user's RedisCache.
+# The connection settings copied from the user's client.
 _COPIED = (
     "host",
     "port",
@@ -57,6 +76,10 @@ _COPIED = (
     "ssl_check_hostname",
 )
 
+_SLOTS = 16384
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+_BUSY = (TryAgainError, ClusterDownError, MasterDownError)
+
 
 def _bulk(value: str | int) -> bytes:
     data = str(value).encode()
@@ -70,35 +93,157 @@ def pack(args: Sequence[str | int]) -> bytes:
     return b"".join((b"*%d\r\n" % len(args), *map(_bulk, args)))
 
 
+class Target:
+    """
+    Where the store's scripts go, read from what the user passed.
+
+    Attributes:
+        kind: ``"single"``, ``"sentinel"`` or ``"cluster"``.
+        connection_class: redis-py's connection class for each node.
+        settings: Connection settings (credentials, TLS, db, address).
+        nodes: A cluster's nodes to ask for the slot map first.
+        sentinel: ``(service name, Sentinel)`` of a Sentinel-managed primary.
+        owned: A client guard made, closed with the store (None: the
+            user's, left open).
+        timeout: The client's own bound on a call, if it has one.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        connection_class: type[Any],
+        settings: dict[str, Any],
+        *,
+        nodes: tuple[tuple[str, int], ...] = (),
+        sentinel: tuple[str, Any] | None = None,
+        owned: Any = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.kind = kind
+        self.connection_class = connection_class
+        self.settings = settings
+        self.nodes = nodes
+        self.sentinel = sentinel
+        self.owned = owned
+        self.timeout = timeout
+
+
+def _copied(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: settings[k] for k in _COPIED if k in settings}
+
+
+def _of_pool(pool: Any, *, owned: Any = None, timeout: float | None = None) -> Target:
+    settings = _copied(pool.connection_kwargs)
+    if isinstance(pool, SentinelConnectionPool):
+        return Target(
+            "sentinel",
+            pool.connection_class,
+            settings,
+            sentinel=(pool.service_name, pool.sentinel_manager),
+            owned=owned,
+            timeout=timeout,
+        )
+    return Target(
+        "single", pool.connection_class, settings, owned=owned, timeout=timeout
+    )
+
+
+def target_of(source: object) -> Target:
+    """
+    Read where to connect from a redis-py asyncio client (``Redis``, a
+    Sentinel's ``master_for``, ``RedisCluster``), an aiocache ``RedisCache``
+    or a URL.
+
+    Raises:
+        TypeError: Not one of those; the message says what was passed.
+        ValueError: A URL of another scheme.
+    """
+    if isinstance(source, str):
+        if not source.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "a Redis URL starts with redis://, rediss:// or unix://, got "
+                f"{source.split('://')[0]!r}://..."
+            )
+        return _of_pool(aioredis.ConnectionPool.from_url(source))
+    if isinstance(source, aioredis.RedisCluster):
+        manager: Any = source.nodes_manager
+        kwargs = dict(manager.connection_kwargs)
+        nodes = tuple((n.host, int(n.port)) for n in manager.startup_nodes.values())
+        return Target(
+            "cluster",
+            kwargs.get("connection_class", Connection),
+            _copied(kwargs),
+            nodes=nodes,
+        )
+    if isinstance(source, aioredis.Redis):
+        return _of_pool(source.connection_pool)
+    client = getattr(source, "client", None)  # an aiocache RedisCache
+    if isinstance(client, aioredis.Redis):
+        timeout = getattr(source, "timeout", None)
+        return _of_pool(
+            client.connection_pool,
+            owned=client,
+            timeout=None if timeout is None else float(timeout),
+        )
+    raise TypeError(
+        "redis must be a redis.asyncio client (Redis, RedisCluster, or "
+        "Sentinel(...).master_for(name)) or a redis://, rediss:// or unix:// "
+        f"URL, not {type(source).__module__}.{type(source).__qualname__}"
+    )
+
+
+class _Node:
+    """
+    One server's pool, and the connections taken from it and kept.
+    """
+
+    __slots__ = ("addr", "free", "pool")
+
+    def __init__(self, addr: str, pool: Any) -> None:
+        self.addr = addr
+        self.pool = pool
+        # Checking a connection out of redis-py's pool and back costs a fifth
+        # of a GET: they are kept here between calls.
+        self.free: list[Any] = []
+
+
 class Wire:
     """
-    A bounded, blocking pool of connections to one Redis, on which the
-    store's scripts run.
+    Bounded, blocking pools of connections to Redis, on which the store's
+    scripts run: one pool, or one per cluster node.
 
     Args:
-        cache: The user's ``aiocache.RedisCache``, whose connection settings
-            (host, port, db, credentials, TLS, pool size) are copied.
+        target: Where to connect.
         timeout: Seconds one call may take as a whole.
+        size: How many connections at most (calls past it wait for one).
+        replicas: After a hold or a release, wait until that many replicas
+            have it (``WAIT``); 0: don't wait.
+        replica_timeout: Seconds to wait for them.
         on_new_loop: Called after the wire moved to a new event loop, for
             the store to give up what the old loop's calls left.
     """
 
     def __init__(
         self,
-        cache: BaseCache,
+        target: Target,
         *,
         timeout: float,
+        size: int = 64,
+        replicas: int = 0,
+        replica_timeout: float = 0.1,
         on_new_loop: Callable[[], None],
     ) -> None:
-        self.cache = cache
+        self.target = target
         self.timeout = timeout
+        self.replicas = replicas
+        self._wait = (
+            pack(("WAIT", replicas, max(1, round(replica_timeout * 1000))))
+            if replicas
+            else b""
+        )
         self._on_new_loop = on_new_loop
-        self._size: int = getattr(cache, "pool_max_size", None) or 64
-        self.pool, self.client = self._connect()
-        # Connections taken from the pool and kept for the scripts: checking
-        # one out of redis-py's pool and back costs a fifth of a GET. At most
-        # pool_size of them are in use; more calls wait for one.
-        self._free: list[Any] = []
+        self._size = size
+        self.cluster = target.kind == "cluster"
         self._slots = asyncio.Semaphore(self._size)
         # The loop the connections, semaphore and tasks belong to.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -107,26 +252,74 @@ class Wire:
         self.closed = False
         # "EVALSHA <sha> <n> <keys>" packed, by script and account.
         self._packed: dict[tuple[Script, str], bytes] = {}
+        # An account's slot, by its key (cluster).
+        self._slot_of: dict[str, int] = {}
+        self._client: Any = None
+        self._reset()
 
-    def _connect(self) -> tuple[aioredis.BlockingConnectionPool, aioredis.Redis]:
-        source: Any = self.cache.client.connection_pool
-        settings = source.connection_kwargs
-        pool = aioredis.BlockingConnectionPool(
-            max_connections=self._size,
-            # Past the pool's size, calls queue for a connection instead of
-            # failing.
-            timeout=self.timeout,
-            connection_class=source.connection_class,
-            **{k: settings[k] for k in _COPIED if k in settings},
-            decode_responses=True,
-            # No socket_timeout (redis-py's default is 5 s): with one, it sends
-            # every command in a task of its own (asyncio.wait_for), a third
-            # of a GET's cost. run() bounds each call as a whole instead.
-            socket_timeout=None,
-            socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
-        return pool, aioredis.Redis(connection_pool=pool)
+    def _reset(self) -> None:
+        self._nodes: dict[str, _Node] = {}
+        # The node owning each slot (cluster), from the last slot map.
+        self._table: list[_Node | None] = [None] * _SLOTS if self.cluster else []
+        self._mapping: asyncio.Task[None] | None = None
+        self._main = None if self.cluster else self._node("")
+        self._slots = asyncio.Semaphore(self._size)
+        self._busy = 0
+        self._drained = None
+
+    def _node(self, addr: str) -> _Node:
+        node = self._nodes.get(addr)
+        if node is None:
+            node = self._nodes[addr] = _Node(addr, self._pool(addr))
+        return node
+
+    def _pool(self, addr: str) -> Any:
+        target = self.target
+        settings = dict(target.settings)
+        if addr:
+            host, _, port = addr.rpartition(":")
+            settings.update(host=host, port=int(port))
+        common: dict[str, Any] = {
+            "max_connections": self._size,
+            "connection_class": target.connection_class,
+            **settings,
+            "decode_responses": True,
+            # No socket_timeout (redis-py's default is 5 s): with one, it
+            # sends every command in a task of its own (asyncio.wait_for), a
+            # third of a GET's cost. run() bounds each call as a whole instead.
+            "socket_timeout": None,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        if target.sentinel is not None:
+            # Each connection asks the Sentinels where the primary is.
+            service, sentinels = target.sentinel
+            sentinel_pool: Any = SentinelConnectionPool
+            return sentinel_pool(service, sentinels, **common)
+        # Past the pool's size, calls queue for a connection.
+        return aioredis.BlockingConnectionPool(timeout=self.timeout, **common)
+
+    @property
+    def client(self) -> Any:
+        """
+        A redis-py client on the wire's pool (for tests and benchmarks); on
+        a cluster, a ``RedisCluster`` on its nodes.
+        """
+        if self._client is None:
+            if self._main is not None:
+                self._client = aioredis.Redis(connection_pool=self._main.pool)
+            else:
+                host, port = self.target.nodes[0]
+                self._client = aioredis.RedisCluster(
+                    host=host, port=port, **_cluster_settings(self.target)
+                )
+        return self._client
+
+    def slot(self, account: Account, key: str) -> int:
+        slot = self._slot_of.get(account.key)
+        if slot is None:
+            slot = self._slot_of[account.key] = key_slot(key.encode())
+        return slot
 
     async def run(
         self,
@@ -134,9 +327,12 @@ class Wire:
         account: Account,
         keys: Sequence[str],
         args: Sequence[str | int],
+        *,
+        durable: bool = False,
     ) -> Any:
         """
         Run *script* on *account*'s *keys* with *args* and return its reply.
+        *durable*: a write that must reach the replicas asked for.
 
         Raises:
             BalanceUnavailable: No reply within the timeout, or Redis failed.
@@ -150,62 +346,189 @@ class Wire:
         command = b"".join((b"*%d\r\n" % count, packed, *map(_bulk, args)))
         try:
             async with asyncio.timeout(self.timeout):
-                try:
-                    return await self.call(command)
-                except NoScriptError:
-                    # The server restarted or was flushed: load it again.
-                    await self.call(pack(("SCRIPT", "LOAD", script.source)))
-                    return await self.call(command)
+                # The common case in one step: the node known, nothing amiss.
+                node = self._main
+                if node is None:
+                    slot = self._slot_of.get(account.key)
+                    node = None if slot is None else self._table[slot]
+                if node is not None and not (durable and self.replicas):
+                    try:
+                        return await self.call(command, node)
+                    except NoScriptError:
+                        pass  # the server restarted or was flushed
+                    except (MovedError, AskError, *_BUSY, *_LOST):
+                        if not self.cluster:
+                            raise
+                return await self._run(script, account, keys, command, durable)
         except TimeoutError:  # asyncio.timeout's, or a socket's
             reason = f"no answer within {self.timeout:g} s"
-        except (RedisError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        except RuntimeError as exc:  # e.g. redis-py on an event loop that ended
-            reason = f"{type(exc).__name__}: {exc}"
+        except BalanceUnavailable:
+            raise
+        except Exception as exc:  # whatever redis-py raised
+            reason = f"{type(exc).__name__}: {_one_line(exc)}"
         raise BalanceUnavailable(
             f"cache unavailable: {reason}", provider=account.provider
         ) from None
 
-    async def call(self, command: bytes) -> Any:
+    async def _run(
+        self,
+        script: Script,
+        account: Account,
+        keys: Sequence[str],
+        command: bytes,
+        durable: bool,
+    ) -> Any:
         """
-        Send one packed command on a pooled connection and return its reply.
+        Run *command* (loading *script* where it is missing), following a
+        cluster's redirections and waiting out its failovers.
+        """
+        slot = self.slot(account, keys[0]) if self.cluster else 0
+        node: _Node | None = self._main
+        before = b""
+        after = self._wait if durable else b""
+        delay = 0.01
+        while True:
+            parts = 1 + bool(before) + bool(after)
+            if node is None:
+                node = await self._owner(slot)
+            try:
+                replies = await self.call(before + command + after, node, parts)
+            except NoScriptError:
+                await self.call(pack(("SCRIPT", "LOAD", script.source)), node)
+                continue
+            except MovedError as exc:
+                self._table[exc.slot_id] = self._node(f"{exc.host}:{exc.port}")
+                node, before = None, b""
+                continue
+            except AskError as exc:
+                # Being migrated: ask the target node this once.
+                node, before = self._node(f"{exc.host}:{exc.port}"), pack(("ASKING",))
+                continue
+            except _BUSY:
+                # A failover or resharding under way: wait it out, within
+                # the call's timeout.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                node, before = (None, b"") if self.cluster else (node, b"")
+                continue
+            except _LOST:
+                if not self.cluster or not await self._moved(slot, node):
+                    raise
+                node, before = None, b""
+                continue
+            if parts == 1:
+                return replies
+            reply = replies[1] if before else replies[0]
+            if after and int(replies[-1]) < self.replicas:
+                raise BalanceUnavailable(
+                    f"cache unavailable: the write reached {replies[-1]} of "
+                    f"{self.replicas} replica(s) in time",
+                    provider=account.provider,
+                )
+            return reply
+
+    async def _owner(self, slot: int) -> _Node:
+        node = self._table[slot]
+        if node is None:
+            await self.refresh()
+            node = self._table[slot]
+            if node is None:
+                raise ClusterDownError(f"no node serves slot {slot}")
+        return node
+
+    async def _moved(self, slot: int, node: _Node) -> bool:
+        """
+        After a lost connection to *node*: ask for the slot map again, and
+        say whether another node owns *slot* now.
+        """
+        with contextlib.suppress(*_LOST, ResponseError):
+            await self.refresh(avoid=node)
+        owner = self._table[slot]
+        return owner is not None and owner is not node
+
+    async def refresh(self, avoid: _Node | None = None) -> None:
+        """
+        Ask a reachable node for the cluster's slot map (one request at a
+        time: callers share it).
+        """
+        task = self._mapping
+        if task is None or task.done():
+            task = self._mapping = asyncio.get_running_loop().create_task(
+                self._refresh(avoid)
+            )
+        await asyncio.shield(task)
+
+    async def _refresh(self, avoid: _Node | None) -> None:
+        addrs = [f"{host}:{port}" for host, port in self.target.nodes]
+        known = [a for a in self._nodes if a not in addrs]
+        order = [a for a in (*known, *addrs) if avoid is None or a != avoid.addr]
+        if avoid is not None:
+            order.append(avoid.addr)
+        errors: list[str] = []
+        for addr in order:
+            try:
+                reply = await self.call(pack(("CLUSTER", "SLOTS")), self._node(addr))
+            except (*_LOST, ResponseError) as exc:
+                errors.append(f"{addr}: {type(exc).__name__}")
+                continue
+            table: list[_Node | None] = [None] * _SLOTS
+            host = addr.rpartition(":")[0]
+            for first, last, primary, *replicas in reply:
+                owner = self._node(f"{primary[0] or host}:{primary[1]}")
+                table[first : last + 1] = [owner] * (last - first + 1)
+                for replica in replicas:  # asked for the map too, next time
+                    self._node(f"{replica[0] or host}:{replica[1]}")
+            self._table[:] = table
+            return
+        raise RedisConnectionError(f"no cluster node answered ({', '.join(errors)})")
+
+    async def call(self, command: bytes, node: _Node, parts: int = 1) -> Any:
+        """
+        Send a packed command on a pooled connection of *node* and return its
+        reply (several commands: the list of their *parts* replies).
 
         A lost connection is replaced and the command sent once more, as
         redis-py does: the scripts are idempotent.
         """
         if self.loop is not asyncio.get_running_loop():
             self.adopt_loop()
+            node = self._node(node.addr)
         if self._is_closed():
             raise RedisConnectionError("the guard is closed")
         self._busy += 1
         try:
             async with self._slots:
-                if self._free:
-                    conn = self._free.pop()
+                if node.free:
+                    conn = node.free.pop()
                 else:
-                    pool: Any = self.pool  # get_connection is untyped
-                    conn = await pool.get_connection()
+                    conn = await node.pool.get_connection()
                 try:
                     if self._is_closed():
                         raise RedisConnectionError("the guard is closed")
                     try:
+                        if not conn.is_connected:
+                            # connect(), not the send's own reconnection: a
+                            # Sentinel's connection asks where the primary is.
+                            await conn.connect()
                         await conn.send_packed_command(command)
-                        return await conn.read_response()
+                        return await _read(conn, parts)
                     except (RedisConnectionError, RedisTimeoutError):
                         # Sending or reading disconnected it (as any failure or
-                        # cancellation does): the next send connects again,
-                        # unless the pool is closed.
+                        # cancellation does, and READONLY from a demoted
+                        # Sentinel primary): connect again, unless the pool
+                        # is closed.
                         if self._is_closed():
                             raise
+                        await conn.connect()
                         await conn.send_packed_command(command)
-                        return await conn.read_response()
+                        return await _read(conn, parts)
                 finally:
                     if self._is_closed():  # close() has let go of the others
                         await conn.disconnect(nowait=True)
                     elif conn.is_connected:
-                        self._free.append(conn)
+                        node.free.append(conn)
                     else:  # used last: connecting again costs round trips
-                        self._free.insert(0, conn)
+                        node.free.insert(0, conn)
         finally:
             self._busy -= 1
             if not self._busy and self._drained is not None:
@@ -215,6 +538,15 @@ class Wire:
     def _is_closed(self) -> bool:
         # A call, not the attribute: it changes while call() awaits.
         return self.closed
+
+    def _connections(self) -> list[Any]:
+        conns: list[Any] = []
+        for node in self._nodes.values():
+            pool: Any = node.pool
+            conns += node.free
+            conns += getattr(pool, "_available_connections", ())
+            conns += getattr(pool, "_in_use_connections", ())
+        return conns
 
     def adopt_loop(self) -> None:
         """
@@ -234,22 +566,11 @@ class Wire:
         self.loop = loop
         if old is None:
             return
-        pool: Any = self.pool
-        for conn in (
-            *self._free,
-            *getattr(pool, "_available_connections", ()),
-            *getattr(pool, "_in_use_connections", ()),
-        ):
+        for conn in self._connections():
             _abandon(conn)
+        self._client = None
         self._reset()
         self._on_new_loop()
-
-    def _reset(self) -> None:
-        self._free = []
-        self._slots = asyncio.Semaphore(self._size)
-        self.pool, self.client = self._connect()
-        self._busy = 0
-        self._drained = None
 
     def after_fork(self) -> None:
         """
@@ -259,7 +580,8 @@ class Wire:
         afresh on the child's loop.
         """
         # Kept referenced, never finalized: finalizing would close sockets.
-        _ORPHANS.append((self.pool, self.client, self._free))
+        _ORPHANS.append((self._nodes, self._client))
+        self._client = None
         self.loop = None
         self._reset()
 
@@ -277,18 +599,53 @@ class Wire:
     async def close(self) -> None:
         """
         Close the connections, those of calls still running too, and the
-        user's cache's client.
+        client guard made (never one the user passed).
         """
         self.closed = True
-        while self._free:
-            await self.pool.release(self._free.pop())
-        await self.client.aclose()
-        await self.pool.aclose()
+        if self._mapping is not None:
+            self._mapping.cancel()
+        for node in self._nodes.values():
+            while node.free:
+                await node.pool.release(node.free.pop())
+            await node.pool.aclose()
+        if self._client is not None:
+            await self._client.aclose()
         # aiocache 0.12's RedisCache.close() calls redis-py's deprecated
         # close(): close its client the current way instead.
-        client: Any = getattr(self.cache, "client", None)
-        if client is not None:
-            await client.aclose()
+        if self.target.owned is not None:
+            await self.target.owned.aclose()
+
+
+async def _read(conn: Any, parts: int) -> Any:
+    """
+    Read *parts* replies; raise the first error among them once all are read
+    (the connection stays in step).
+    """
+    if parts == 1:
+        return await conn.read_response()
+    replies: list[Any] = []
+    for _ in range(parts):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or repr(exc)
+
+
+def _cluster_settings(target: Target) -> dict[str, Any]:
+    settings = dict(target.settings)
+    settings.pop("host", None)
+    settings.pop("port", None)
+    settings.pop("db", None)
+    return settings
 
 
 def _abandon(conn: Any) -> None:
