@@ -15,6 +15,7 @@ import contextlib
 import inspect
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from .._events import is_async
 from .._logs import fields, log
 
 if TYPE_CHECKING:
@@ -68,29 +69,42 @@ class Channel:
         self.timeout = timeout
         self.queue: asyncio.Queue[BalanceAlert] = asyncio.Queue(size)
         self.task: asyncio.Task[None] | None = None
-        self._async = inspect.iscoroutinefunction(
-            notifier
-        ) or inspect.iscoroutinefunction(getattr(notifier, "__call__", None))  # noqa: B004
+        self._async = is_async(notifier)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _lost(
+        self,
+        alert: BalanceAlert,
+        outcome: Literal["dropped", "failed"],
+        why: str,
+        *args: object,
+    ) -> None:
+        # Every alert not delivered is counted and said, with its fields.
+        self.counts[alert.level, outcome] += 1
+        log.warning(
+            f"guard alert {why}",
+            *args,
+            extra=fields(
+                f"alert_{outcome}",
+                provider=alert.provider,
+                account=alert.account,
+                level=alert.level,
+            ),
+        )
 
     def put(self, alert: BalanceAlert) -> None:
         try:
             self.queue.put_nowait(alert)
         except asyncio.QueueFull:
-            self.counts[alert.level, "dropped"] += 1
-            log.warning(
-                "guard alert dropped, %s's queue is full (%d waiting): %s",
+            self._lost(
+                alert,
+                "dropped",
+                "dropped, %s's queue is full (%d waiting): %s",
                 describe(self.notifier),
                 self.queue.qsize(),
                 alert,
-                extra=fields(
-                    "alert_dropped",
-                    provider=alert.provider,
-                    account=alert.account,
-                    level=alert.level,
-                ),
             )
 
     async def stop(self, grace: float) -> None:
@@ -107,17 +121,12 @@ class Channel:
             await task
         while not self.queue.empty():
             alert = self.queue.get_nowait()
-            self.counts[alert.level, "dropped"] += 1
-            log.warning(
-                "guard alert dropped, the monitor stopped before %s took it: %s",
+            self._lost(
+                alert,
+                "dropped",
+                "dropped, the monitor stopped before %s took it: %s",
                 describe(self.notifier),
                 alert,
-                extra=fields(
-                    "alert_dropped",
-                    provider=alert.provider,
-                    account=alert.account,
-                    level=alert.level,
-                ),
             )
 
     async def _run(self) -> None:
@@ -126,17 +135,12 @@ class Channel:
             try:
                 await self._deliver(alert)
             except asyncio.CancelledError:
-                self.counts[alert.level, "dropped"] += 1
-                log.warning(
-                    "guard alert dropped, the monitor stopped while %s had it: %s",
+                self._lost(
+                    alert,
+                    "dropped",
+                    "dropped, the monitor stopped while %s had it: %s",
                     describe(self.notifier),
                     alert,
-                    extra=fields(
-                        "alert_dropped",
-                        provider=alert.provider,
-                        account=alert.account,
-                        level=alert.level,
-                    ),
                 )
                 raise
             finally:
@@ -149,19 +153,14 @@ class Channel:
                 await self._once(alert)
             except Exception as exc:  # any notifier's failure
                 if attempt + 1 == attempts:
-                    self.counts[alert.level, "failed"] += 1
-                    log.warning(
-                        "guard alert dropped after %d attempts to %s (%s): %s",
+                    self._lost(
+                        alert,
+                        "failed",
+                        "dropped after %d attempts to %s (%s): %s",
                         attempts,
                         describe(self.notifier),
                         _reason(exc),
                         alert,
-                        extra=fields(
-                            "alert_failed",
-                            provider=alert.provider,
-                            account=alert.account,
-                            level=alert.level,
-                        ),
                     )
                     return
                 await asyncio.sleep(min(self.backoff * 2**attempt, self.max_backoff))
