@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from decimal import Decimal
 
+    from ._lane import Lane
     from .errors import BalanceUnavailable, ProviderAuthError
     from .stores import Entry
     from .typing import Provider
@@ -113,7 +114,9 @@ class Tracked:
         "inflight",
         "inflight_at",
         "key_type",
+        "lane",
         "last",
+        "peek",
         "provider",
         "refreshed_at",
         "refreshing",
@@ -135,6 +138,10 @@ class Tracked:
         self.down_error: BalanceUnavailable | None = None
         self.backoff = 0.0
         self.last: Entry | None = None
+        # The guard's fast path on this account (``_lane.py``), once made.
+        self.lane: Lane | None = None
+        # The store's current balance, when it can tell without I/O.
+        self.peek: Callable[[Account], Entry | None] | None = None
         # The background refresh pending or running, and when the last began.
         self.refreshing: asyncio.Task[None] | None = None
         self.refreshed_at = float("-inf")
@@ -150,6 +157,15 @@ class Tracked:
     def sandbox(self) -> bool:
         """Whether the provider said its key is a sandbox key."""
         return self.key_type == "SANDBOX"
+
+    def seen(self) -> Entry | None:
+        """
+        The balance now, if the store can tell without I/O; else the last
+        one a check or a fetch saw.
+        """
+        peek = self.peek
+        entry = None if peek is None else peek(self.account)
+        return self.last if entry is None else entry
 
     @property
     def digest(self) -> str:
@@ -275,7 +291,7 @@ class Accounts:
     @staticmethod
     def state(tracked: Tracked, held: Decimal) -> AccountState:
         stats = tracked.stats
-        entry = tracked.last
+        entry = tracked.seen()
         provider = tracked.provider
         balance = (
             None

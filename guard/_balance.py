@@ -39,6 +39,33 @@ class Balance:
         return (dt.datetime.now(dt.UTC) - self.fetched_at).total_seconds()
 
 
+_SLOTS = tuple(
+    Balance.__dict__[name].__set__
+    for name in ("provider", "amount", "currency", "fetched_at", "sandbox")
+)
+
+
+def new_balance(
+    provider: str,
+    amount: Decimal,
+    currency: str,
+    fetched_at: dt.datetime,
+    sandbox: bool,
+) -> Balance:
+    """
+    A `Balance` of checked values, made on the guarded call's path: set
+    through its slots, at a third of the cost of its ``__init__``.
+    """
+    balance: Balance = object.__new__(Balance)
+    set_provider, set_amount, set_currency, set_fetched_at, set_sandbox = _SLOTS
+    set_provider(balance, provider)
+    set_amount(balance, amount)
+    set_currency(balance, currency)
+    set_fetched_at(balance, fetched_at)
+    set_sandbox(balance, sandbox)
+    return balance
+
+
 class Reported(Decimal):
     """
     A balance as a provider's ``fetch_balance`` may return it: a `Decimal`

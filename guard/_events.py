@@ -92,12 +92,13 @@ class Hooks:
     no hook wants is never made on the guarded call's path.
     """
 
-    __slots__ = ("_by_kind", "_hooks", "_kinds")
+    __slots__ = ("_by_kind", "_hooks", "_kinds", "settled")
 
     def __init__(self) -> None:
         self._hooks: tuple[EventHook, ...] = ()
         self._kinds: tuple[frozenset[str], ...] = ()
         self._by_kind: dict[str, tuple[EventHook, ...]] = {}
+        self.settled = False
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
@@ -140,6 +141,8 @@ class Hooks:
             )
             for kind in _KINDS
         }
+        # Read on every guarded call: whether one wants its "settled" event.
+        self.settled = bool(self._by_kind["settled"])
 
     def wants(self, kind: EventKind) -> bool:
         return bool(self._by_kind.get(kind))

@@ -19,18 +19,13 @@ from ._accounts import Accounts, Tracked
 from ._catalogue import Catalogues
 from ._events import EventKind, Hooks
 from ._fetch import Fetcher
+from ._lane import Lane
 from ._logs import fields
 from ._loops import HomeLoop
-from ._money import MONEY, ZERO, to_amount
+from ._money import MONEY, ZERO, add, to_amount
 from ._options import check_settle, count, make_store, name, seconds
 from ._reads import Reads
-from ._reservation import (
-    _RESERVATION_OUTCOME,
-    _RESERVATION_REPORT,
-    Reservation,
-    _Reserve,
-    _ReserveOther,
-)
+from ._reservation import Reservation, _Reserve, _ReserveOther
 from .errors import (
     BalanceUnavailable,
     ConfigurationError,
@@ -194,7 +189,9 @@ class BalanceGuard(Reads):
         # The store's I/O-free check and release, for the fast path.
         self._hold_now = getattr(self._store, "hold_now", None)
         self._release_now = getattr(self._store, "release_now", None)
-        self._accounts = Accounts(self.namespace, self._fetcher.track)
+        self._peek = getattr(self._store, "peek", None)
+        self._last_lane: tuple[object, Lane] | None = None
+        self._accounts = Accounts(self.namespace, self._new_account)
         self._catalogues = Catalogues()
         self._track = self._accounts.get
         self.closed = False
@@ -203,6 +200,10 @@ class BalanceGuard(Reads):
         """Where this guard's balances and calls are recorded, if anywhere."""
         if history is not None:
             history.attach(self)
+
+    def _new_account(self, tracked: Tracked) -> None:
+        tracked.peek = self._peek
+        self._fetcher.track(tracked)
 
     @property
     def ttl(self) -> float:
@@ -374,7 +375,7 @@ class BalanceGuard(Reads):
     ) -> Reservation:
         reservation = Reservation(tracked.provider, amount, tracked, hold)
         report: list[Any] = [None, None]
-        _RESERVATION_REPORT(reservation, report)
+        reservation._report = report
         ticket = getattr(self._store, "ticket", None)
         if ticket is not None:
             # Before the spend is sent: what settles after this may or may
@@ -483,19 +484,41 @@ class BalanceGuard(Reads):
         once per reservation.
         """
         outcome = reservation._outcome
-        if outcome is not None:
-            return outcome
-        mode = settle or self.settle_mode
-        if ok:
-            stats = reservation._tracked.stats
-            stats.spent = MONEY.add(stats.spent, reservation.amount)
-        if mode == "refresh":
-            self._fetcher.refresh_soon(reservation._tracked)
-            outcome = "spent"
-        else:
-            outcome = "debit" if ok and mode == "debit" else "forget"
-        _RESERVATION_OUTCOME(reservation, outcome)
+        if outcome is None:
+            outcome = self._end(reservation._tracked, reservation._amount, ok, settle)
+            reservation._outcome = outcome
         return outcome
+
+    def _end(
+        self, tracked: Tracked, amount: Decimal, ok: bool, settle: Settle | None
+    ) -> Outcome:
+        """
+        Count a call's end (*ok*: it spent *amount*) and say how the store
+        settles its balance.
+        """
+        if ok:
+            stats = tracked.stats
+            stats.spent = add(stats.spent, amount)
+        mode = settle or self.settle_mode
+        if mode == "refresh":
+            self._fetcher.refresh_soon(tracked)
+            return "spent"
+        return "debit" if ok and mode == "debit" else "forget"
+
+    def _lane(self, provider: Provider) -> Lane:
+        """*provider*'s account, for calls that need no I/O (``_lane.py``)."""
+        last = self._last_lane
+        if last is not None and last[0] is provider:  # as last time
+            return last[1]
+        tracked = self._track(provider)
+        lane = tracked.lane
+        if lane is None:
+            of = getattr(self._store, "lane", None)
+            lane = tracked.lane = Lane(
+                self, tracked, None if of is None else of(tracked.account)
+            )
+        self._last_lane = (provider, lane)
+        return lane
 
     def _settled(self, reservation: Reservation, ok: bool) -> None:
         # Once the store settled: a hook reading the cached balance then sees
@@ -504,7 +527,7 @@ class BalanceGuard(Reads):
             self._emit(
                 "settled",
                 reservation._tracked,
-                amount=reservation.amount,
+                amount=reservation._amount,
                 ok=ok,
                 duration=time.monotonic() - reservation._started,
             )
@@ -515,6 +538,16 @@ class BalanceGuard(Reads):
         """
         Settle without awaiting when the store can; False: `_settle` must.
         """
+        lane = reservation._lane
+        if lane is not None:
+            fetched = reservation._fetched
+            assert fetched is not None
+            if not lane.at_home():
+                return False
+            if lane.exit(reservation._amount, fetched, ok, settle):
+                return True
+            reservation._outcome = "forget"  # settled: _settle deletes the copy
+            return False
         release_now = self._release_now
         hold = reservation._hold
         if (
@@ -537,6 +570,15 @@ class BalanceGuard(Reads):
         Release *reservation* and settle the cached balance (see *settle*).
         Finishes even if the calling task is cancelled meanwhile.
         """
+        lane = reservation._lane
+        if lane is not None:
+            fetched = reservation._fetched
+            assert fetched is not None
+            if reservation._outcome is not None:
+                await lane.forget_copy()
+            else:
+                await lane.leave(reservation._amount, fetched, ok, settle)
+            return
         loops = self._loops
         if loops.forwarding and not loops.at_home():
             # Shielded: the settle finishes there even if this caller leaves.
@@ -548,7 +590,7 @@ class BalanceGuard(Reads):
         report = reservation._report
         if ok and hold is not None and report is not None and None not in report:
             stats = reservation._tracked.stats
-            stats.spent = MONEY.add(stats.spent, reservation.amount)
+            stats.spent = add(stats.spent, reservation._amount)
             try:
                 await self._settle_reported(reservation, hold, report[0], report[1])
             finally:
@@ -602,8 +644,11 @@ class BalanceGuard(Reads):
         that went ahead unchecked.
         """
         hold = reservation._hold
+        lane, fetched = reservation._lane, reservation._fetched
         if hold is not None:
             await self._store.release(hold, outcome="forget")
+        elif lane is not None and fetched is not None:
+            await lane.drop(reservation._amount, fetched)
         else:
             # What an unchecked call spent is unknown, so a fetch that ran
             # meanwhile can't be corrected: drop it.

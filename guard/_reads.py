@@ -64,7 +64,7 @@ class Reads:
             entry = await self._fetcher.refresh(
                 tracked, time.monotonic() + self.fetch_timeout
             )
-        return _balance(tracked, entry)
+        return _balance(tracked, entry.amount, entry.fetched_at)
 
     async def invalidate(self, provider: Provider) -> None:
         """

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from . import _sync
 from ._events import is_async
 from ._guard import BalanceGuard
+from ._lane import Entered
 from ._money import to_amount
 from ._options import check_settle
 from ._reservation import _Reserve
 from .errors import AmountError
+from .stores import Entry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from ._balance import Balance
     from ._guard import Settle
+    from ._lane import Lane
     from .typing import AmountSpec, Provider
 
 __all__ = [
@@ -115,7 +118,7 @@ def set_default_guard(
     return _restoring(previous)
 
 
-class _Entered:
+class _Open:
     """
     One ``with``/``async with`` of a `RequireBalance`: its reserve block, and
     the one entered before it in the same context (nesting).
@@ -123,7 +126,7 @@ class _Entered:
 
     __slots__ = ("block", "outer")
 
-    def __init__(self, block: _Reserve, outer: _Entered | None) -> None:
+    def __init__(self, block: _Reserve | Entered, outer: _Open | None) -> None:
         self.block = block
         self.outer = outer
 
@@ -142,8 +145,11 @@ class RequireBalance:
         "_amount",
         "_compute",
         "_entered",
+        "_free",
         "_guard",
+        "_lane",
         "_only",
+        "_only_lane",
         "_open",
         "_provider",
         "_settle",
@@ -175,9 +181,15 @@ class RequireBalance:
         else:
             self._compute = None
             self._amount = to_amount(amount)
-        self._entered: contextvars.ContextVar[_Entered | None] | None = None
-        self._only: _Reserve | None = None
-        self._open: list[_Reserve] = []
+        self._entered: contextvars.ContextVar[_Open | None] | None = None
+        # The first open entry: a block, or on the lane (``_lane.py``) the
+        # entry as fetched, with its lane in _only_lane.
+        self._only: _Reserve | Entered | Entry | None = None
+        self._only_lane: Lane | None = None
+        # The token for the slot above: taken by the entry that fills it.
+        self._free = [True]
+        self._lane: Lane | None = None
+        self._open: list[_Reserve | Entered] = []
 
     def __repr__(self) -> str:
         amount = "<computed>" if self._compute is not None else str(self._amount)
@@ -209,6 +221,8 @@ class RequireBalance:
         if not is_async(fn):
             return self._wrap_sync(fn)
         static = self._amount
+        provider = self._provider
+        settle = self._settle
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -216,8 +230,24 @@ class RequireBalance:
                 required = await self._required(args, kwargs)
             else:
                 required = static
-            async with self._block(required):
-                return await fn(*args, **kwargs)
+            guard = self._guard or get_default_guard()
+            lane = self._lane
+            if lane is None or lane.guard is not guard:
+                lane = self._lane = guard._lane(provider)
+            fetched = lane.enter(required, settle)
+            if fetched is None:
+                async with _Reserve(guard, provider, required, settle):
+                    return await fn(*args, **kwargs)
+            # The same call on the lane: no reservation, nothing awaited.
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException:
+                if not lane.exit(required, fetched, False, settle):
+                    await lane.forget_copy()
+                raise
+            if not lane.exit(required, fetched, True, settle):
+                await lane.forget_copy()
+            return result
 
         return guarded
 
@@ -258,20 +288,30 @@ class RequireBalance:
 
     # -- context manager --------------------------------------------------
 
-    def _enter(self, block: _Reserve) -> None:
-        with _entries_lock:
-            if self._only is None and self._entered is None:
-                # The usual case, a fresh object entered once: no context
-                # variable.
+    def _enter(self, block: _Reserve | Entered) -> None:
+        if self._entered is None:
+            try:
+                # Atomic: of entries racing on threads, one takes the slot.
+                self._free.pop()
+            except IndexError:
+                pass
+            else:
+                # The usual case, a fresh or reused object entered once at a
+                # time: no lock, no context variable.
                 self._only = block
                 return
+        with _entries_lock:
             var = self._entered
             if var is None:
                 var = self._entered = contextvars.ContextVar("guard_require_balance")
-            var.set(_Entered(block, var.get(None)))
+            var.set(_Open(block, var.get(None)))
             self._open.append(block)
 
-    def _exit(self) -> _Reserve:
+    def _exit(self) -> _Reserve | Entered:
+        if self._entered is None:
+            block = self._only
+            if block is not None:
+                return self._vacate(block)
         with _entries_lock:
             var = self._entered
             entered = None if var is None else var.get(None)
@@ -280,8 +320,7 @@ class RequireBalance:
                 self._open.remove(entered.block)
                 return entered.block
             if self._only is not None:
-                block, self._only = self._only, None
-                return block
+                return self._vacate(self._only)
             # Exited in another task than it was entered in (an
             # AsyncExitStack, fixtures): one block of this object is as good
             # as another, since they hold the same amount.
@@ -290,6 +329,18 @@ class RequireBalance:
                     "a require_balance block exited without being entered"
                 )
             return self._open.pop(0)
+
+    def _vacate(self, block: _Reserve | Entered | Entry) -> _Reserve | Entered:
+        """Empty the slot of the first open entry, which held *block*."""
+        lane = self._only_lane
+        self._only = self._only_lane = None
+        self._free.append(True)
+        if type(block) is Entry:
+            assert lane is not None
+            assert self._amount is not None
+            return Entered(lane, self._amount, block, self._settle)
+        assert not isinstance(block, Entry)
+        return block
 
     def _static(self) -> Decimal:
         if self._amount is None:
@@ -300,7 +351,28 @@ class RequireBalance:
         return self._amount
 
     async def __aenter__(self) -> Balance | None:
-        block = self._block(self._static())
+        amount = self._amount
+        if amount is None:
+            amount = self._static()  # raises
+        guard = self._guard or get_default_guard()
+        lane = self._lane
+        if lane is None or lane.guard is not guard:
+            lane = self._lane = guard._lane(self._provider)
+        settle = self._settle
+        fetched = lane.enter(amount, settle)
+        if fetched is not None:
+            if self._entered is None:
+                try:
+                    self._free.pop()  # as _enter does
+                except IndexError:
+                    pass
+                else:
+                    self._only = fetched
+                    self._only_lane = lane
+                    return lane.balance(fetched)
+            self._enter(Entered(lane, amount, fetched, settle))
+            return lane.balance(fetched)
+        block = _Reserve(guard, self._provider, amount, self._settle)
         reservation = await block.__aenter__()
         self._enter(block)
         return reservation.balance
@@ -311,6 +383,17 @@ class RequireBalance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._entered is None:
+            fetched = self._only
+            lane = self._only_lane
+            if type(fetched) is Entry and lane is not None and lane.at_home():
+                # What _exit and Entered.__aexit__ do, without their cost.
+                self._only = self._only_lane = None
+                self._free.append(True)
+                assert self._amount is not None
+                if not lane.exit(self._amount, fetched, exc_type is None, self._settle):
+                    await lane.forget_copy()
+                return
         await self._exit().__aexit__(exc_type, exc, tb)
 
     def __enter__(self) -> Balance | None:
@@ -333,7 +416,8 @@ class RequireBalance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _sync.Block(self._exit()).__exit__(exc_type, exc, tb)
+        block = self._exit()
+        _sync.run(block.__aexit__, exc_type, exc, tb, guard=block._guard)
 
 
 def _uncomputed(exc: BaseException) -> AmountError:
@@ -345,12 +429,23 @@ def _is_provider(obj: object) -> bool:
     # What isinstance(obj, guard.typing.Provider) checks, without its cost:
     # on Python 3.11 that re-reads the protocol's members on every call
     # (about 25 us), and `async with require_balance(...)` pays it per call.
-    return (
+    # A type whose instance passed is taken at its word after that.
+    kind = type(obj)
+    if kind in _PROVIDER_TYPES:
+        return True
+    found = (
         hasattr(obj, "name")
         and hasattr(obj, "currency")
         and hasattr(obj, "account_id")
         and callable(getattr(obj, "fetch_balance", None))
     )
+    if found and len(_PROVIDER_TYPES) < 256:
+        _PROVIDER_TYPES.add(kind)
+    return found
+
+
+# Kept alive: provider classes are few, and a weak set is slow to ask.
+_PROVIDER_TYPES: set[type] = set()
 
 
 async def _awaited(value: Awaitable[T]) -> T:

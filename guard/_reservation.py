@@ -13,19 +13,20 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._balance import Balance
+from ._balance import Balance, new_balance
 from ._money import to_amount
-from .stores import Hold
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Awaitable, Callable
     from decimal import Decimal
     from types import TracebackType
 
     from ._accounts import Tracked
     from ._guard import BalanceGuard, Settle
+    from ._lane import Lane
     from .errors import BalanceUnavailable
-    from .stores import Entry, Outcome
+    from .stores import Entry, Hold, Outcome
     from .typing import AmountLike, Provider
 
 __all__ = ["Reservation"]
@@ -45,57 +46,102 @@ class Reservation:
     """
 
     __slots__ = (
+        "_amount",
+        "_checked",
         "_failed",
+        "_fetched",
         "_hold",
+        "_lane",
         "_outcome",
+        "_provider",
         "_report",
         "_started",
         "_tracked",
-        "amount",
-        "provider",
     )
 
-    provider: Provider
-    amount: Decimal
-    _tracked: Tracked
     _hold: Hold | None
-    _failed: bool
+    # On the lane (``_lane.py``, no Hold made): the lane, the entry as
+    # fetched, and the balance the amount was checked against.
+    _lane: Lane | None
+    _fetched: Entry | None
+    _checked: Decimal | None
     # None, or (for a block entered with reports=True) [the store's ticket
     # or None, the reported balance or None].
     _report: list[Any] | None
-    _started: float
     _outcome: Outcome | None
 
-    def __new__(
-        cls, provider: Provider, amount: Decimal, tracked: Tracked, hold: Hold | None
+    def __init__(
+        self,
+        provider: Provider,
+        amount: Decimal,
+        tracked: Tracked,
+        hold: Hold | None,
+    ) -> None:
+        self._provider = provider
+        self._amount = amount
+        self._tracked = tracked
+        self._hold = hold  # None: let through unchecked (or on the lane)
+        self._lane = self._fetched = self._checked = None
+        self._failed = False
+        self._report = None
+        self._started = time.monotonic()  # for the settled event
+        self._outcome = None  # set once, when it settles
+
+    @classmethod
+    def _on_lane(
+        cls, lane: Lane, amount: Decimal, fetched: Entry, checked: Decimal
     ) -> Reservation:
-        # Made on every guarded call: set through the slots, not __setattr__.
-        self = object.__new__(cls)
-        _RESERVATION_PROVIDER(self, provider)
-        _RESERVATION_AMOUNT(self, amount)
-        _RESERVATION_TRACKED(self, tracked)
-        _RESERVATION_HOLD(self, hold)  # None: let through unchecked
-        _RESERVATION_FAILED(self, False)
-        _RESERVATION_REPORT(self, None)
-        _RESERVATION_STARTED(self, time.monotonic())  # for the settled event
-        _RESERVATION_OUTCOME(self, None)  # set once, when it settles
+        self = cls.__new__(cls)
+        tracked = lane.tracked
+        self._provider = tracked.provider
+        self._amount = amount
+        self._tracked = tracked
+        self._hold = self._report = self._outcome = None
+        self._lane = lane
+        self._fetched = fetched
+        self._checked = checked
+        self._failed = False
+        self._started = 0.0  # no hook wants a settled event (or no lane)
         return self
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"a Reservation is read-only: can't set {name}")
+    @property
+    def provider(self) -> Provider:
+        return self._provider
+
+    @provider.setter
+    def provider(self, value: object) -> None:
+        raise AttributeError("a Reservation is read-only: can't set provider")
+
+    @property
+    def amount(self) -> Decimal:
+        return self._amount
+
+    @amount.setter
+    def amount(self, value: object) -> None:
+        raise AttributeError("a Reservation is read-only: can't set amount")
 
     def __repr__(self) -> str:
+        checked = self._hold is not None or self._fetched is not None
         return (
-            f"<Reservation {self.provider.name} amount={self.amount} "
-            f"checked={self._hold is not None} failed={self._failed}>"
+            f"<Reservation {self._provider.name} amount={self._amount} "
+            f"checked={checked} failed={self._failed}>"
         )
 
     @property
     def balance(self) -> Balance | None:
+        fetched = self._fetched
+        if fetched is not None:
+            assert self._checked is not None
+            return _balance(self._tracked, self._checked, fetched.fetched_at)
         hold = self._hold
         if hold is None or hold.entry is None:
             return None
-        return _balance(self._tracked, hold.entry)
+        entry = hold.entry
+        return _balance(self._tracked, entry.amount, entry.fetched_at)
+
+    @balance.setter
+    def balance(self, value: object) -> None:
+        raise AttributeError("a Reservation is read-only: can't set balance")
 
     def failed(self) -> None:
         """
@@ -103,7 +149,7 @@ class Reservation:
         provider that answered an error): it settles as a failure, and
         ``settle="debit"`` invalidates the balance instead of debiting it.
         """
-        _RESERVATION_FAILED(self, True)
+        self._failed = True
 
     def report_balance(self, amount: AmountLike) -> None:
         """
@@ -130,30 +176,6 @@ class Reservation:
         self._report[1] = value
 
 
-(
-    _RESERVATION_PROVIDER,
-    _RESERVATION_AMOUNT,
-    _RESERVATION_TRACKED,
-    _RESERVATION_HOLD,
-    _RESERVATION_FAILED,
-    _RESERVATION_REPORT,
-    _RESERVATION_STARTED,
-    _RESERVATION_OUTCOME,
-) = (
-    Reservation.__dict__[name].__set__
-    for name in (
-        "provider",
-        "amount",
-        "_tracked",
-        "_hold",
-        "_failed",
-        "_report",
-        "_started",
-        "_outcome",
-    )
-)
-
-
 class _Reserve:
     """
     What `BalanceGuard.reserve` returns: an async context manager for one
@@ -177,20 +199,15 @@ class _Reserve:
 
     def _enter_now(self) -> Reservation | None:
         """
-        Check and hold without awaiting, if the store can (a warm in-process
-        balance that covers the amount); None: `_enter` must run.
+        Check and hold on the lane (``_lane.py``) if it can; None: `_enter`
+        must run.
         """
-        guard = self._guard
-        hold_now = guard._hold_now
-        if hold_now is None or guard._loops.home is not asyncio.get_running_loop():
+        lane = self._guard._lane(self._provider)
+        amount = self._amount
+        fetched = lane.enter(amount, self._settle)
+        if fetched is None:
             return None
-        tracked = guard._track(self._provider)
-        result = hold_now(tracked.account, self._amount)
-        if type(result) is not Hold:
-            return None  # a miss or a shortage: the slow path decides
-        tracked.last = result.entry
-        tracked.stats.allowed += 1
-        return Reservation(self._provider, self._amount, tracked, result)
+        return Reservation._on_lane(lane, amount, fetched, lane.amount())
 
     async def _enter(self) -> Reservation:
         guard = self._guard
@@ -268,12 +285,8 @@ class _ReserveOther(_Reserve):
         return await loops.make(enter, guard._drop)
 
 
-def _balance(tracked: Tracked, entry: Entry) -> Balance:
+def _balance(tracked: Tracked, amount: Decimal, fetched_at: dt.datetime) -> Balance:
     provider = tracked.provider
-    return Balance(
-        provider=provider.name,
-        amount=entry.amount,
-        currency=provider.currency,
-        fetched_at=entry.fetched_at,
-        sandbox=tracked.sandbox,
+    return new_balance(
+        provider.name, amount, provider.currency, fetched_at, tracked.sandbox
     )

@@ -406,7 +406,7 @@ class BalanceMonitor:
             return
         # The entry just stored, which counts calls that settled during
         # the fetch; the event has the amount as the provider said it.
-        entry = watch.tracked.last
+        entry = watch.tracked.seen()
         amount = event.amount if entry is None else entry.amount
         assert amount is not None  # a fetched event carries the balance
         try:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .._logs import digest, fields
-from .._money import MONEY, ZERO
+from .._money import ZERO, add, subtract
 from ..errors import BalanceUnavailable
 from ._values import Account, Entry, Hold, Outcome, Short, Ticket
 
@@ -64,23 +64,141 @@ def _entry(
     return entry
 
 
-class _State:
+class Lane:
     """
-    One account's state in this store.
+    One account's state in a `MemoryStore`, also held and released on
+    directly by a guarded call's fastest path (``guard/_lane.py``).
+
+    While a fetched balance is kept (*fetched*), *balance* is it less what
+    calls settled since took off, and *available* is *balance* less the
+    holds: a hold changes only *available*, a settle that spends only
+    *balance*, so a call costs two subtractions and allocates nothing. What
+    is held and what has settled follow from them (`held`, `settled`); they
+    are kept in *held_off* and *settled_off* only while no balance is (any
+    settle that forgets drops *fetched*). The `Entry` callers see is made
+    when asked for and kept in *view* until the next change.
 
     *generation* grows with each invalidation: a fetch that began under an
-    older one is not stored. *settled* sums the amounts of every call
-    settled so far: a fetch that began before some of them is stored less
-    those amounts, since it may not include their spending.
+    older one is not stored. What has settled sums the amounts of every
+    call settled so far: a fetch that began before some of them is stored
+    less those amounts, since it may not include their spending.
     """
 
-    __slots__ = ("entry", "generation", "held", "settled")
+    __slots__ = (
+        "available",
+        "balance",
+        "base",
+        "exact",
+        "fetched",
+        "generation",
+        "held_off",
+        "settled_off",
+        "store",
+        "view",
+    )
 
-    def __init__(self) -> None:
-        self.entry: Entry | None = None
-        self.held = ZERO
-        self.settled = ZERO
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.fetched: Entry | None = None
+        self.balance = ZERO
+        self.available = ZERO
+        self.base = ZERO  # what had settled when *fetched* was stored
+        self.exact = True  # False once a "spent" settle took an amount off
+        self.view: Entry | None = None
+        self.held_off = ZERO
+        self.settled_off = ZERO
         self.generation = 0
+
+    def held(self) -> Decimal:
+        """What running calls hold."""
+        if self.fetched is None:
+            return self.held_off
+        return subtract(self.balance, self.available)
+
+    def settled(self) -> Decimal:
+        """The sum of the amounts of every call settled so far."""
+        fetched = self.fetched
+        if fetched is None:
+            return self.settled_off
+        return add(self.base, subtract(fetched.amount, self.balance))
+
+    def keep(self, entry: Entry) -> None:
+        """Keep *entry*, just fetched, as the balance."""
+        held, self.base = self.held(), self.settled()
+        self.fetched = self.view = entry
+        self.balance = entry.amount
+        self.available = subtract(entry.amount, held)
+        self.exact = True
+
+    def forget(self) -> None:
+        """Drop the balance kept, if any."""
+        if self.fetched is not None:
+            self.held_off, self.settled_off = self.held(), self.settled()
+            self.fetched = self.view = None
+
+    def entry(self) -> Entry | None:
+        """The balance now, as an `Entry`; None: none kept."""
+        view = self.view
+        if view is None:
+            fetched = self.fetched
+            if fetched is None:
+                return None
+            view = self.view = _entry(
+                self.balance,
+                fetched.fetch_id,
+                fetched.fetched_at,
+                fetched.monotonic,
+                fetched.exact and self.exact,
+            )
+        return view
+
+    def hold(self, amount: Decimal) -> Entry | None:
+        """
+        Hold *amount* if a current balance covers it, and return the entry
+        as fetched; None (nothing held) on a miss or a shortage.
+        """
+        fetched = self.fetched
+        if (
+            fetched is None
+            or time.monotonic() - fetched.monotonic > self.store.ttl
+            or self.available < amount
+        ):
+            return None
+        self.available = subtract(self.available, amount)
+        return fetched
+
+    def release(self, amount: Decimal, outcome: Outcome, fetch_id: str | None) -> bool:
+        """
+        Drop a hold of *amount*, made against the fetch *fetch_id*, and
+        settle the balance. False: it was forgotten, and the store's cache
+        has a copy left to delete (`forget_copy`).
+        """
+        fetched = self.fetched
+        if fetched is not None and (
+            outcome == "spent" or (outcome == "debit" and fetch_id == fetched.fetch_id)
+        ):
+            # "debit" only from the fetch the hold was checked against: one
+            # fetched while the call ran may or may not include this spend.
+            # "spent" takes it off whatever is there, which errs low. The
+            # balance and the holds both drop by the amount: available is
+            # unchanged.
+            self.balance = subtract(self.balance, amount)
+            if outcome == "spent":
+                self.exact = False
+            self.view = None
+            return True
+        self.forget()
+        self.held_off = subtract(self.held_off, amount)
+        self.settled_off = add(self.settled_off, amount)
+        return self.store.cache is None
+
+    def amount(self) -> Decimal:
+        """The balance now."""
+        return self.balance
+
+    async def forget_copy(self, account: Account) -> None:
+        """Delete the cache's copy of *account*'s balance."""
+        await self.store._delete(account)
 
 
 class MemoryStore:
@@ -113,7 +231,7 @@ class MemoryStore:
         self.cache = cache
         self.ttl = ttl
         self.timeout = timeout
-        self._states: dict[str, _State] = {}
+        self._states: dict[str, Lane] = {}
         self._origin = f"{os.getpid()}-{id(self):x}-"
         self._ids = itertools.count()
 
@@ -121,34 +239,39 @@ class MemoryStore:
         cache = "none" if self.cache is None else type(self.cache).__name__
         return f"<MemoryStore ttl={self.ttl:g} cache={cache}>"
 
-    def _state(self, account: Account) -> _State:
+    def _state(self, account: Account) -> Lane:
         state = self._states.get(account.key)
         if state is None:
-            state = self._states[account.key] = _State()
+            state = self._states[account.key] = Lane(self)
         return state
 
-    def _current(self, state: _State) -> Entry | None:
-        entry = state.entry
-        if entry is None or time.monotonic() - entry.monotonic > self.ttl:
+    def _current(self, state: Lane) -> Entry | None:
+        fetched = state.fetched
+        if fetched is None or time.monotonic() - fetched.monotonic > self.ttl:
             return None
-        return entry
+        return state.entry()
+
+    def peek(self, account: Account) -> Entry | None:
+        """The balance kept for *account*, however old; None: none."""
+        state = self._states.get(account.key)
+        return None if state is None else state.entry()
 
     async def read(self, account: Account) -> Entry | None:
         return self._current(self._state(account))
 
     def held(self, account: Account) -> Decimal:
         state = self._states.get(account.key)
-        return ZERO if state is None else state.held
+        return ZERO if state is None else state.held()
 
     async def begin_fetch(self, account: Account) -> Ticket | Entry:
         state = self._state(account)
-        return Ticket("", f"{state.generation}/{state.settled}")
+        return Ticket("", f"{state.generation}/{state.settled()}")
 
     async def ticket(self, account: Account) -> Ticket:
         # Lock-free: put() with it drops the value if the balance was
         # invalidated since, and subtracts what settled since.
         state = self._state(account)
-        return Ticket("", f"{state.generation}/{state.settled}")
+        return Ticket("", f"{state.generation}/{state.settled()}")
 
     async def abort_fetch(self, account: Account, ticket: Ticket) -> None:
         pass
@@ -162,20 +285,20 @@ class MemoryStore:
             return None
         # Calls settled while this fetch ran may have spent after the
         # provider answered: count them as spent (errs low, never high).
-        spent_meanwhile = MONEY.subtract(state.settled, Decimal(settled))
+        spent_meanwhile = subtract(state.settled(), Decimal(settled))
         entry = Entry(
-            MONEY.subtract(amount, spent_meanwhile),
+            subtract(amount, spent_meanwhile),
             f"{self._origin}{next(self._ids)}",
             dt.datetime.now(dt.UTC),
             time.monotonic(),
             exact=not spent_meanwhile,
         )
-        state.entry = entry
+        state.keep(entry)
         if self.cache is not None:
             await self._copy(account, state, entry)
         return entry
 
-    async def _copy(self, account: Account, state: _State, entry: Entry) -> None:
+    async def _copy(self, account: Account, state: Lane, entry: Entry) -> None:
         value = {
             "amount": str(entry.amount),
             "fetched_at": entry.fetched_at.isoformat(),
@@ -184,8 +307,8 @@ class MemoryStore:
         try:
             await self._cache_call("set", account.key, value, ttl=self.ttl)
         except Exception as exc:
-            if state.entry is entry:
-                state.entry = None
+            if state.fetched is entry:
+                state.forget()
             raise _unavailable(account, exc) from exc
 
     async def _cache_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -201,14 +324,19 @@ class MemoryStore:
         state = self._states.get(account.key)
         if state is None:
             return None
-        entry = state.entry
-        if entry is None or time.monotonic() - entry.monotonic > self.ttl:
-            return None
-        available = MONEY.subtract(entry.amount, state.held)
-        if available < amount:
-            return Short(entry, available)
-        state.held = MONEY.add(state.held, amount)
-        return _hold(account, amount, entry)
+        if state.hold(amount) is not None:
+            entry = state.entry()
+            assert entry is not None
+            return _hold(account, amount, entry)
+        entry = self._current(state)
+        return None if entry is None else Short(entry, state.available)
+
+    def lane(self, account: Account) -> Lane:
+        """
+        *account*'s state, to hold and release on without I/O or
+        allocation: what a guarded call uses on its fastest path.
+        """
+        return self._state(account)
 
     async def try_hold(self, account: Account, amount: Decimal) -> Hold | Short | None:
         # No await between the check and the hold: they are one step for
@@ -228,33 +356,18 @@ class MemoryStore:
     async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         # All of the bookkeeping happens before the first await, so a
         # cancellation can't leave the hold behind.
-        if not self._release(hold, outcome) and self.cache is not None:
+        if not self._release(hold, outcome):
             await self._delete(hold.account)
 
     def _release(self, hold: Hold, outcome: Outcome) -> bool:
         """
-        Drop *hold* and settle the balance; tell whether one is still kept.
+        Drop *hold* and settle the balance. False: a cache copy is left to
+        delete.
         """
-        state = self._state(hold.account)
-        state.held = MONEY.subtract(state.held, hold.amount)
-        state.settled = MONEY.add(state.settled, hold.amount)
-        current = state.entry
-        if current is not None and (
-            outcome == "spent" or (outcome == "debit" and hold.entry is current)
-        ):
-            # "debit" only the entry the hold was made against: one fetched
-            # while the call ran may or may not include this spend. "spent"
-            # takes it off whatever is there, which errs low.
-            state.entry = _entry(
-                MONEY.subtract(current.amount, hold.amount),
-                current.fetch_id,
-                current.fetched_at,
-                current.monotonic,
-                current.exact and outcome == "debit",
-            )
-            return True
-        state.entry = None
-        return False
+        entry = hold.entry
+        return self._state(hold.account).release(
+            hold.amount, outcome, None if entry is None else entry.fetch_id
+        )
 
     async def _delete(self, account: Account) -> None:
         try:
@@ -275,7 +388,7 @@ class MemoryStore:
     async def invalidate(self, account: Account) -> None:
         state = self._state(account)
         state.generation += 1
-        state.entry = None
+        state.forget()
         if self.cache is not None:
             await self._delete(account)
 

@@ -1,0 +1,167 @@
+"""
+The fastest path of a guarded call: a warm balance kept in this process,
+checked, held and settled with no await, no I/O and nothing allocated.
+
+A `Lane` is one account of one guard whose store keeps balances in process
+(`guard.stores.MemoryStore`). It says no (`enter` returns None) whenever the
+general path of ``_guard.py`` has work to do: a miss, a shortage, a call from
+another event loop than the guard's, a settle that forgets the balance, or a
+hook that wants each call's ``"settled"`` event. What a call that takes the
+lane counts and settles is what the general path would have: the two share
+`BalanceGuard._end`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ._balance import Balance, new_balance
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+    from types import TracebackType
+
+    from ._accounts import Tracked
+    from ._guard import BalanceGuard, Settle
+    from .stores import Entry
+    from .stores._memory import Lane as StoreLane
+
+__all__ = ["Entered", "Lane"]
+
+_running_loop = asyncio.get_running_loop
+
+
+class Lane:
+    """
+    One account of one guard, for guarded calls that need no I/O.
+
+    Args:
+        guard: The guard.
+        tracked: The account, as the guard tracks it.
+        store: The store's own lane on that account; None when the store
+            has none (every call takes the general path).
+    """
+
+    __slots__ = ("_store", "guard", "tracked")
+
+    def __init__(
+        self, guard: BalanceGuard, tracked: Tracked, store: StoreLane | None
+    ) -> None:
+        self.guard = guard
+        self.tracked = tracked
+        self._store = store
+
+    def at_home(self) -> bool:
+        """Whether this runs on the guard's event loop, which owns the state."""
+        return self.guard._loops.home is _running_loop()
+
+    def enter(self, amount: Decimal, settle: Settle | None) -> Entry | None:
+        """
+        Check and hold *amount* without awaiting; return the entry as
+        fetched, for `exit`. None: nothing held, the general path must run.
+        """
+        store = self._store
+        guard = self.guard
+        if (
+            store is None
+            or guard._loops.home is not _running_loop()
+            or (settle or guard.settle_mode) == "invalidate"
+            or guard._hooks.settled
+        ):
+            return None
+        fetched = store.hold(amount)
+        if fetched is not None:
+            self.tracked.stats.allowed += 1
+        return fetched
+
+    def exit(
+        self, amount: Decimal, fetched: Entry, ok: bool, settle: Settle | None
+    ) -> bool:
+        """
+        Release what `enter` held and settle the balance as the call ended
+        (*ok*: it spent). False: `forget_copy` must be awaited.
+        """
+        guard = self.guard
+        tracked = self.tracked
+        assert self._store is not None
+        done = self._store.release(
+            amount, guard._end(tracked, amount, ok, settle), fetched.fetch_id
+        )
+        if guard._hooks.settled:  # a hook added while the call ran
+            guard._emit("settled", tracked, amount=amount, ok=ok)
+        return done
+
+    def amount(self) -> Decimal:
+        """The balance now, right after `enter` held an amount on it."""
+        assert self._store is not None
+        return self._store.amount()
+
+    def balance(self, fetched: Entry) -> Balance:
+        """The balance now, right after `enter` returned *fetched*."""
+        assert self._store is not None
+        tracked = self.tracked
+        provider = tracked.provider
+        return new_balance(
+            provider.name,
+            self._store.balance,
+            provider.currency,
+            fetched.fetched_at,
+            tracked.key_type == "SANDBOX",
+        )
+
+    async def forget_copy(self) -> None:
+        """Delete the cache's copy of a balance `exit` forgot."""
+        assert self._store is not None
+        await self._store.forget_copy(self.tracked.account)
+
+    async def leave(
+        self, amount: Decimal, fetched: Entry, ok: bool, settle: Settle | None
+    ) -> None:
+        """
+        `exit`, and what it leaves to await, from any event loop: forwarded
+        to the guard's, where the account's state lives.
+        """
+        loops = self.guard._loops
+        if loops.home is _running_loop() or loops.at_home():
+            if not self.exit(amount, fetched, ok, settle):
+                await self.forget_copy()
+        else:
+            # Shielded: the settle finishes there even if this caller leaves.
+            await asyncio.shield(loops.call(self.leave(amount, fetched, ok, settle)))
+
+    async def drop(self, amount: Decimal, fetched: Entry) -> None:
+        """
+        Release what `enter` held for a call that never ran, and forget the
+        balance (`BalanceGuard._drop`).
+        """
+        assert self._store is not None
+        if not self._store.release(amount, "forget", fetched.fetch_id):
+            await self.forget_copy()
+
+
+class Entered:
+    """
+    One ``async with`` of a `guard.require_balance` object that took the
+    lane: what its exit settles.
+    """
+
+    __slots__ = ("_guard", "amount", "fetched", "lane", "settle")
+
+    def __init__(
+        self, lane: Lane, amount: Decimal, fetched: Entry, settle: Settle | None
+    ) -> None:
+        self._guard = lane.guard
+        self.lane = lane
+        self.amount = amount
+        self.fetched = fetched
+        self.settle = settle
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lane = self.lane
+        await lane.leave(self.amount, self.fetched, exc_type is None, self.settle)
