@@ -43,7 +43,7 @@ class Lane:
             has none (every call takes the general path).
     """
 
-    __slots__ = ("_store", "guard", "tracked")
+    __slots__ = ("_hooks", "_loops", "_stats", "_store", "guard", "tracked")
 
     def __init__(
         self, guard: BalanceGuard, tracked: Tracked, store: StoreLane | None
@@ -51,10 +51,14 @@ class Lane:
         self.guard = guard
         self.tracked = tracked
         self._store = store
+        # Read on every call: one attribute away rather than two.
+        self._loops = guard._loops
+        self._hooks = guard._hooks
+        self._stats = tracked.stats
 
     def at_home(self) -> bool:
         """Whether this runs on the guard's event loop, which owns the state."""
-        return self.guard._loops.home is _running_loop()
+        return self._loops.home is _running_loop()
 
     def enter(self, amount: Decimal, settle: Settle | None) -> Entry | None:
         """
@@ -62,17 +66,16 @@ class Lane:
         fetched, for `exit`. None: nothing held, the general path must run.
         """
         store = self._store
-        guard = self.guard
         if (
             store is None
-            or guard._loops.home is not _running_loop()
-            or (settle or guard.settle_mode) == "invalidate"
-            or guard._hooks.settled
+            or self._loops.home is not _running_loop()
+            or self._hooks.settled
+            or (settle or self.guard.settle_mode) == "invalidate"
         ):
             return None
         fetched = store.hold(amount)
         if fetched is not None:
-            self.tracked.stats.allowed += 1
+            self._stats.allowed += 1
         return fetched
 
     def exit(
@@ -83,13 +86,12 @@ class Lane:
         (*ok*: it spent). False: `forget_copy` must be awaited.
         """
         guard = self.guard
-        tracked = self.tracked
         assert self._store is not None
         done = self._store.release(
-            amount, guard._end(tracked, amount, ok, settle), fetched.fetch_id
+            amount, guard._end(self.tracked, amount, ok, settle), fetched.fetch_id
         )
-        if guard._hooks.settled:  # a hook added while the call ran
-            guard._emit("settled", tracked, amount=amount, ok=ok)
+        if self._hooks.settled:  # a hook added while the call ran
+            guard._emit("settled", self.tracked, amount=amount, ok=ok)
         return done
 
     def amount(self) -> Decimal:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
@@ -50,6 +51,8 @@ _default_lock = threading.Lock()
 # object at once must not both take the slot for its first entry.
 _entries_lock = threading.Lock()
 _inherited: list[BalanceGuard | None] = []
+
+_running_loop = asyncio.get_running_loop
 
 # What an amount function may raise for arguments it cannot read an amount
 # from (a request without one, a body too deep to parse): an AmountError.
@@ -163,12 +166,16 @@ class RequireBalance:
         guard: BalanceGuard | None,
         settle: Settle | None,
     ) -> None:
-        if not _is_provider(provider):
+        if type(provider) not in _PROVIDER_TYPES and not _is_provider(provider):
             raise TypeError(
                 "provider must implement guard.typing.Provider (name, currency, "
                 f"account_id, fetch_balance), not {type(provider).__name__}"
             )
-        if guard is not None and not isinstance(guard, BalanceGuard):
+        if (
+            guard is not None
+            and type(guard) is not BalanceGuard
+            and not isinstance(guard, BalanceGuard)
+        ):
             raise TypeError(f"guard must be a BalanceGuard, not {type(guard).__name__}")
         if settle is not None:
             check_settle(settle)
@@ -189,7 +196,8 @@ class RequireBalance:
         # The token for the slot above: taken by the entry that fills it.
         self._free = [True]
         self._lane: Lane | None = None
-        self._open: list[_Reserve | Entered] = []
+        # Entries after the first, open at once (made when needed).
+        self._open: list[_Reserve | Entered] | None = None
 
     def __repr__(self) -> str:
         amount = "<computed>" if self._compute is not None else str(self._amount)
@@ -305,6 +313,8 @@ class RequireBalance:
             if var is None:
                 var = self._entered = contextvars.ContextVar("guard_require_balance")
             var.set(_Open(block, var.get(None)))
+            if self._open is None:
+                self._open = []
             self._open.append(block)
 
     def _exit(self) -> _Reserve | Entered:
@@ -317,6 +327,7 @@ class RequireBalance:
             entered = None if var is None else var.get(None)
             if var is not None and entered is not None:
                 var.set(entered.outer)
+                assert self._open is not None
                 self._open.remove(entered.block)
                 return entered.block
             if self._only is not None:
@@ -324,7 +335,7 @@ class RequireBalance:
             # Exited in another task than it was entered in (an
             # AsyncExitStack, fixtures): one block of this object is as good
             # as another, since they hold the same amount.
-            if not self._open:
+            if not self._open:  # None or empty
                 raise RuntimeError(
                     "a require_balance block exited without being entered"
                 )
@@ -386,7 +397,11 @@ class RequireBalance:
         if self._entered is None:
             fetched = self._only
             lane = self._only_lane
-            if type(fetched) is Entry and lane is not None and lane.at_home():
+            if (
+                type(fetched) is Entry
+                and lane is not None
+                and lane.guard._loops.home is _running_loop()
+            ):
                 # What _exit and Entered.__aexit__ do, without their cost.
                 self._only = self._only_lane = None
                 self._free.append(True)
