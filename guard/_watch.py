@@ -3,10 +3,10 @@
 
 Each poll fetches every balance afresh and shows, per account, the balance,
 what running calls hold (this process's, or every process's with a Redis
-store), what is available, the age of the reading, the
-spend per hour and the time to empty (from the balance's falls over the
-last hour: refills don't count), and the alert level when a monitor is
-given. A provider that stops answering is shown "unavailable since ..." with
+store), what is available, the age of the reading, the spend per hour and
+the time to empty (from the balance's falls over the last hour: refills
+don't count), and the alert level when a `guard.BalanceMonitor` is given
+(the command line makes one of its ``--below`` thresholds). A provider that stops answering is shown "unavailable since ..." with
 its last known balance, and polled on.
 """
 
@@ -72,7 +72,8 @@ class Reading:
             None until two readings span some time.
         time_to_empty: Seconds until *available* runs out at that rate; None
             while nothing is spent.
-        level: The alert level, from the monitor.
+        level: The level of the lowest threshold fired, from the monitor,
+            as of this poll's balance; None when none is (or no monitor).
         unavailable_since: When the provider stopped answering; None while
             it answers.
         error: Why the last poll failed, one line.
@@ -190,6 +191,9 @@ class Watcher:
                 self._errors[i] = str(exc)
             else:
                 self._errors[i] = None
+        if self.monitor is not None:
+            # The levels of this poll's balances, not of the last one's.
+            await self.monitor.flush()
         await refresh(self.guard)
         everywhere = held_everywhere(self.guard)
         states = {(s.provider, s.account): s for s in self.guard.accounts()}
