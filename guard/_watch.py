@@ -6,8 +6,9 @@ what running calls hold (this process's, or every process's with a Redis
 store), what is available, the age of the reading, the spend per hour and
 the time to empty (from the balance's falls over the last hour: refills
 don't count), and the alert level when a `guard.BalanceMonitor` is given
-(the command line makes one of its ``--below`` thresholds). A provider that stops answering is shown "unavailable since ..." with
-its last known balance, and polled on.
+(the command line makes one of its ``--below`` thresholds). A provider
+that stops answering is shown "unavailable since ..." with its last known
+balance, and polled on.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ Prometheus metrics for a `guard.BalanceGuard` (the ``prometheus`` extra).
 
     app.router.add_get("/metrics", metrics_handler(guard))
 
-or, with the process's other metrics, ``REGISTRY.register(GuardCollector(guard))``
-and prometheus-client's own ``make_aiohttp_handler()``.
+with the process's other metrics too: ``metrics_handler(guard,
+registry=REGISTRY)``. `GuardCollector` is the collector itself, for a
+registry served otherwise.
 
 The collector reads `guard.BalanceGuard.accounts` when Prometheus scrapes:
 the guarded call pays nothing for it. Every series is labelled by
@@ -250,6 +251,11 @@ def metrics_handler(
         registry: A registry to add a `GuardCollector` to and serve whole
             (say, prometheus-client's ``REGISTRY`` with the process
             metrics). Default: a new one holding only guard's series.
+
+    With a Redis store, each scrape first reads from Redis what the running
+    calls of every process hold (at most a second; absent if Redis doesn't
+    answer), so that ``guard_balance_held`` and ``guard_balance_available``
+    are current.
 
     .. versionadded:: 0.2
     """
