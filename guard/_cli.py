@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -297,10 +298,9 @@ async def _watch_with(
     from ._watch import watch
 
     monitor = _monitor(guard, zip(names, providers, strict=True), args.below)
-    if monitor is None:
-        await watch(guard, providers, interval=args.interval, mode=mode)
-        return
-    async with monitor:
+    async with contextlib.AsyncExitStack() as stack:
+        if monitor is not None:
+            await stack.enter_async_context(monitor)
         await watch(
             guard, providers, interval=args.interval, mode=mode, monitor=monitor
         )

@@ -22,7 +22,7 @@ from test_otel import Sdk
 from test_prometheus import labels, parse
 
 from guard import BalanceGuard
-from guard._everywhere import MAX_AGE
+from guard._everywhere import MAX_AGE, held_everywhere, refresh
 from guard._watch import Watcher
 from guard.otel import instrument
 from guard.prometheus import GuardCollector, metrics_handler
@@ -198,6 +198,34 @@ class TestRedisWide:
         assert 900 == points["guard.balance.available", attributes]
         assert (100, 900) == (reading.held, reading.available)
         assert "100" == reading.to_json()["held"]
+
+    async def test_read_from_another_loop(self, where: Where, emu: Emulator) -> None:
+        """A read from another thread's loop runs on the guard's, where its store is."""
+        oneclick = emu.oneclickdz(KEY)
+        async with guard_on(where) as guard, holding(guard, oneclick, 15):
+            await asyncio.to_thread(asyncio.run, refresh(guard))
+            figures = held_everywhere(guard)
+            (state,) = guard.accounts()
+        assert {(state.provider, state.account): 15} == figures
+
+    def test_loop_ended(self, where: Where, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        Once the guard's loop has ended, nothing can read Redis: the figures
+        last read are shown while fresh (and none after MAX_AGE, as above).
+        """
+
+        async def run() -> BalanceGuard:
+            async with Emulator() as emu:
+                emu.add_oneclickdz(KEY, 1000)
+                oneclick = emu.oneclickdz(KEY)
+                async with guard_on(where) as guard, holding(guard, oneclick, 5):
+                    await refresh(guard)
+                return guard
+
+        guard = asyncio.run(run())
+        monkeypatch.setattr("guard._everywhere.FRESH", 0.0)  # read again if it could
+        (state,) = guard.accounts()
+        assert {(state.provider, state.account): 5} == held_everywhere(guard)
 
     async def test_memory_store_is_this_process(self, emu: Emulator) -> None:
         """A store of this process: its own holds, as before."""

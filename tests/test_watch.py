@@ -156,18 +156,25 @@ class TestJson:
         assert "critical" == low["level"]
         assert back["level"] is None
 
-    async def test_thresholds_of_one_provider(self) -> None:
+    @pytest.mark.parametrize(
+        ("below", "expected"),
+        [
+            # clickatell's own replace the others for it: well above 1 credit.
+            (
+                ["warning=100000000", "clickatell:critical=1"],
+                {"oneclickdz": "warning", "clickatell-platform": "warning"},
+            ),
+            # Only one provider's: the others have none.
+            (["oneclickdz:warning=100000000"], {"oneclickdz": "warning"}),
+        ],
+    )
+    async def test_thresholds_of_one_provider(
+        self, below: list[str], expected: dict[str, str]
+    ) -> None:
         """A provider's own --below replace those given for every provider."""
+        options = [arg for threshold in below for arg in ("--below", threshold)]
         process = await watch_process(
-            "--emulator",
-            "--json",
-            "--interval",
-            "0.1",
-            "--below",
-            "warning=100000000",
-            "--below",
-            "clickatell:critical=1",
-            env={},
+            "--emulator", "--json", "--interval", "0.1", *options, env={}
         )
         levels = {}
         while len(levels) < 3:
@@ -176,8 +183,12 @@ class TestJson:
         code, _ = await interrupt(process)
 
         assert 0 == code
-        assert "warning" == levels["oneclickdz"] == levels["clickatell-platform"]
-        assert levels["clickatell"] is None  # well above 1 credit
+        assert {
+            "oneclickdz": None,
+            "clickatell": None,
+            "clickatell-platform": None,
+            **expected,
+        } == levels
 
     async def test_refused_key(self, emu: Emulator) -> None:
         """A refused key ends watch as it ends balance: one line, exit 3."""
