@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -14,10 +15,11 @@ from ._guard import BalanceGuard
 from .errors import BalanceUnavailable, GuardError, ProviderAuthError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from ._watch import Mode
     from .history import BaseHistory
+    from .monitor import BalanceMonitor, Threshold
     from .testing import Emulator
     from .typing import Provider
 
@@ -84,6 +86,26 @@ def _day(text: str) -> dt.date:
     except ValueError:
         msg = f"must be a date (YYYY-MM-DD), not {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def _below(text: str) -> tuple[str | None, Threshold]:
+    # [PROVIDER:]LEVEL=AMOUNT: a threshold for one provider, or for all.
+    from .monitor import Threshold
+
+    where, _, rest = text.rpartition(":")
+    level, sep, amount = rest.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        threshold = Threshold(amount.strip(), level=level)
+    except ValueError:  # AmountError, ConfigurationError
+        msg = f"must be [PROVIDER:]LEVEL=AMOUNT, such as warning=5000, not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if where and where not in ENV:
+        known = ", ".join(sorted(ENV))
+        msg = f"names an unknown provider {where!r} (choose from {known})"
+        raise argparse.ArgumentTypeError(msg)
+    return where or None, threshold
 
 
 def _history(db: str) -> BaseHistory:
@@ -212,7 +234,7 @@ async def _balance(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from ._watch import emulated_traffic, watch
+    from ._watch import emulated_traffic
 
     unknown = [name for name in args.providers if name not in ENV]
     if unknown:
@@ -250,7 +272,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 BalanceGuard(**options) as guard,
                 emulated_traffic(emu, guard, providers),
             ):
-                await watch(guard, providers, interval=args.interval, mode=mode)
+                await _watch_with(guard, providers, names or list(ENV), args, mode)
         return 0  # pragma: no cover - watch only ends by an exception
     if not names:
         names = [n for n in ENV if all(os.environ.get(v) for v in ENV[n])]
@@ -262,8 +284,49 @@ async def _watch(args: argparse.Namespace) -> int:
             )
     providers = [_provider(name, args.base_url) for name in names]
     async with BalanceGuard(**options) as guard:
-        await watch(guard, providers, interval=args.interval, mode=mode)
+        await _watch_with(guard, providers, names, args, mode)
     return 0  # pragma: no cover - watch only ends by an exception
+
+
+async def _watch_with(
+    guard: BalanceGuard,
+    providers: list[Provider],
+    names: list[str],
+    args: argparse.Namespace,
+    mode: Mode,
+) -> None:
+    from ._watch import watch
+
+    monitor = _monitor(guard, zip(names, providers, strict=True), args.below)
+    async with contextlib.AsyncExitStack() as stack:
+        if monitor is not None:
+            await stack.enter_async_context(monitor)
+        await watch(
+            guard, providers, interval=args.interval, mode=mode, monitor=monitor
+        )
+
+
+def _monitor(
+    guard: BalanceGuard,
+    providers: Iterable[tuple[str, Provider]],
+    below: list[tuple[str | None, Threshold]],
+) -> BalanceMonitor | None:
+    """
+    A monitor of the thresholds given with --below, for the alert level:
+    a provider's own replace those given for every provider. It alerts
+    no one; watch's own polls give it the balances.
+    """
+    if not below:
+        return None
+    from .monitor import BalanceMonitor
+
+    monitor = BalanceMonitor(guard=guard, interval=3600)
+    for name, provider in providers:
+        own = [t for where, t in below if where == name]
+        thresholds = own or [t for where, t in below if where is None]
+        if thresholds:
+            monitor.watch(provider, thresholds)
+    return monitor
 
 
 def _mode(args: argparse.Namespace) -> Mode:
@@ -368,9 +431,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a live view of provider balances (credentials as for balance)",
         description="Polls each balance and shows it with what is held, what "
         "is available, its age, the spend per hour, the time to empty and the "
-        "alert level. A table on a terminal (the cli extra), a line per poll "
-        "otherwise, JSON lines with --json. Credentials as for balance; with "
-        "no provider named, every one whose credentials are set.",
+        "alert level of the thresholds given with --below. A table on a "
+        "terminal (the cli extra), a line per poll otherwise, JSON lines "
+        "with --json. Credentials as for balance; with no provider named, "
+        "every one whose credentials are set.",
     )
     watch.add_argument(
         "providers",
@@ -390,6 +454,16 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--base-url", help="API root, e.g. an emulator's URL")
     watch.add_argument(
         "--timeout", type=_seconds, default=10.0, help="seconds (default: 10)"
+    )
+    watch.add_argument(
+        "--below",
+        type=_below,
+        action="append",
+        default=[],
+        metavar="[PROVIDER:]LEVEL=AMOUNT",
+        help="an alert threshold, shown as the level once the balance is at "
+        "or below AMOUNT (repeat it: warning=5000 --below critical=1000); "
+        "with PROVIDER, for that provider only, in its currency",
     )
 
     emulator = commands.add_parser(

@@ -1,25 +1,26 @@
 """
-What the operating views (Prometheus, OpenTelemetry, ``watch``) read from a
-low-balance monitor, and the figures they share.
-
-The monitor is optional and duck-typed: any object with ``watched()``,
-``level()`` and ``alert_counts()`` as below (`guard.BalanceMonitor` once it
-exists) can be passed as ``monitor=``.
+The figures the operating views (Prometheus, OpenTelemetry, ``watch``)
+share: held and available as each store knows them, and what they read
+from a low-balance monitor (`guard.BalanceMonitor`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from ._money import MONEY
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
     from decimal import Decimal
+
+    from ._accounts import AccountState
+    from .monitor import BalanceMonitor
 
 __all__ = [
     "ALERT_OUTCOMES",
-    "MonitorLike",
-    "WatchedLike",
     "alert_counts",
+    "held_and_available",
     "thresholds",
 ]
 
@@ -27,38 +28,24 @@ ALERT_OUTCOMES = ("delivered", "failed", "dropped")
 """What became of an alert: every outcome is exported, at 0 until it happens."""
 
 
-class WatchedLike(Protocol):
+def held_and_available(
+    state: AccountState, everywhere: Mapping[tuple[str, str], Decimal] | None
+) -> tuple[Decimal | None, Decimal | None]:
     """
-    One account a monitor watches.
+    What running calls hold on the account and the balance less that: this
+    process's with a store of this process (*everywhere* None), every
+    process's with a shared one (None, None when that is not known).
     """
-
-    @property
-    def provider(self) -> str: ...
-
-    @property
-    def account(self) -> str: ...
-
-    @property
-    def currency(self) -> str: ...
-
-    @property
-    def thresholds(self) -> Iterable[tuple[Decimal, str]]: ...
-
-
-class MonitorLike(Protocol):
-    """
-    The part of a low-balance monitor the operating views read.
-    """
-
-    def watched(self) -> Iterable[WatchedLike]: ...
-
-    def level(self, provider: str, account: str) -> str | None: ...
-
-    def alert_counts(self) -> Mapping[tuple[str, str], int]: ...
+    if everywhere is None:
+        return state.held, state.available
+    held = everywhere.get((state.provider, state.account))
+    if held is None or state.balance is None:
+        return held, None
+    return held, MONEY.subtract(state.balance.amount, held)
 
 
 def thresholds(
-    monitor: MonitorLike | None,
+    monitor: BalanceMonitor | None,
 ) -> dict[tuple[str, str], tuple[tuple[Decimal, str], ...]]:
     """
     The thresholds of every watched account, by ``(provider, account)``.
@@ -66,23 +53,24 @@ def thresholds(
     if monitor is None:
         return {}
     return {
-        (watched.provider, watched.account): tuple(watched.thresholds)
+        (watched.provider, watched.account): watched.thresholds
         for watched in monitor.watched()
     }
 
 
-def alert_counts(monitor: MonitorLike | None) -> dict[tuple[str, str], int]:
+def alert_counts(monitor: BalanceMonitor | None) -> dict[tuple[str, str], int]:
     """
     Alerts by ``(level, outcome)``: every level a threshold names, with
     every outcome, so that the series exist before the first alert.
     """
     if monitor is None:
         return {}
-    counts = {
+    counts: dict[tuple[str, str], int] = {
         (level, outcome): 0
         for watched in monitor.watched()
         for _, level in watched.thresholds
         for outcome in ALERT_OUTCOMES
     }
-    counts.update(monitor.alert_counts())
+    for key, count in monitor.alert_counts().items():
+        counts[key] = count
     return counts

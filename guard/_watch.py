@@ -2,11 +2,13 @@
 ``python -m guard watch``: a live view of provider accounts.
 
 Each poll fetches every balance afresh and shows, per account, the balance,
-what this process holds, what is available, the age of the reading, the
-spend per hour and the time to empty (from the balance's falls over the
-last hour: refills don't count), and the alert level when a monitor is
-given. A provider that stops answering is shown "unavailable since ..." with
-its last known balance, and polled on.
+what running calls hold (this process's, or every process's with a Redis
+store), what is available, the age of the reading, the spend per hour and
+the time to empty (from the balance's falls over the last hour: refills
+don't count), and the alert level when a `guard.BalanceMonitor` is given
+(the command line makes one of its ``--below`` thresholds). A provider
+that stops answering is shown "unavailable since ..." with its last known
+balance, and polled on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 import attrs
 
+from ._everywhere import held_everywhere, refresh
 from ._money import MONEY, ZERO
+from ._observe import held_and_available
 from .errors import BalanceUnavailable, ProviderAuthError
 
 if TYPE_CHECKING:
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ._guard import BalanceGuard
-    from ._observe import MonitorLike
+    from .monitor import BalanceMonitor
     from .testing import Emulator
     from .typing import Provider
 
@@ -61,14 +65,16 @@ class Reading:
         currency: The unit of the amounts.
         at: When the poll ended (UTC).
         balance: The last balance seen; None if never learned.
-        held: What this process's running calls hold.
-        available: The balance less that; None if the balance is unknown.
+        held: What running calls hold: this process's, or every
+            process's with a Redis store (None while Redis can't tell).
+        available: The balance less that; None if either is unknown.
         fetched_at: When the provider reported the balance.
         spend_per_hour: The balance's falls over the last hour, per hour;
             None until two readings span some time.
         time_to_empty: Seconds until *available* runs out at that rate; None
             while nothing is spent.
-        level: The alert level, from the monitor.
+        level: The level of the lowest threshold fired, from the monitor,
+            as of this poll's balance; None when none is (or no monitor).
         unavailable_since: When the provider stopped answering; None while
             it answers.
         error: Why the last poll failed, one line.
@@ -80,7 +86,7 @@ class Reading:
     currency: str
     at: dt.datetime
     balance: Decimal | None
-    held: Decimal
+    held: Decimal | None
     available: Decimal | None
     fetched_at: dt.datetime | None
     spend_per_hour: Decimal | None
@@ -105,7 +111,7 @@ class Reading:
             "account": self.account,
             "currency": self.currency,
             "balance": _str(self.balance),
-            "held": str(self.held),
+            "held": _str(self.held),
             "available": _str(self.available),
             "fetched_at": _iso(self.fetched_at),
             "age_seconds": None if self.age is None else round(self.age, 3),
@@ -158,7 +164,7 @@ class Watcher:
         guard: BalanceGuard,
         providers: Sequence[Provider],
         *,
-        monitor: MonitorLike | None = None,
+        monitor: BalanceMonitor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.guard = guard
@@ -186,6 +192,11 @@ class Watcher:
                 self._errors[i] = str(exc)
             else:
                 self._errors[i] = None
+        if self.monitor is not None:
+            # The levels of this poll's balances, not of the last one's.
+            await self.monitor.flush()
+        await refresh(self.guard)
+        everywhere = held_everywhere(self.guard)
         states = {(s.provider, s.account): s for s in self.guard.accounts()}
         now, at = self.clock(), dt.datetime.now(dt.UTC)
         readings = []
@@ -196,7 +207,7 @@ class Watcher:
             rate = None
             if balance is not None:
                 rate = self._rate(digest, now, balance)
-            available = state.available
+            held, available = held_and_available(state, everywhere)
             left = None
             if rate and available is not None:
                 left = float(RATES.divide(max(available, ZERO), rate)) * 3600
@@ -207,7 +218,7 @@ class Watcher:
                     currency=state.currency,
                     at=at,
                     balance=balance,
-                    held=state.held,
+                    held=held,
                     available=available,
                     fetched_at=None
                     if state.balance is None
@@ -251,7 +262,7 @@ async def watch(
     interval: float,
     mode: Mode,
     out: TextIO | None = None,
-    monitor: MonitorLike | None = None,
+    monitor: BalanceMonitor | None = None,
     polls: int | None = None,
 ) -> None:
     """

@@ -29,8 +29,12 @@ non-secret account digest), ``guard.currency``, and those named):
 Spans ``guard.balance.fetch`` (kind client) carry ``guard.provider``,
 ``guard.account`` and ``guard.outcome`` (``ok``, ``unavailable``, ``auth``,
 ``bad_response``, ``cancelled``); any outcome but ``ok`` sets an error
-status. What `guard.prometheus` says of several worker processes holds here
-too.
+status. What `guard.prometheus` says of held and available with each
+store, and of several worker processes, holds here too: with a Redis store
+``guard.balance.held`` and ``guard.balance.available`` are Redis-wide (take
+the max over workers, never the sum), read when the SDK collects (from its
+reader's thread, waiting at most a second on the guard's event loop), and
+absent while Redis can't be reached.
 """
 
 from __future__ import annotations
@@ -42,18 +46,20 @@ from opentelemetry.metrics import Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import __version__
-from ._observe import alert_counts, thresholds
+from ._everywhere import held_everywhere
+from ._observe import alert_counts, held_and_available, thresholds
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from decimal import Decimal
 
     from opentelemetry.metrics import CallbackOptions, MeterProvider
     from opentelemetry.trace import TracerProvider
 
     from ._accounts import AccountState, Tracked
     from ._guard import BalanceGuard
-    from ._observe import MonitorLike
+    from .monitor import BalanceMonitor
 
     Attributes = dict[str, str]
 
@@ -72,7 +78,7 @@ class Instrumentation:
     def __init__(
         self,
         guard: BalanceGuard,
-        monitor: MonitorLike | None,
+        monitor: BalanceMonitor | None,
         meter: metrics.Meter,
         tracer: trace.Tracer,
     ) -> None:
@@ -90,13 +96,13 @@ class Instrumentation:
             (
                 "guard.balance.held",
                 "",
-                "Amount held by this process's running guarded calls.",
+                "Amount held by running guarded calls (every process's with Redis).",
                 self._held,
             ),
             (
                 "guard.balance.available",
                 "",
-                "Balance less what this process's running calls hold.",
+                "Balance less what running calls hold (every process's with Redis).",
                 self._available,
             ),
             (
@@ -196,14 +202,22 @@ class Instrumentation:
                 yield Observation(float(state.balance.amount), _attributes(state))
 
     def _held(self, options: CallbackOptions) -> Iterable[Observation]:
-        for state in self._states():
-            yield Observation(float(state.held), _attributes(state))
+        for state, held, _ in self._holds():
+            if held is not None:
+                yield Observation(float(held), _attributes(state))
 
     def _available(self, options: CallbackOptions) -> Iterable[Observation]:
-        for state in self._states():
-            available = state.available
+        for state, _, available in self._holds():
             if available is not None:
                 yield Observation(float(available), _attributes(state))
+
+    def _holds(
+        self,
+    ) -> Iterable[tuple[AccountState, Decimal | None, Decimal | None]]:
+        states = self._states()
+        everywhere = held_everywhere(self.guard) if states else None
+        for state in states:
+            yield (state, *held_and_available(state, everywhere))
 
     def _fetch_time(self, options: CallbackOptions) -> Iterable[Observation]:
         for state in self._states():
@@ -250,7 +264,7 @@ class Instrumentation:
 def instrument(
     guard: BalanceGuard,
     *,
-    monitor: MonitorLike | None = None,
+    monitor: BalanceMonitor | None = None,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> Instrumentation:

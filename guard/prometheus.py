@@ -7,8 +7,9 @@ Prometheus metrics for a `guard.BalanceGuard` (the ``prometheus`` extra).
 
     app.router.add_get("/metrics", metrics_handler(guard))
 
-or, with the process's other metrics, ``REGISTRY.register(GuardCollector(guard))``
-and prometheus-client's own ``make_aiohttp_handler()``.
+with the process's other metrics too: ``metrics_handler(guard,
+registry=REGISTRY)``. `GuardCollector` is the collector itself, for a
+registry served otherwise.
 
 The collector reads `guard.BalanceGuard.accounts` when Prometheus scrapes:
 the guarded call pays nothing for it. Every series is labelled by
@@ -16,16 +17,39 @@ the guarded call pays nothing for it. Every series is labelled by
 and ``currency``; none carries a credential. A balance the guard never
 learned is an absent sample, never 0 or ``+Inf``.
 
-``guard_balance_held`` is what *this process's* running calls hold, and
-``guard_balance_available`` is the balance less that. With several worker
-processes sharing one account (a Redis store), every worker exports the same
-``guard_balance`` and its own held and available: aggregate with
-``max by (provider, account) (guard_balance)`` and
-``sum by (provider, account) (guard_balance_held)``; summing ``guard_balance``
-counts the one balance once per worker. Counters are per process: sum them.
-prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) does not
-carry custom collectors such as this one: serve ``/metrics`` from each
-worker (its own port, or a per-worker ``instance`` label) instead.
+**Held and available.** With a store of this process (the default
+`guard.stores.MemoryStore`), ``guard_balance_held`` is what this process's
+running calls hold and ``guard_balance_available`` the balance less that.
+With a shared store (`guard.stores.RedisStore`, or a
+`guard.stores.FallbackStore` over one), both are Redis-wide: what the
+running calls of *every* process sharing the account hold, read from
+Redis (holds whose lease ended are not counted), and the last balance
+seen less that: what the next check would find. `metrics_handler` reads
+them before it answers; a collector registered elsewhere reads them at
+most once a second, waiting up to a second on the guard's event loop when
+scraped from another thread (on that loop it can't wait, and shows the
+figures read at the scrape before, at most a minute old). While Redis
+can't be reached, or with no fresh figure, both are absent, never 0.
+
+**Several worker processes.** Each worker's collector exports its own
+view. With a Redis store every worker exports the same Redis-wide
+``guard_balance_held`` and ``guard_balance_available``, and about the same
+``guard_balance`` (the last each saw): aggregate them with ``max by
+(provider, account)`` (or ``avg``), never ``sum``, which counts one figure
+once per worker. Counters and the histogram are per process: ``sum`` them.
+With a store of this process, each worker has its own balance and holds:
+don't share an account between such workers.
+
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+``MultiProcessCollector``) merges only the metric objects that write its
+files (``Counter``, ``Gauge`` with a ``multiprocess_mode`` such as
+``liveall`` or ``max``, ``Histogram``); custom collectors such as this one
+are not carried. Either serve each worker's ``/metrics`` (its own port,
+or a per-worker ``instance`` label), or register a `GuardCollector`
+beside the ``MultiProcessCollector`` in the registry that serves: then
+whichever worker answers gives the Redis-wide held and available (right
+from any worker), its own last balance, and only its own counters
+(useless merged: drop them, or take them from per-worker scrapes).
 """
 
 from __future__ import annotations
@@ -40,13 +64,16 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from ._observe import MonitorLike, alert_counts, thresholds
+from ._everywhere import held_everywhere, refresh
+from ._observe import alert_counts, held_and_available, thresholds
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from aiohttp.typedefs import Handler
     from prometheus_client.metrics_core import Metric
 
     from ._guard import BalanceGuard
+    from .monitor import BalanceMonitor
 
 __all__ = ["GuardCollector", "metrics_handler"]
 
@@ -66,7 +93,8 @@ class GuardCollector:
     Series (labels ``provider``, ``account``, ``currency``, and those named):
         - ``guard_balance``: the last balance seen (debited since it was
           fetched with ``settle="debit"``);
-        - ``guard_balance_held``: what running calls of this process hold;
+        - ``guard_balance_held``: what running calls hold: this process's,
+          or every process's with a Redis store (absent while unknown);
         - ``guard_balance_available``: the balance less that;
         - ``guard_balance_fetched_timestamp_seconds``: when the provider
           reported the balance;
@@ -85,7 +113,7 @@ class GuardCollector:
     """
 
     def __init__(
-        self, guard: BalanceGuard, *, monitor: MonitorLike | None = None
+        self, guard: BalanceGuard, *, monitor: BalanceMonitor | None = None
     ) -> None:
         self.guard = guard
         self.monitor = monitor
@@ -106,14 +134,18 @@ class GuardCollector:
         """
         f = _Families(monitored=self.monitor is not None)
         levels = thresholds(self.monitor)
+        everywhere = held_everywhere(self.guard)
         for state in self.guard.accounts():
             labels = [state.provider, state.account, state.currency]
-            f.held.add_metric(labels, float(state.held))
-            known, left = state.balance, state.available
-            if known is not None and left is not None:
-                # Unknown stays absent: a 0 would page, a +Inf would hide.
-                f.balance.add_metric(labels, float(known.amount))
+            # Unknown stays absent: a 0 would page, a +Inf would hide.
+            held, left = held_and_available(state, everywhere)
+            if held is not None:
+                f.held.add_metric(labels, float(held))
+            if left is not None:
                 f.available.add_metric(labels, float(left))
+            known = state.balance
+            if known is not None:
+                f.balance.add_metric(labels, float(known.amount))
                 f.fetched.add_metric(labels, known.fetched_at.timestamp())
             for below, level in levels.get((state.provider, state.account), ()):
                 f.threshold.add_metric([*labels, level], float(below))
@@ -144,12 +176,12 @@ class _Families:
         )
         self.held = GaugeMetricFamily(
             "guard_balance_held",
-            "Amount held by this process's running guarded calls.",
+            "Amount held by running guarded calls (every process's with Redis).",
             labels=_LABELS,
         )
         self.available = GaugeMetricFamily(
             "guard_balance_available",
-            "Balance less what this process's running calls hold.",
+            "Balance less what running calls hold (every process's with Redis).",
             labels=_LABELS,
         )
         self.fetched = GaugeMetricFamily(
@@ -205,7 +237,7 @@ class _Families:
 def metrics_handler(
     guard: BalanceGuard,
     *,
-    monitor: MonitorLike | None = None,
+    monitor: BalanceMonitor | None = None,
     registry: CollectorRegistry | None = None,
 ) -> Handler:
     """
@@ -220,9 +252,21 @@ def metrics_handler(
             (say, prometheus-client's ``REGISTRY`` with the process
             metrics). Default: a new one holding only guard's series.
 
+    With a Redis store, each scrape first reads from Redis what the running
+    calls of every process hold (at most a second; absent if Redis doesn't
+    answer), so that ``guard_balance_held`` and ``guard_balance_available``
+    are current.
+
     .. versionadded:: 0.2
     """
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
     registry.register(GuardCollector(guard, monitor=monitor))
-    return make_aiohttp_handler(registry)
+    generate = make_aiohttp_handler(registry)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        # The Redis-wide figures, read now: the collector can't await.
+        await refresh(guard)
+        return await generate(request)
+
+    return handler

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _monitor import StandInMonitor, Watched, watching
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,7 +13,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import StatusCode
 
-from guard import BalanceGuard, BalanceUnavailable, ConfigurationError
+from guard import (
+    BalanceAlert,
+    BalanceGuard,
+    BalanceMonitor,
+    BalanceUnavailable,
+    ConfigurationError,
+    Threshold,
+)
+from guard.monitor import Watched
 from guard.otel import instrument
 from guard.providers import OneClickDZ
 from guard.testing import Emulator
@@ -87,16 +95,24 @@ class TestMetrics:
             with pytest.raises(BalanceUnavailable):
                 await guard.balance(down)
             one, dn = guard.accounts()
-            monitor = watching("oneclickdz", one.account, "DZD", warning=500)
-            monitor.counts = {("warning", "delivered"): 1}
+            alerts: list[BalanceAlert] = []
+            monitor = BalanceMonitor(guard=guard)
+            monitor.watch(oneclick, [Threshold(950)], notify=[alerts.append])
             instrument(
                 guard,
                 monitor=monitor,
                 meter_provider=sdk.meters,
                 tracer_provider=sdk.tracers,
             )
-            async with guard.reserve(oneclick, 7):
-                got = sdk.points()
+            async with monitor:
+                for _ in range(500):  # its first poll: 900, below 950
+                    await monitor.flush()
+                    if alerts:
+                        break
+                    await asyncio.sleep(0.01)
+                assert ["warning"] == [alert.level for alert in alerts]
+                async with guard.reserve(oneclick, 7):
+                    got = sdk.points()
 
         a = attrs_of("oneclickdz", one.account)
         assert 900 == got["guard.balance", a]
@@ -107,7 +123,7 @@ class TestMetrics:
             got["guard.balance.fetch_time", a]
         )
         assert (
-            500
+            950
             == got["guard.balance.threshold", a | {("guard.alert.level", "warning")}]
         )
         assert 2 == got["guard.calls", a | {("guard.outcome", "allowed")}]
@@ -181,13 +197,13 @@ class TestNoSdk:
         """With no SDK configured, instruments never read the guard or the monitor."""
         calls: list[str] = []
 
-        class Counting(StandInMonitor):
-            def watched(self) -> list[Watched]:
+        class Counting(BalanceMonitor):
+            def watched(self) -> tuple[Watched, ...]:
                 calls.append("watched")
                 return super().watched()
 
-        monitor = Counting()
         async with BalanceGuard() as guard:
+            monitor = Counting(guard=guard)
             instrument(guard, monitor=monitor)
             await guard.balance(emu.oneclickdz(KEY))
             (state,) = guard.accounts()

@@ -9,13 +9,19 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from _monitor import watching
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import REGISTRY
 
-from guard import BalanceGuard, BalanceUnavailable, InsufficientBalance
+from guard import (
+    BalanceAlert,
+    BalanceGuard,
+    BalanceMonitor,
+    BalanceUnavailable,
+    InsufficientBalance,
+    Threshold,
+)
 from guard.prometheus import GuardCollector, metrics_handler
 from guard.providers import OneClickDZ
 from guard.testing import Emulator
@@ -97,16 +103,29 @@ class TestScrape:
                     pass
             await guard.balance(clickatell)
             one, dn, cl = guard.accounts()  # in the order first seen
-            monitor = watching(
-                "oneclickdz", one.account, "DZD", warning=500, critical=100
+            # The balance (800) is below the warning: one alert, delivered
+            # to one notifier and failed at the other.
+            alerts: list[BalanceAlert] = []
+
+            def pager_down(alert: BalanceAlert) -> None:
+                raise RuntimeError("pager down")
+
+            monitor = BalanceMonitor(guard=guard, retries=0)
+            monitor.watch(
+                oneclick,
+                [Threshold(900), Threshold(100, level="critical")],
+                notify=[alerts.append, pager_down],
             )
-            monitor.counts = {("warning", "delivered"): 2, ("critical", "failed"): 1}
             app = web.Application()
             app.router.add_get("/metrics", metrics_handler(guard, monitor=monitor))
             client = await aiohttp_client(app)
-            async with guard.reserve(clickatell, 5):  # held while scraped
-                response = await client.get("/metrics")
-                text = await response.text()
+            async with monitor:
+                await guard.balance(oneclick, fresh=True)  # a reading it gets
+                await monitor.flush()
+                assert ["warning"] == [alert.level for alert in alerts]
+                async with guard.reserve(clickatell, 5):  # held while scraped
+                    response = await client.get("/metrics")
+                    text = await response.text()
             assert 200 == response.status
             assert response.content_type.startswith("text/plain")
         got = parse(text)
@@ -121,8 +140,9 @@ class TestScrape:
         assert 50 == got["guard_balance", labels(cl)]
         assert 5 == got["guard_balance_held", labels(cl)]
         assert 45 == got["guard_balance_available", labels(cl)]
-        assert 500 == got["guard_balance_threshold", labels(one, level="warning")]
+        assert 900 == got["guard_balance_threshold", labels(one, level="warning")]
         assert 100 == got["guard_balance_threshold", labels(one, level="critical")]
+        assert ("guard_balance_threshold", labels(cl, level="warning")) not in got
         for outcome, count in {
             "allowed": 3,
             "refused": 1,
@@ -144,27 +164,15 @@ class TestScrape:
             == got["guard_fetch_duration_seconds_bucket", labels(one, le="+Inf")]
         )
         assert 0 < got["guard_fetch_duration_seconds_sum", labels(one)]
-        assert (
-            2
-            == got[
-                "guard_alerts_total",
-                frozenset({("level", "warning"), ("outcome", "delivered")}),
-            ]
-        )
-        assert (
-            1
-            == got[
-                "guard_alerts_total",
-                frozenset({("level", "critical"), ("outcome", "failed")}),
-            ]
-        )
-        assert (
-            0
-            == got[
-                "guard_alerts_total",
-                frozenset({("level", "warning"), ("outcome", "dropped")}),
-            ]
-        )
+        for (level, outcome), count in {
+            ("warning", "delivered"): 1,
+            ("warning", "failed"): 1,
+            ("warning", "dropped"): 0,
+            ("critical", "delivered"): 0,
+            ("critical", "failed"): 0,
+        }.items():
+            alerted = frozenset({("level", level), ("outcome", outcome)})
+            assert count == got["guard_alerts_total", alerted]
         # Never learned: no balance-valued sample at all, not a 0 or +Inf.
         for name in (
             "guard_balance",
@@ -295,7 +303,8 @@ class TestRulesFile:
     def test_names_are_exported(self, guard: BalanceGuard) -> None:
         """Every guard series the rules read is one the collector exports."""
         exported = set()
-        for family in GuardCollector(guard, monitor=watching("p", "a", "c")).describe():
+        monitor = BalanceMonitor(guard=guard)
+        for family in GuardCollector(guard, monitor=monitor).describe():
             exported.add(family.name)
             exported.update(
                 f"{family.name}_{s}" for s in ("total", "bucket", "count", "sum")

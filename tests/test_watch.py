@@ -16,10 +16,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _monitor import StandInMonitor
 from test_cli import SECRET_KEY, free_port, run
 
-from guard import BalanceGuard
+from guard import BalanceGuard, BalanceMonitor, Threshold
 from guard._watch import Reading, Watcher, duration, money, watch
 from guard.testing import (
     Emulator,
@@ -115,7 +114,8 @@ class TestJson:
         )
         assert first["unavailable_since"] is None
         assert Decimal(spent["spend_per_hour"]) > 0
-        assert spent["time_to_empty_seconds"] > 0
+        # 100 DZD spent within a few polls: seconds to empty, rounded (maybe 0).
+        assert spent["time_to_empty_seconds"] is not None
         # Down: the last balance, aging, and why.
         assert "900" == down["balance"] == later["balance"]
         assert later["age_seconds"] > down["age_seconds"]
@@ -124,6 +124,72 @@ class TestJson:
         assert back["error"] is None
         assert back["age_seconds"] < later["age_seconds"]
         assert first["account"] == back["account"]
+
+    async def test_alert_level(self, emu: Emulator) -> None:
+        """
+        --below sets thresholds: each line says the level of the lowest one
+        the balance is at or below, as of that poll.
+        """
+        process = await watch_process(
+            "oneclickdz",
+            "--json",
+            "--interval",
+            "0.1",
+            "--base-url",
+            emu.url,
+            "--below",
+            "warning=1000",
+            "--below",
+            "critical=500",
+            env=ENV,
+        )
+        first = await next_json(process)
+        emu.set_balance(WATCH_KEY, 400)
+        while (low := await next_json(process))["balance"] != "400":
+            pass
+        emu.set_balance(WATCH_KEY, 9000)
+        while (back := await next_json(process))["balance"] != "9000":
+            pass
+        code, err = await interrupt(process)
+
+        assert (0, "") == (code, err)
+        assert "warning" == first["level"]
+        assert "critical" == low["level"]
+        assert back["level"] is None
+
+    @pytest.mark.parametrize(
+        ("below", "expected"),
+        [
+            # clickatell's own replace the others for it: well above 1 credit.
+            (
+                ["warning=100000000", "clickatell:critical=1"],
+                {"oneclickdz": "warning", "clickatell-platform": "warning"},
+            ),
+            # Only one provider's: the others have none.
+            (["oneclickdz:warning=100000000"], {"oneclickdz": "warning"}),
+        ],
+    )
+    async def test_thresholds_of_one_provider(
+        self, below: list[str], expected: dict[str, str]
+    ) -> None:
+        """A provider's own --below replace those given for every provider."""
+        options = [arg for threshold in below for arg in ("--below", threshold)]
+        process = await watch_process(
+            "--emulator", "--json", "--interval", "0.1", *options, env={}
+        )
+        levels = {}
+        while len(levels) < 3:
+            record = await next_json(process)
+            levels[record["provider"]] = record["level"]
+        code, _ = await interrupt(process)
+
+        assert 0 == code
+        assert {
+            "oneclickdz": None,
+            "clickatell": None,
+            "clickatell-platform": None,
+            **expected,
+        } == levels
 
     async def test_refused_key(self, emu: Emulator) -> None:
         """A refused key ends watch as it ends balance: one line, exit 3."""
@@ -168,6 +234,10 @@ class TestJson:
             (("clickatell",), {}, "GUARD_CLICKATELL_USER"),
             (("sendgrid",), {}, "unknown provider 'sendgrid'"),
             (("--interval", "0"), {}, "--interval"),
+            (("--below", "5000"), {}, "[PROVIDER:]LEVEL=AMOUNT"),
+            (("--below", "warning=lots"), {}, "'warning=lots'"),
+            (("--below", "=5000"), {}, "'=5000'"),
+            (("--below", "sendgrid:low=5"), {}, "unknown provider 'sendgrid'"),
         ],
     )
     async def test_usage(
@@ -221,7 +291,8 @@ class TestTerminal:
         """
         session = f"guard-watch-{uuid.uuid4().hex[:8]}"
         command = (
-            f"{sys.executable} -m guard watch --emulator --interval 0.2; "
+            f"{sys.executable} -m guard watch --emulator --interval 0.2 "
+            "--below warning=100000000; "
             "echo EXIT=$?; sleep 30"
         )
         # A server of its own, its socket in the test's directory.
@@ -255,6 +326,7 @@ class TestTerminal:
         assert "credits" in screen
         for column in ("Balance", "Held", "Available", "Age", "Time to empty", "Level"):
             assert column in screen
+        assert "warning" in screen  # every demo balance is below the threshold
         assert "Traceback" not in after
         assert "EXIT=0" in after
 
@@ -319,28 +391,37 @@ class TestWatcher:
         assert reading.time_to_empty is None
 
     async def test_level_from_monitor(self) -> None:
-        """The alert level is the monitor's for that account."""
+        """
+        The alert level is the monitor's for that account, as of each
+        poll's balance: set when it falls below a threshold, cleared when a
+        refill lifts it back above.
+        """
         provider = InMemoryProvider(1000)
         async with BalanceGuard() as guard:
-            await guard.balance(provider)
-            (state,) = guard.accounts()
-            monitor = StandInMonitor(
-                levels={(state.provider, state.account): "warning"}
-            )
-            out = io.StringIO()
-            await watch(
-                guard,
-                [provider],
-                interval=0.01,
-                mode="plain",
-                out=out,
-                monitor=monitor,
-                polls=2,
-            )
+            monitor = BalanceMonitor(guard=guard, interval=3600)
+            monitor.watch(provider, [Threshold(2000), Threshold(500, level="critical")])
+            async with monitor:
+                watcher = Watcher(guard, [provider], monitor=monitor)
+                (low,) = await watcher.poll()
+                provider.balance = Decimal(400)
+                (lower,) = await watcher.poll()
+                provider.balance = Decimal(5000)
+                (refilled,) = await watcher.poll()
+                out = io.StringIO()
+                provider.balance = Decimal(100)
+                await watch(
+                    guard,
+                    [provider],
+                    interval=0.01,
+                    mode="plain",
+                    out=out,
+                    monitor=monitor,
+                    polls=1,
+                )
 
-        lines = out.getvalue().splitlines()
-        assert 2 == len(lines)
-        assert "level warning" in lines[0]
+        assert ("warning", "critical", None) == (low.level, lower.level, refilled.level)
+        assert "critical" == lower.to_json()["level"]
+        assert "level critical" in out.getvalue()
 
     async def test_rich_table(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The rich view draws one table per poll with every figure."""

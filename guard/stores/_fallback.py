@@ -245,6 +245,21 @@ class FallbackStore:
         # Dropped in the shared store when it is back.
         self._used[account.key] = account
 
+    async def held_everywhere(self, account: Account) -> Decimal:
+        """
+        Return what every process holds on the account, by the shared
+        store (`guard.stores.RedisStore.held_everywhere`), and what this process's
+        calls hold in the stand-in.
+
+        Raises:
+            BalanceUnavailable: The shared store did not answer.
+            AttributeError: The shared store can't tell.
+
+        .. versionadded:: 0.2
+        """
+        shared = await self.shared.held_everywhere(account)  # type: ignore[attr-defined]
+        return MONEY.add(shared, self.local.held(account))
+
     async def close(self) -> None:
         try:
             await self.shared.close()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BalanceUnavailable
 from .._values import Account, Entry, Hold, Outcome, Short, Ticket
+from ._held import HELD
 from ._leases import RETRY, Leases
 from ._scripts import (
     BEGIN,
@@ -434,6 +435,20 @@ class RedisStore:
         self._locks.clear()
         self._closed = True
         await wire.close()
+
+    # -- the operating views ------------------------------------------------------
+
+    async def held_everywhere(self, account: Account) -> Decimal:
+        """
+        Return the sum held by the running calls of every process sharing
+        this store (holds whose lease has not ended), as Redis has it now.
+
+        Raises:
+            BalanceUnavailable: Redis did not answer within the timeout.
+
+        .. versionadded:: 0.2
+        """
+        return amount_of(await self._run(HELD, account, ()))
 
     # -- loops and forks ----------------------------------------------------------
 
