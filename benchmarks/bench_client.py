@@ -42,7 +42,8 @@ import sys
 import threading
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
@@ -52,8 +53,9 @@ from guard.aiohttp import guard_client_middleware
 from guard.testing import Emulator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Sequence
 
+    from _spends import Add, Spend
     from aiohttp import ClientRequest, ClientResponse
     from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
@@ -61,6 +63,9 @@ if TYPE_CHECKING:
 
 TARGET = 1.1
 PLENTY = Decimal(10) ** 12
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _spends import KINDS  # noqa: E402 - found on the path just set
 
 
 @attrs.define
@@ -89,77 +94,6 @@ class Timer:
         response = await handler(request)
         self._sent = time.thread_time()
         return response
-
-
-@attrs.frozen
-class Kind:
-    """
-    One provider kind: how to add its accounts and how to spend on one.
-    """
-
-    name: str
-    add: Callable[[Emulator, int], Provider]
-    send: Callable[[aiohttp.ClientSession, Any], Coroutine[Any, Any, int]]
-
-
-def _oneclickdz(emu: Emulator, i: int) -> Provider:
-    key = f"bench-oneclickdz-{i:04d}"
-    emu.add_oneclickdz(key, PLENTY)
-    return emu.oneclickdz(key)
-
-
-async def _oneclickdz_send(session: aiohttp.ClientSession, provider: Any) -> int:
-    async with session.post(
-        f"{provider.base_url}/v3/mobile/send",
-        json={"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000", "amount": 100},
-        headers={"X-Access-Token": provider.api_key.reveal()},
-    ) as response:
-        await response.read()
-        return response.status
-
-
-def _clickatell(emu: Emulator, i: int) -> Provider:
-    user, password, api_id = f"bench-user-{i:04d}", f"pw-{i}", f"{3000000 + i}"
-    emu.add_clickatell(user, password, api_id, PLENTY)
-    return emu.clickatell(user, password, api_id)
-
-
-async def _clickatell_send(session: aiohttp.ClientSession, provider: Any) -> int:
-    async with session.post(
-        f"{provider.base_url}/http/sendmsg",
-        data={
-            "user": provider.user,
-            "password": provider.password.reveal(),
-            "api_id": provider.api_id.reveal(),
-            "to": "213550000001",
-            "text": "hello",
-        },
-    ) as response:
-        await response.read()
-        return response.status
-
-
-def _platform(emu: Emulator, i: int) -> Provider:
-    key = f"bench-platform-{i:04d}"
-    emu.add_clickatell_platform(key, PLENTY)
-    return emu.clickatell_platform(key)
-
-
-async def _platform_send(session: aiohttp.ClientSession, provider: Any) -> int:
-    async with session.post(
-        f"{provider.base_url}/messages",
-        json={"to": ["213550000001"], "content": "hello"},
-        headers={"Authorization": provider.api_key.reveal()},
-    ) as response:
-        await response.read()
-        return response.status
-
-
-KINDS = (
-    Kind("OneClickDZ", _oneclickdz, _oneclickdz_send),
-    Kind("Clickatell", _clickatell, _clickatell_send),
-    Kind("Platform", _platform, _platform_send),
-)
 
 
 class EmulatorThread:
@@ -210,13 +144,13 @@ def _session(
     return aiohttp.ClientSession(middlewares=middlewares), timer
 
 
-async def _loop(kind: Kind, candidate: Candidate, n: int) -> None:
+async def _loop(spend: Spend, candidate: Candidate, n: int) -> None:
     candidate.timer.spent = 0.0
     gc.disable()
     try:
         started = time.thread_time()
         for _ in range(n):
-            status = await kind.send(candidate.session, candidate.provider)
+            status = await spend(candidate.session, candidate.provider)
             assert 200 <= status < 300, status
         used = time.thread_time() - started
     finally:
@@ -226,13 +160,13 @@ async def _loop(kind: Kind, candidate: Candidate, n: int) -> None:
 
 
 async def measure(
-    kind: Kind, emu: Emulator, accounts: int, n: int, repeats: int
+    add: Add, spend: Spend, emu: Emulator, accounts: int, n: int, repeats: int
 ) -> list[Candidate]:
     """
     Interleaved repeats of *n* spends per candidate; the first candidate is
     the baseline (one account).
     """
-    providers = [kind.add(emu, i) for i in range(accounts)]
+    providers = [add(emu, i, PLENTY) for i in range(accounts)]
     async with BalanceGuard(settle="debit", retries=0) as guard:
         one, one_timer = _session(guard, providers[:1])
         many, many_timer = _session(guard, providers)
@@ -250,14 +184,14 @@ async def measure(
         try:
             before = {id(p): emu.balance(p) for p in providers}
             for candidate in candidates:  # warm: balances, catalogues, pools
-                await _loop(kind, candidate, max(n // 5, 5))
+                await _loop(spend, candidate, max(n // 5, 5))
                 candidate.client.clear()
                 candidate.own.clear()
             for r in range(repeats):
                 # Rotated, so that no candidate always follows the collection.
                 shift = r % len(candidates)
                 for candidate in candidates[shift:] + candidates[:shift]:
-                    await _loop(kind, candidate, n)
+                    await _loop(spend, candidate, n)
                 gc.collect()
             spent = {c.provider for c in candidates}
             for provider in providers:
@@ -269,7 +203,7 @@ async def measure(
     return candidates
 
 
-def report(kind: Kind, candidates: list[Candidate]) -> bool:
+def report(kind: str, candidates: list[Candidate]) -> bool:
     met = True
     for candidate in candidates:
         client = statistics.median(candidate.client)
@@ -283,7 +217,7 @@ def report(kind: Kind, candidates: list[Candidate]) -> bool:
         ok = client_ratio <= TARGET and own_ratio <= TARGET
         met = met and ok
         print(
-            f"  {kind.name:<11} {candidate.label:<16} "
+            f"  {kind:<11} {candidate.label:<16} "
             f"{client * 1e6:8.0f} µs {client_ratio:6.2f}x   "
             f"{own * 1e6:8.0f} µs {own_ratio:6.2f}x"
             + ("" if ok else "   target missed")
@@ -312,8 +246,10 @@ def main() -> int:
     met = True
     emu = Emulator()
     with EmulatorThread(emu):
-        for kind in KINDS:
-            candidates = asyncio.run(measure(kind, emu, args.accounts, n, repeats))
+        for kind, (add, spend) in KINDS.items():
+            candidates = asyncio.run(
+                measure(add, spend, emu, args.accounts, n, repeats)
+            )
             met = report(kind, candidates) and met
     print("targets met" if met else "a target was missed")
     return 1 if args.check and not met else 0

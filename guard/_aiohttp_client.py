@@ -348,6 +348,11 @@ def guard_client_middleware(
     this one. A spend whose price list cannot be read follows the guard's
     *on_unavailable*.
 
+    The bundled rules index *providers* when the middleware is built, by
+    base URL and credentials (kept as digests), so a request's account is
+    found in constant time however many accounts are given; among accounts
+    a request fits equally, the first listed is the one.
+
     A request a rule matches is refused, never sent, with `ValueError` when
     its body is streamed (multipart `aiohttp.FormData`, a file, a generator:
     guard cannot read it without consuming it) and with

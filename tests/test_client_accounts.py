@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import attrs
 import pytest
+from _spends import (
+    KINDS,
+    add_clickatell,
+    add_oneclickdz,
+    send_oneclickdz,
+    spend_oneclickdz,
+)
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -29,7 +36,7 @@ from guard.providers._matching import AccountIndex
 from guard.testing import Emulator, Route
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from aiohttp import ClientRequest, ClientResponse
     from aiohttp.client_middlewares import ClientHandlerType
@@ -79,66 +86,6 @@ def session_for(
     return aiohttp.ClientSession(middlewares=(middleware, holds)), holds
 
 
-async def send_oneclickdz(
-    session: aiohttp.ClientSession, base_url: str, token: str
-) -> int:
-    async with session.post(
-        f"{base_url}/v3/mobile/send",
-        json={"plan_code": "PREPAID_DJEZZY", "MSSIDN": "0770000000", "amount": 100},
-        headers={"X-Access-Token": token},
-    ) as response:
-        return response.status
-
-
-async def spend_oneclickdz(session: aiohttp.ClientSession, provider: Any) -> int:
-    return await send_oneclickdz(session, provider.base_url, provider.api_key.reveal())
-
-
-async def spend_clickatell(session: aiohttp.ClientSession, provider: Any) -> int:
-    async with session.post(
-        f"{provider.base_url}/http/sendmsg",
-        data={
-            "user": provider.user,
-            "password": provider.password.reveal(),
-            "api_id": provider.api_id.reveal(),
-            "to": "213550000001",
-            "text": "hello",
-        },
-    ) as response:
-        return response.status
-
-
-async def spend_platform(session: aiohttp.ClientSession, provider: Any) -> int:
-    async with session.post(
-        f"{provider.base_url}/messages",
-        json={"to": ["213550000001"], "content": "hello"},
-        headers={"Authorization": provider.api_key.reveal()},
-    ) as response:
-        return response.status
-
-
-def add_oneclickdz(emu: Emulator, i: int) -> Provider:
-    emu.add_oneclickdz(f"key-{i:03d}")
-    return emu.oneclickdz(f"key-{i:03d}")
-
-
-def add_clickatell(emu: Emulator, i: int) -> Provider:
-    emu.add_clickatell(f"user-{i:03d}", f"pw-{i}", f"{3000000 + i}")
-    return emu.clickatell(f"user-{i:03d}", f"pw-{i}", f"{3000000 + i}")
-
-
-def add_platform(emu: Emulator, i: int) -> Provider:
-    emu.add_clickatell_platform(f"platform-key-{i:03d}")
-    return emu.clickatell_platform(f"platform-key-{i:03d}")
-
-
-KINDS: dict[str, tuple[Callable[..., Provider], Callable[..., Awaitable[int]]]] = {
-    "oneclickdz": (add_oneclickdz, spend_oneclickdz),
-    "clickatell": (add_clickatell, spend_clickatell),
-    "platform": (add_platform, spend_platform),
-}
-
-
 class TestManyAccounts:
     @pytest.mark.parametrize("kind", sorted(KINDS))
     @pytest.mark.parametrize("target", [0, MANY // 2, MANY - 1])
@@ -147,9 +94,12 @@ class TestManyAccounts:
     ) -> None:
         """Among many accounts of every kind, a spend is held on its own only."""
         add, spend = KINDS[kind]
-        providers = [add(emu, i) for i in range(MANY)]
+        providers = [add(emu, i, Decimal(0)) for i in range(MANY)]
         # Every other kind too: a rule looks only at its own kind's accounts.
-        others = [other(emu, MANY + n) for n, (other, _) in enumerate(KINDS.values())]
+        others = [
+            other(emu, MANY + n, Decimal(0))
+            for n, (other, _) in enumerate(KINDS.values())
+        ]
         emu.set_balance(providers[target], FUNDED)
         session, holds = session_for(guard, [*others, *providers])
         async with session:
