@@ -310,7 +310,7 @@ class TestMatchers:
             + clickatell_platform_rules()
             + oneclickdz_rules()
         ]
-        shown = repr(index) + repr(vars(index) if hasattr(index, "__dict__") else "")
+        shown = repr(index)
         shown += repr([getattr(index, slot) for slot in AccountIndex.__slots__])
         shown += repr(matchers)
 
