@@ -6,6 +6,7 @@ Public through `guard.aiohttp`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ from guard._require import get_default_guard
 from guard.errors import BalanceUnavailable, ConfigurationError
 from guard.providers._clickatell import clickatell_rules
 from guard.providers._clickatell_platform import clickatell_platform_rules
+from guard.providers._matching import IndexedMatcher
 from guard.providers._oneclickdz_spends import oneclickdz_rules
 from guard.typing import Provider
 
@@ -294,6 +296,29 @@ def default_rules(
     )
 
 
+def _account_finders(
+    rules: Sequence[SpendRule], providers: tuple[Provider, ...]
+) -> tuple[Callable[[SpendRequest], Provider | None], ...]:
+    """
+    For each rule, what finds the account a request it matches spends.
+
+    The bundled rules index *providers* here, once (shared by rules with one
+    matcher), so a request is matched in constant time however many
+    accounts there are; other matchers are called as `SpendRule.account`.
+    """
+    bound: dict[IndexedMatcher[Any], Callable[[SpendRequest], Provider | None]] = {}
+    finders: list[Callable[[SpendRequest], Provider | None]] = []
+    for rule in rules:
+        matcher = rule.provider
+        if isinstance(matcher, IndexedMatcher):
+            if matcher not in bound:
+                bound[matcher] = matcher.bind(providers)
+            finders.append(bound[matcher])
+        else:
+            finders.append(functools.partial(rule.account, providers=providers))
+    return tuple(finders)
+
+
 def guard_client_middleware(
     guard: BalanceGuard | None = None,
     *,
@@ -322,6 +347,11 @@ def guard_client_middleware(
     and catalogue reads go through the guard's own session, never through
     this one. A spend whose price list cannot be read follows the guard's
     *on_unavailable*.
+
+    The bundled rules index *providers* when the middleware is built, by
+    base URL and credentials (kept as digests), so a request's account is
+    found in constant time however many accounts are given; among accounts
+    a request fits equally, the first listed is the one.
 
     A request a rule matches is refused, never sent, with `ValueError` when
     its body is streamed (multipart `aiohttp.FormData`, a file, a generator:
@@ -359,15 +389,22 @@ def guard_client_middleware(
             raise TypeError(
                 f"rules must be SpendRule values, not {type(rule).__name__}"
             )
+    accounts = _account_finders(spend_rules, known)
 
     async def guard_spend(
         request: ClientRequest, handler: ClientHandlerType
     ) -> ClientResponse:
-        rule = next(
-            (r for r in spend_rules if r.matches(request.method, request.url)), None
+        found = next(
+            (
+                (r, account)
+                for r, account in zip(spend_rules, accounts, strict=True)
+                if r.matches(request.method, request.url)
+            ),
+            None,
         )
-        if rule is None:
+        if found is None:
             return await handler(request)
+        rule, account_of = found
         spend = await SpendRequest.of(request)
         # SECURITY: the path only in messages; a GET query may carry a
         # password.
@@ -378,7 +415,7 @@ def guard_client_middleware(
                 "spends; refused, not sent. Send it as json=, a dict form, "
                 "str or bytes"
             )
-        provider = rule.account(spend, known)
+        provider = account_of(spend)
         if provider is None:
             if unknown == "refuse":
                 raise ConfigurationError(

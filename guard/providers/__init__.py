@@ -11,7 +11,8 @@ unwrapped only where a request is built.
 Each provider's wire knowledge (paths, headers, parser, spend rule) lives in
 its own private module: ``_oneclickdz``, ``_clickatell``,
 ``_clickatell_platform``; ``_http`` holds
-what they share.
+what they share, and ``_matching`` the index in which the client
+middleware finds the account a spend request names.
 """
 
 from __future__ import annotations

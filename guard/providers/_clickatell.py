@@ -33,17 +33,17 @@ from ._http import (
     parse_retry_after,
     request,
     to_secret,
-    under_base,
 )
+from ._matching import AccountIndex, IndexedMatcher
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     import aiohttp
 
     from guard._aiohttp_client import SpendAmount, SpendRequest, SpendRule
     from guard._guard import Settle
-    from guard.typing import AmountLike, Provider
+    from guard.typing import AmountLike
 
 __all__ = [
     "AUTH_CODES",
@@ -307,21 +307,19 @@ def _one(request: SpendRequest, name: str) -> str | None:
     return values.pop() if values else None
 
 
-def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
+def _find(
+    accounts: AccountIndex[Clickatell], request: SpendRequest
+) -> Clickatell | None:
     user, api_id = _one(request, "user"), _one(request, "api_id")
-    here = [
-        p
-        for p in providers
-        if isinstance(p, Clickatell) and under_base(request.url, p.base_url)
-    ]
-    if user is None and api_id is None and len(here) == 1:
+    if user is None and api_id is None:
         # A session_id send names no account: the only one at this URL it is.
-        return here[0]
-    for provider in here:
-        assert isinstance(provider, Clickatell)
-        if user == provider.user and provider.api_id.matches(api_id):
-            return provider
-    return None
+        return accounts.only(request.url)
+    if user is None or api_id is None:
+        return None
+    return accounts.find(request.url, user, api_id)
+
+
+_account = IndexedMatcher(Clickatell, lambda p: (p.user, p.api_id), _find)
 
 
 def _amount(credits_per_part: Decimal) -> SpendAmount:

@@ -29,18 +29,18 @@ from ._http import (
     parse_retry_after,
     request,
     to_secret,
-    under_base,
 )
+from ._matching import AccountIndex, IndexedMatcher
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     import aiohttp
 
     from guard._aiohttp_client import SpendAmount, SpendRequest, SpendRule
     from guard._guard import Settle
-    from guard.typing import AmountLike, Provider
+    from guard.typing import AmountLike
 
 __all__ = [
     "AUTH_CODES",
@@ -378,21 +378,18 @@ class ClickatellPlatform:
 # --- The client-middleware rule -----------------------------------------------
 
 
-def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
+def _find(
+    accounts: AccountIndex[ClickatellPlatform], request: SpendRequest
+) -> ClickatellPlatform | None:
     keys = {str(k).strip() for k in request.headers.getall("Authorization", ())}
     if len(keys) > 1:
         # SECURITY: which one the API reads is not ours to guess.
         msg = "Clickatell Platform send with several Authorization headers: refused"
         raise ValueError(msg)
-    key = keys.pop() if keys else None
-    for provider in providers:
-        if (
-            isinstance(provider, ClickatellPlatform)
-            and under_base(request.url, provider.base_url)
-            and provider.api_key.matches(key)
-        ):
-            return provider
-    return None
+    return accounts.find(request.url, keys.pop()) if keys else None
+
+
+_account = IndexedMatcher(ClickatellPlatform, lambda p: (p.api_key,), _find)
 
 
 def _amount(price_per_part: Decimal) -> SpendAmount:

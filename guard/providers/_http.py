@@ -43,7 +43,6 @@ __all__ = [
     "read_capped",
     "request",
     "to_secret",
-    "under_base",
 ]
 
 BODY_LIMIT: Final = 64 * 1024
@@ -315,21 +314,6 @@ def account_digest(*parts: str | Secret) -> str:
         text = part.reveal() if isinstance(part, Secret) else part
         digest.update(b"\0" + text.encode())
     return digest.hexdigest()[:_ACCOUNT_ID_LENGTH]
-
-
-def under_base(url: URL, base_url: str) -> bool:
-    """
-    Tell whether *url* is on the API at *base_url* (same origin, path below).
-    """
-    base = URL(base_url)
-    # Path case ignored, as spend paths are: erring on the guarded side.
-    prefix = base.path.rstrip("/").casefold() + "/"
-    return (
-        url.scheme == base.scheme
-        and url.host == base.host
-        and url.port == base.port
-        and url.path.casefold().startswith(prefix)
-    )
 
 
 # --- The request -------------------------------------------------------------

@@ -24,7 +24,8 @@ from guard.errors import (
     ProviderResponseError,
 )
 
-from ._http import clean_text, under_base
+from ._http import clean_text
+from ._matching import AccountIndex, IndexedMatcher
 from ._oneclickdz import (
     GIFT_ORDER_PATH,
     GIFT_PRODUCT_PATH,
@@ -39,13 +40,10 @@ from ._oneclickdz import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import aiohttp
 
     from guard._aiohttp_client import SpendRequest, SpendRule
     from guard._guard import BalanceGuard, Settle
-    from guard.typing import Provider
 
 __all__ = [
     "GIFT_CARD_TTL",
@@ -198,22 +196,19 @@ async def load_gift_card(
 # --- The client-middleware rules ------------------------------------------------
 
 
-def _account(request: SpendRequest, providers: Sequence[Provider]) -> Provider | None:
+def _find(
+    accounts: AccountIndex[OneClickDZ], request: SpendRequest
+) -> OneClickDZ | None:
     tokens = {str(t).strip() for t in request.headers.getall(TOKEN_HEADER, ())}
     if len(tokens) > 1:
         # SECURITY: which one the API reads is not ours to guess.
         msg = f"OneClickDZ send with several {TOKEN_HEADER} headers: refused"
         raise ValueError(msg)
     # The server trims the header value (HTTP optional whitespace); so do we.
-    token = tokens.pop() if tokens else None
-    for provider in providers:
-        if (
-            isinstance(provider, OneClickDZ)
-            and under_base(request.url, provider.base_url)
-            and provider.api_key.matches(token)
-        ):
-            return provider
-    return None
+    return accounts.find(request.url, tokens.pop()) if tokens else None
+
+
+_account = IndexedMatcher(OneClickDZ, lambda p: (p.api_key,), _find)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
