@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ._balance import Balance, new_balance
+from ._balance import BALANCE_SLOTS as _SLOTS
+from ._balance import Balance
 
 if TYPE_CHECKING:
     from decimal import Decimal
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Entered", "Lane"]
 
 _running_loop = asyncio.get_running_loop
+_new = object.__new__
 
 
 class Lane:
@@ -58,7 +60,7 @@ class Lane:
 
     def at_home(self) -> bool:
         """Whether this runs on the guard's event loop, which owns the state."""
-        return self._loops.home is _running_loop()
+        return self._loops.here()
 
     def enter(self, amount: Decimal, settle: Settle | None) -> Entry | None:
         """
@@ -68,7 +70,7 @@ class Lane:
         store = self._store
         if (
             store is None
-            or self._loops.home is not _running_loop()
+            or not self._loops.here()
             or self._hooks.settled
             or (settle or self.guard.settle_mode) == "invalidate"
         ):
@@ -101,16 +103,17 @@ class Lane:
 
     def balance(self, fetched: Entry) -> Balance:
         """The balance now, right after `enter` returned *fetched*."""
-        assert self._store is not None
         tracked = self.tracked
         provider = tracked.provider
-        return new_balance(
-            provider.name,
-            self._store.balance,
-            provider.currency,
-            fetched.fetched_at,
-            tracked.key_type == "SANDBOX",
-        )
+        # new_balance(), inline: made on every `async with require_balance`.
+        balance = _new(Balance)
+        set_provider, set_amount, set_currency, set_fetched_at, set_sandbox = _SLOTS
+        set_provider(balance, provider.name)
+        set_amount(balance, self._store.balance)  # type: ignore[union-attr]
+        set_currency(balance, provider.currency)
+        set_fetched_at(balance, fetched.fetched_at)
+        set_sandbox(balance, tracked.key_type == "SANDBOX")
+        return balance
 
     async def forget_copy(self) -> None:
         """Delete the cache's copy of a balance `exit` forgot."""

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import functools
@@ -51,8 +50,6 @@ _default_lock = threading.Lock()
 # object at once must not both take the slot for its first entry.
 _entries_lock = threading.Lock()
 _inherited: list[BalanceGuard | None] = []
-
-_running_loop = asyncio.get_running_loop
 
 # What an amount function may raise for arguments it cannot read an amount
 # from (a request without one, a body too deep to parse): an AmountError.
@@ -149,6 +146,7 @@ class RequireBalance:
         "_compute",
         "_entered",
         "_free",
+        "_given",
         "_guard",
         "_lane",
         "_only",
@@ -182,6 +180,7 @@ class RequireBalance:
         self._provider = provider
         self._guard = guard
         self._settle: Settle | None = settle
+        self._given: object = None  # the amount as require_balance() had it
         if callable(amount):
             self._compute: Callable[..., Any] | None = amount
             self._amount: Decimal | None = None
@@ -397,11 +396,7 @@ class RequireBalance:
         if self._entered is None:
             fetched = self._only
             lane = self._only_lane
-            if (
-                type(fetched) is Entry
-                and lane is not None
-                and lane.guard._loops.home is _running_loop()
-            ):
+            if type(fetched) is Entry and lane is not None and lane.at_home():
                 # What _exit and Entered.__aexit__ do, without their cost.
                 self._only = self._only_lane = None
                 self._free.append(True)
@@ -517,4 +512,27 @@ def require_balance(
             `LookupError`, `TypeError`, `ValueError`, `ArithmeticError` or
             `RecursionError`: the original is the ``__cause__``).
     """
-    return RequireBalance(provider, amount, guard=guard, settle=settle)
+    # Validated and normalised once, not per call: an `async with
+    # require_balance(p, 5)` written in a loop costs a few comparisons.
+    last = _last[0]
+    if (
+        last is not None
+        and last._provider is provider
+        and last._guard is guard
+        and last._settle == settle
+    ):
+        given = last._given
+        if given is amount or (type(given) is type(amount) and given == amount):
+            return last
+    made = RequireBalance(provider, amount, guard=guard, settle=settle)
+    kind = type(amount)
+    if kind is int or kind is str:
+        made._given = amount
+        _last[0] = made
+    return made
+
+
+# The object require_balance() made last for a whole or text amount: one
+# object serves any number of callers, entered by tasks and threads at once.
+# Only the last is kept, so that no provider object made per request stays.
+_last: list[RequireBalance | None] = [None]

@@ -237,6 +237,15 @@ class _Reserve:
             raise RuntimeError("a reserve() block exited without being entered")
         # The one place that decides whether a spend succeeded.
         ok = exc_type is None and not reservation._failed
+        lane = reservation._lane
+        if lane is not None and lane.at_home():
+            # What _settle_now does on the lane, without its call.
+            assert reservation._fetched is not None
+            if not lane.exit(
+                reservation._amount, reservation._fetched, ok, self._settle
+            ):
+                await lane.forget_copy()
+            return
         guard = self._guard
         if not guard._settle_now(reservation, ok, self._settle):
             await guard._settle(reservation, ok=ok, settle=self._settle)
