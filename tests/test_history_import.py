@@ -453,6 +453,18 @@ class TestSameInstant:
         assert (end, end - 485) == (second.opening, second.closing)
         assert (instant, end) == report.points[-2]
 
+    async def test_a_loop_alone(self, history: SQLiteHistory) -> None:
+        """A debit and its refund, the only rows: the day ends where it began."""
+        at = dt.datetime(2026, 12, 19, 12, tzinfo=dt.UTC)
+        low, high = Decimal(17505), Decimal(18475)
+        refund = Transaction(
+            "oneclickdz", "a", "1", "REFUND-FLEXY", high - low, low, high, at
+        )
+        debit = Transaction("oneclickdz", "a", "2", "FLEXY", high - low, high, low, at)
+        await history.add_transactions([refund, debit])
+        (day,) = (await build_report(history, at.date(), at.date())).days
+        assert day.opening == day.closing
+
 
 async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the command line in a thread (it runs its own event loop)."""
