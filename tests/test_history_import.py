@@ -381,6 +381,91 @@ class TestReport:
         assert "no balance recorded" in render(report, "html")
 
 
+# Rows the API wrote in the same millisecond, listed as the history lists
+# them (by id): (id, type, amount, old balance, new balance).
+Row = tuple[str, str, int, int, int]
+
+
+class TestSameInstant:
+    @pytest.mark.parametrize(
+        ("rows", "closing"),
+        [
+            pytest.param(
+                [
+                    ("1", "REFUND-FLEXY", 970, 17505, 18475),
+                    ("2", "FLEXY", 970, 18475, 17505),
+                ],
+                18475,
+                id="refund-listed-before-its-debit",
+            ),
+            pytest.param(
+                [
+                    ("1", "FLEXY", 970, 18475, 17505),
+                    ("2", "REFUND-FLEXY", 970, 17505, 18475),
+                ],
+                18475,
+                id="refund-listed-after-its-debit",
+            ),
+            pytest.param(
+                [
+                    ("1", "FLEXY", 500, 18475, 17975),
+                    ("2", "FLEXY", 970, 18475, 17505),
+                    ("3", "REFUND-FLEXY", 970, 17505, 18475),
+                ],
+                17975,
+                id="a-spend-after-a-refunded-one",
+            ),
+            pytest.param(
+                [("1", "FLEXY", 100, 18475, 18375), ("2", "FLEXY", 100, 9000, 8900)],
+                8900,
+                id="rows-that-do-not-chain-stay-as-listed",
+            ),
+        ],
+    )
+    @pytest.mark.parametrize("earlier", [True, False], ids=["after", "first"])
+    async def test_days_chain(
+        self, history: SQLiteHistory, rows: list[Row], closing: int, earlier: bool
+    ) -> None:
+        """
+        Whatever order rows of one millisecond are listed in, after other
+        rows or first of all, their day closes on the balance they end on,
+        and the next day opens on it.
+        """
+        day = dt.datetime(2026, 12, 19, tzinfo=dt.UTC)
+        instant = day + dt.timedelta(hours=12, milliseconds=889)
+
+        def row(at: dt.datetime, n: str, kind: str, *money: int) -> Transaction:
+            amount, old, new = (Decimal(m) for m in money)
+            return Transaction("oneclickdz", "acct", n, kind, amount, old, new, at)
+
+        await history.add_transactions(
+            [
+                *([row(day, "0", "DEPOSIT", 18475, 0, 18475)] if earlier else []),
+                *(row(instant, *r) for r in rows),
+                row(day + DAY, "9", "FLEXY", 485, closing, closing - 485),
+            ]
+        )
+        report = await build_report(history, day.date(), (day + DAY).date())
+        first, second = report.days
+        end = Decimal(closing)
+        opening = Decimal(0 if earlier else 18475)
+        assert (opening, end) == (first.opening, first.closing)
+        assert (end, end - 485) == (second.opening, second.closing)
+        assert (instant, end) == report.points[-2]
+
+    async def test_a_loop_alone(self, history: SQLiteHistory) -> None:
+        """A debit and its refund, the only rows: the day ends where it began."""
+        at = dt.datetime(2026, 12, 19, 12, tzinfo=dt.UTC)
+        low, high = Decimal(17505), Decimal(18475)
+        refund = Transaction(
+            "oneclickdz", "a", "1", "REFUND-FLEXY", high - low, low, high, at
+        )
+        debit = Transaction("oneclickdz", "a", "2", "FLEXY", high - low, high, low, at)
+        await history.add_transactions([refund, debit])
+        (day,) = (await build_report(history, at.date(), at.date())).days
+        assert day.opening == day.closing
+
+
 async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the command line in a thread (it runs its own event loop)."""
     from guard._cli import main

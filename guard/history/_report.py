@@ -12,6 +12,7 @@ import io
 import json
 from decimal import Decimal  # noqa: TC003 - attrs resolves the annotations
 from html import escape
+from itertools import pairwise
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
@@ -207,25 +208,62 @@ def _ordered(transactions: list[Transaction]) -> list[Transaction]:
             end += 1
         group = transactions[index:end]
         if len(group) > 1:
-            # The one whose old balance no other one left behind begins the chain.
-            nexts: dict[Decimal, list[Transaction]] = {}
-            for t in group:
-                nexts.setdefault(t.old_balance, []).append(t)
-            news = {t.new_balance for t in group}
-            start = next((t for t in group if t.old_balance not in news), group[0])
-            chain = [start]
-            nexts[start.old_balance].remove(start)
-            while len(chain) < len(group):
-                following = nexts.get(chain[-1].new_balance)
-                if not following:
-                    # Broken (a tampered row): keep the rest as listed.
-                    chain.extend(t for t in group if t not in chain)
-                    break
-                chain.append(following.pop())
-            group = chain
+            # The balance before them: the one the row before left, or for
+            # the first rows, the one the row after them begins from.
+            if result:
+                before: Decimal | None = result[-1].new_balance
+            else:
+                before = (
+                    transactions[end].old_balance if end < len(transactions) else None
+                )
+            group = _chain(group, before) or group
         result.extend(group)
         index = end
     return result
+
+
+def _chain(
+    group: list[Transaction], before: Decimal | None
+) -> list[Transaction] | None:
+    """
+    *group* ordered so each one's old balance is the one before's new,
+    starting from *before* where that is a choice; None if they don't
+    chain (a tampered row).
+    """
+    # Each transaction is a step from its old balance to its new: the order
+    # is a walk taking every step once (Hierholzer's algorithm).
+    steps: dict[Decimal, list[Transaction]] = {}
+    surplus: dict[Decimal, int] = {}
+    for t in reversed(group):
+        steps.setdefault(t.old_balance, []).append(t)
+        surplus[t.old_balance] = surplus.get(t.old_balance, 0) + 1
+        surplus[t.new_balance] = surplus.get(t.new_balance, 0) - 1
+    starts = [balance for balance, n in surplus.items() if n > 0]
+    if starts:
+        start = starts[0]
+    elif before in steps:
+        # A loop (a debit and its refund) ends where it begins: begin it
+        # where the balance was, or the day would close mid-loop.
+        start = before
+    else:
+        start = group[0].old_balance
+    walk: list[tuple[Decimal, Transaction | None]] = [(start, None)]
+    chain: list[Transaction] = []
+    while walk:
+        balance, step = walk[-1]
+        if steps.get(balance):
+            following = steps[balance].pop()
+            walk.append((following.new_balance, following))
+        else:
+            walk.pop()
+            if step is not None:
+                chain.append(step)
+    chain.reverse()
+    if len(chain) < len(group) or any(
+        a.new_balance != b.old_balance for a, b in pairwise(chain)
+    ):
+        return None
+    return chain
 
 
 def render(report: Report, format: Format) -> str:
