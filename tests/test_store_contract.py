@@ -196,6 +196,52 @@ class TestRelease:
         assert Decimal("99.95") == read.amount
         assert "99.95" == str(read.amount)
 
+    async def test_overlapping_debits_of_one_fetch_are_kept(
+        self, store: Store, account: Account
+    ) -> None:
+        """Two calls checked against one fetch both debit it, in either order."""
+        await cache(store, account, "100")
+        first = await hold(store, account, "30")
+        second = await hold(store, account, "20")
+
+        await store.release(first, outcome="debit")
+        await store.release(second, outcome="debit")
+
+        read = await store.read(account)
+        assert read is not None
+        assert Decimal(50) == read.amount
+        assert Decimal(0) == store.held(account)
+
+    async def test_debit_after_a_newer_fetch_forgets(
+        self, store: Store, account: Account
+    ) -> None:
+        """A call checked against an older fetch may be in the newer one: forget."""
+        await cache(store, account, "100")
+        held = await hold(store, account, "30")
+        await cache(store, account, "90")
+
+        await store.release(held, outcome="debit")
+
+        assert None is await store.read(account)
+        assert Decimal(0) == store.held(account)
+
+    async def test_held_and_available_follow_the_fetch(
+        self, store: Store, account: Account
+    ) -> None:
+        """A balance fetched while calls hold is checked less what they hold."""
+        await cache(store, account, "100")
+        held = await hold(store, account, "60")
+        await cache(store, account, "80")
+
+        short = await store.try_hold(account, Decimal(21))
+        assert isinstance(short, Short)
+        assert Decimal(20) == short.available
+        await store.release(held, outcome="spent")
+        read = await store.read(account)
+        assert read is not None
+        assert Decimal(20) == read.amount
+        assert not read.exact
+
     async def test_cancelled_release_leaves_no_hold(
         self, store: Store, account: Account
     ) -> None:
