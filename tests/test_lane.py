@@ -168,11 +168,13 @@ class TestLane:
         self, provider: InMemoryProvider
     ) -> None:
         """A call the balance can't cover is refused with the amounts, as ever."""
-        async with BalanceGuard(settle="debit") as guard:
-            async with guard.reserve(provider, 900):
-                with pytest.raises(InsufficientBalance) as info:
-                    async with require_balance(provider, 200, guard=guard):
-                        pass
+        async with (
+            BalanceGuard(settle="debit") as guard,
+            guard.reserve(provider, 900),
+        ):
+            with pytest.raises(InsufficientBalance) as info:
+                async with require_balance(provider, 200, guard=guard):
+                    pass
 
         assert (Decimal(200), Decimal(100)) == (
             info.value.required,
