@@ -263,9 +263,7 @@ class TestMadeOnce:
             assert first is not require_balance(
                 provider, 5, guard=guard, settle="debit"
             )
-            assert first is not require_balance(
-                InMemoryProvider(1000), 5, guard=guard
-            )
+            assert first is not require_balance(InMemoryProvider(1000), 5, guard=guard)
 
     async def test_one_object_many_tasks(self, provider: InMemoryProvider) -> None:
         """Tasks entering the same object at once each settle their own entry."""
