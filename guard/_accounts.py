@@ -108,6 +108,7 @@ class Tracked:
         "auth_error",
         "auth_until",
         "backoff",
+        "digest",
         "down_error",
         "down_until",
         "fetches",
@@ -128,6 +129,8 @@ class Tracked:
     def __init__(self, provider: Provider, account: Account) -> None:
         self.provider = provider
         self.account = account
+        # The non-secret account digest: the last part of the store key.
+        self.digest = account.key.rpartition(":")[2]
         self.fetches = 0
         self.inflight: asyncio.Task[Entry | None] | None = None
         self.inflight_at = 0.0  # when it began (time.monotonic())
@@ -166,11 +169,6 @@ class Tracked:
         peek = self.peek
         entry = None if peek is None else peek(self.account)
         return self.last if entry is None else entry
-
-    @property
-    def digest(self) -> str:
-        """The non-secret account digest: the last part of the store key."""
-        return self.account.key.rpartition(":")[2]
 
     def replace_provider(self, provider: Provider) -> None:
         # Same account, other settings (a rotated password, a new timeout):

@@ -523,13 +523,14 @@ class BalanceGuard(Reads):
     def _settled(self, reservation: Reservation, ok: bool) -> None:
         # Once the store settled: a hook reading the cached balance then sees
         # it debited or gone, never the balance before.
-        if self._hooks.wants("settled"):
-            self._emit(
-                "settled",
+        hooks = self._hooks
+        if hooks.settled:
+            started = reservation._started
+            hooks.tell_settled(
                 reservation._tracked,
-                amount=reservation._amount,
-                ok=ok,
-                duration=time.monotonic() - reservation._started,
+                reservation._amount,
+                ok,
+                time.monotonic() - started if started else None,
             )
 
     def _settle_now(
@@ -544,7 +545,9 @@ class BalanceGuard(Reads):
             assert fetched is not None
             if not lane.at_home():
                 return False
-            if lane.exit(reservation._amount, fetched, ok, settle):
+            if lane.exit(
+                reservation._amount, fetched, ok, settle, reservation._started
+            ):
                 return True
             reservation._outcome = "forget"  # settled: _settle deletes the copy
             return False
@@ -577,7 +580,9 @@ class BalanceGuard(Reads):
             if reservation._outcome is not None:
                 await lane.forget_copy()
             else:
-                await lane.leave(reservation._amount, fetched, ok, settle)
+                await lane.leave(
+                    reservation._amount, fetched, ok, settle, reservation._started
+                )
             return
         loops = self._loops
         if loops.forwarding and not loops.at_home():

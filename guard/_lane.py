@@ -14,6 +14,7 @@ lane counts and settles is what the general path would have: the two share
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from ._balance import BALANCE_SLOTS as _SLOTS
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Entered", "Lane"]
 
 _running_loop = asyncio.get_running_loop
+_monotonic = time.monotonic
 _new = object.__new__
 
 
@@ -45,7 +47,7 @@ class Lane:
             has none (every call takes the general path).
     """
 
-    __slots__ = ("_hooks", "_loops", "_stats", "_store", "guard", "tracked")
+    __slots__ = ("_loops", "_stats", "_store", "guard", "hooks", "tracked")
 
     def __init__(
         self, guard: BalanceGuard, tracked: Tracked, store: StoreLane | None
@@ -55,7 +57,7 @@ class Lane:
         self._store = store
         # Read on every call: one attribute away rather than two.
         self._loops = guard._loops
-        self._hooks = guard._hooks
+        self.hooks = guard._hooks
         self._stats = tracked.stats
 
     def at_home(self) -> bool:
@@ -71,7 +73,6 @@ class Lane:
         if (
             store is None
             or not self._loops.here()
-            or self._hooks.settled
             or (settle or self.guard.settle_mode) == "invalidate"
         ):
             return None
@@ -80,20 +81,37 @@ class Lane:
             self._stats.allowed += 1
         return fetched
 
+    def started(self) -> float:
+        """When a call entered now began, if a hook wants its duration; else 0."""
+        return _monotonic() if self.hooks.settled else 0.0
+
     def exit(
-        self, amount: Decimal, fetched: Entry, ok: bool, settle: Settle | None
+        self,
+        amount: Decimal,
+        fetched: Entry,
+        ok: bool,
+        settle: Settle | None,
+        started: float = 0.0,
     ) -> bool:
         """
         Release what `enter` held and settle the balance as the call ended
-        (*ok*: it spent). False: `forget_copy` must be awaited.
+        (*ok*: it spent), and tell the hooks that want it, with the time
+        since *started* (`started`). False: `forget_copy` must be awaited.
         """
         guard = self.guard
         assert self._store is not None
         done = self._store.release(
             amount, guard._end(self.tracked, amount, ok, settle), fetched.fetch_id
         )
-        if self._hooks.settled:  # a hook added while the call ran
-            guard._emit("settled", self.tracked, amount=amount, ok=ok)
+        hooks = self.hooks
+        if hooks.settled:
+            # After the store settled: a hook reading the balance sees it.
+            hooks.tell_settled(
+                self.tracked,
+                amount,
+                ok,
+                _monotonic() - started if started else None,
+            )
         return done
 
     def amount(self) -> Decimal:
@@ -121,7 +139,12 @@ class Lane:
         await self._store.forget_copy(self.tracked.account)
 
     async def leave(
-        self, amount: Decimal, fetched: Entry, ok: bool, settle: Settle | None
+        self,
+        amount: Decimal,
+        fetched: Entry,
+        ok: bool,
+        settle: Settle | None,
+        started: float = 0.0,
     ) -> None:
         """
         `exit`, and what it leaves to await, from any event loop: forwarded
@@ -129,11 +152,13 @@ class Lane:
         """
         loops = self.guard._loops
         if loops.home is _running_loop() or loops.at_home():
-            if not self.exit(amount, fetched, ok, settle):
+            if not self.exit(amount, fetched, ok, settle, started):
                 await self.forget_copy()
         else:
             # Shielded: the settle finishes there even if this caller leaves.
-            await asyncio.shield(loops.call(self.leave(amount, fetched, ok, settle)))
+            await asyncio.shield(
+                loops.call(self.leave(amount, fetched, ok, settle, started))
+            )
 
     async def drop(self, amount: Decimal, fetched: Entry) -> None:
         """
@@ -151,16 +176,22 @@ class Entered:
     lane: what its exit settles.
     """
 
-    __slots__ = ("_guard", "amount", "fetched", "lane", "settle")
+    __slots__ = ("_guard", "amount", "fetched", "lane", "settle", "started")
 
     def __init__(
-        self, lane: Lane, amount: Decimal, fetched: Entry, settle: Settle | None
+        self,
+        lane: Lane,
+        amount: Decimal,
+        fetched: Entry,
+        settle: Settle | None,
+        started: float,
     ) -> None:
         self._guard = lane.guard
         self.lane = lane
         self.amount = amount
         self.fetched = fetched
         self.settle = settle
+        self.started = started
 
     async def __aexit__(
         self,
@@ -169,4 +200,6 @@ class Entered:
         tb: TracebackType | None,
     ) -> None:
         lane = self.lane
-        await lane.leave(self.amount, self.fetched, exc_type is None, self.settle)
+        await lane.leave(
+            self.amount, self.fetched, exc_type is None, self.settle, self.started
+        )

@@ -151,6 +151,7 @@ class RequireBalance:
         "_lane",
         "_only",
         "_only_lane",
+        "_only_started",
         "_open",
         "_provider",
         "_settle",
@@ -192,6 +193,7 @@ class RequireBalance:
         # entry as fetched, with its lane in _only_lane.
         self._only: _Reserve | Entered | Entry | None = None
         self._only_lane: Lane | None = None
+        self._only_started = 0.0
         # The token for the slot above: taken by the entry that fills it.
         self._free = [True]
         self._lane: Lane | None = None
@@ -246,13 +248,14 @@ class RequireBalance:
                 async with _Reserve(guard, provider, required, settle):
                     return await fn(*args, **kwargs)
             # The same call on the lane: no reservation, nothing awaited.
+            started = lane.started() if lane.hooks.settled else 0.0
             try:
                 result = await fn(*args, **kwargs)
             except BaseException:
-                if not lane.exit(required, fetched, False, settle):
+                if not lane.exit(required, fetched, False, settle, started):
                     await lane.forget_copy()
                 raise
-            if not lane.exit(required, fetched, True, settle):
+            if not lane.exit(required, fetched, True, settle, started):
                 await lane.forget_copy()
             return result
 
@@ -348,7 +351,7 @@ class RequireBalance:
         if type(block) is Entry:
             assert lane is not None
             assert self._amount is not None
-            return Entered(lane, self._amount, block, self._settle)
+            return Entered(lane, self._amount, block, self._settle, self._only_started)
         assert not isinstance(block, Entry)
         return block
 
@@ -379,8 +382,9 @@ class RequireBalance:
                 else:
                     self._only = fetched
                     self._only_lane = lane
+                    self._only_started = lane.started() if lane.hooks.settled else 0.0
                     return lane.balance(fetched)
-            self._enter(Entered(lane, amount, fetched, settle))
+            self._enter(Entered(lane, amount, fetched, settle, lane.started()))
             return lane.balance(fetched)
         block = _Reserve(guard, self._provider, amount, self._settle)
         reservation = await block.__aenter__()
@@ -401,7 +405,10 @@ class RequireBalance:
                 self._only = self._only_lane = None
                 self._free.append(True)
                 assert self._amount is not None
-                if not lane.exit(self._amount, fetched, exc_type is None, self._settle):
+                ok = exc_type is None
+                if not lane.exit(
+                    self._amount, fetched, ok, self._settle, self._only_started
+                ):
                     await lane.forget_copy()
                 return
         await self._exit().__aexit__(exc_type, exc, tb)

@@ -101,7 +101,7 @@ class Reservation:
         self._fetched = fetched
         self._checked = checked
         self._failed = False
-        self._started = 0.0  # no hook wants a settled event (or no lane)
+        self._started = 0.0  # set by the caller if a hook wants a duration
         return self
 
     @property
@@ -207,7 +207,10 @@ class _Reserve:
         fetched = lane.enter(amount, self._settle)
         if fetched is None:
             return None
-        return Reservation._on_lane(lane, amount, fetched, lane.amount())
+        reservation = Reservation._on_lane(lane, amount, fetched, lane.amount())
+        if lane.hooks.settled:
+            reservation._started = lane.started()
+        return reservation
 
     async def _enter(self) -> Reservation:
         guard = self._guard
@@ -242,7 +245,11 @@ class _Reserve:
             # What _settle_now does on the lane, without its call.
             assert reservation._fetched is not None
             if not lane.exit(
-                reservation._amount, reservation._fetched, ok, self._settle
+                reservation._amount,
+                reservation._fetched,
+                ok,
+                self._settle,
+                reservation._started,
             ):
                 await lane.forget_copy()
             return

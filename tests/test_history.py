@@ -221,9 +221,7 @@ class TestRecorder:
         ):
             with caplog.at_level(logging.WARNING, "guard.history"):
                 for _ in range(5):  # no await between: the writer can't run
-                    history._on_event(
-                        _event(guard, provider, "settled", amount=Decimal(1), ok=True)
-                    )
+                    history._on_call(guard._track(provider), Decimal(1), True, 0.1)
             await history.flush()
             assert (3, 2) == (history.dropped, history.written)
             assert "queue full (2 records); 1 dropped" in caplog.text
@@ -269,6 +267,7 @@ class TestRecorder:
             await guard.aclose()
             assert 1 == history.written
             assert history._on_event not in guard._hooks
+            assert history._on_call not in guard._hooks.recorders
 
     def test_options_checked(self, tmp_path: Path) -> None:
         """Bad options are refused at once, naming the option."""

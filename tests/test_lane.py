@@ -287,3 +287,37 @@ class TestMadeOnce:
             assert Decimal(0) == guard.held(provider)
             state = guard.accounts()[0]
             assert Decimal(400) == state.spent
+
+
+class TestRecorders:
+    async def test_a_failing_recorder_is_logged(
+        self, provider: InMemoryProvider, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A recorder that raises is logged; the call settles all the same."""
+        told: list[tuple[Decimal, bool, float | None]] = []
+
+        def record(
+            tracked: object, amount: Decimal, ok: bool, duration: float | None
+        ) -> None:
+            told.append((amount, ok, duration))
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("recorder bug")
+
+        async with BalanceGuard(settle="debit") as guard:
+            await guard.balance(provider)
+            guard._hooks.record(broken)
+            guard._hooks.record(record)
+            async with require_balance(provider, 10, guard=guard):
+                pass
+            guard._hooks.unrecord(broken)
+            guard._hooks.unrecord(record)
+            async with require_balance(provider, 10, guard=guard):
+                pass
+            assert Decimal(980) == (await guard.balance(provider)).amount
+
+        assert 1 == len(told)
+        assert (Decimal(10), True) == told[0][:2]
+        assert told[0][2] is not None
+        assert "recorder" in caplog.text
+        assert "recorder bug" in caplog.text

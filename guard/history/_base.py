@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from guard._accounts import Tracked
     from guard._events import GuardEvent
     from guard._guard import BalanceGuard
 
@@ -34,10 +35,22 @@ __all__ = ["BaseHistory", "HistoryError"]
 
 log = logging.getLogger("guard.history")
 
-# What the queue holds: a guard's event and its time (made into a record by
-# the writer), or an alert.
-_Queued = tuple["GuardEvent", "dt.datetime | float"] | Alert
+# What the queue holds, made into a record by the writer: a guard's event
+# and its time, a settled call as its figures and time, or an alert.
+_Queued = (
+    tuple["GuardEvent", "dt.datetime | float"]
+    | tuple[str, str, str, "Decimal", bool, float, "dt.datetime | float"]
+    | Alert
+)
 _T = TypeVar("_T")
+
+
+def _at(stamp: dt.datetime | float) -> dt.datetime:
+    """A queued time (``time.time()``, or the history's clock) as UTC."""
+    if isinstance(stamp, float):
+        return dt.datetime.fromtimestamp(stamp, dt.UTC)
+    return stamp
+
 
 PRUNE_EVERY = 3600.0
 """Seconds between two prunings of records older than the retention."""
@@ -174,49 +187,57 @@ class BaseHistory:
         Record *guard*'s fetched balances and settled calls from now on;
         `BalanceGuard` calls this when given ``history=``.
         """
-        guard.add_hook(self._on_event)
+        guard.add_hook(self._on_event, kinds=("fetched",))
+        guard._hooks.record(self._on_call)
 
     async def detach(self, guard: BalanceGuard) -> None:
         """
         Stop recording *guard*'s events and write what is queued.
         """
         guard.remove_hook(self._on_event)
+        guard._hooks.unrecord(self._on_call)
         await self.flush()
 
     def _on_event(self, event: GuardEvent) -> None:
-        # A guard hook: queue the event and the time, nothing more; the
-        # writer makes the record.
-        if event.amount is not None and event.kind in ("fetched", "settled"):
+        # A guard hook, for fetched balances: queue the event and the time,
+        # nothing more; the writer makes the record.
+        if event.amount is not None and event.kind == "fetched":
             self._enqueue((event, time.time() if self.clock is _now else self.clock()))
+
+    def _on_call(
+        self, tracked: Tracked, amount: Decimal, ok: bool, duration: float | None
+    ) -> None:
+        # The guard's recorder, on every settled call: its figures and the
+        # time, with no event made.
+        provider = tracked.provider
+        self._enqueue(
+            (
+                provider.name,
+                tracked.digest,
+                provider.currency,
+                amount,
+                ok,
+                duration or 0.0,
+                time.time() if self.clock is _now else self.clock(),
+            )
+        )
 
     @staticmethod
     def _record_of(item: _Queued) -> Reading | Call | Alert:
         if not isinstance(item, tuple):
             return item
+        if len(item) == 7:
+            name, account, currency, amount, ok, duration, stamp = item
+            return Call(name, account, currency, amount, ok, duration, _at(stamp))
         event, stamp = item
-        at = (
-            dt.datetime.fromtimestamp(stamp, dt.UTC)
-            if isinstance(stamp, float)
-            else stamp
-        )
         assert event.amount is not None
-        if event.kind == "fetched":
-            return Reading(
-                event.provider,
-                event.account,
-                event.currency,
-                event.amount,
-                at,
-                event.reported_at,
-            )
-        return Call(
+        return Reading(
             event.provider,
             event.account,
             event.currency,
             event.amount,
-            bool(event.ok),
-            event.duration or 0.0,
-            at,
+            _at(stamp),
+            event.reported_at,
         )
 
     def record_alert(self, alert: object) -> None:
