@@ -1,0 +1,274 @@
+"""
+The Redis store's shared connection (auto-pipelining) and the settles it
+sends in the background, on a real Redis (through a proxy that can delay,
+lose or refuse replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio as aioredis
+from _redis_server import RedisProxy, RedisServer, delete_namespace, machine_redis
+from aiocache import RedisCache
+
+from guard import BalanceGuard, BalanceUnavailable, InsufficientBalance
+from guard.stores.redis._scripts import keys_of
+from guard.testing import InMemoryProvider
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(name="addr")
+def _addr() -> tuple[str, int]:
+    return machine_redis()
+
+
+@pytest.fixture(name="namespace")
+def _namespace(addr: tuple[str, int]) -> Iterator[str]:
+    namespace = f"guard-test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    delete_namespace(*addr, namespace)
+
+
+@pytest.fixture(name="proxy")
+async def _proxy(addr: tuple[str, int]) -> AsyncIterator[RedisProxy]:
+    async with RedisProxy(*addr) as proxy:
+        yield proxy
+
+
+def make(addr: tuple[str, int], namespace: str, **options: Any) -> BalanceGuard:
+    host, port = addr
+    return BalanceGuard(
+        cache=RedisCache(endpoint=host, port=port), namespace=namespace, **options
+    )
+
+
+async def in_redis(
+    addr: tuple[str, int], guard: BalanceGuard, provider: InMemoryProvider
+) -> tuple[str | None, int]:
+    """The balance's units and the sum held, read straight from Redis."""
+    store: Any = guard.store
+    keys = keys_of(store.key_prefix, guard._track(provider).account.key)
+    async with aioredis.Redis(host=addr[0], port=addr[1], decode_responses=True) as r:
+        units = await r.hget(keys[0], "u")
+        return units, int(await r.get(keys[3]) or 0)
+
+
+def units(amount: int) -> str:
+    return str(amount * 10_000)
+
+
+async def spend(guard: BalanceGuard, provider: InMemoryProvider, amount: int) -> None:
+    async with guard.reserve(provider, amount):
+        pass
+
+
+class TestBackgroundSettle:
+    async def test_settle_returns_before_redis_answers(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """
+        A debit settles without waiting for Redis; the hold keeps the amount
+        out of another process's reach until the release lands.
+        """
+        provider = InMemoryProvider(100)
+        async with (
+            make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
+            make(addr, namespace) as other,
+        ):
+            await spend(guard, provider, 1)
+            await guard.balance(provider)  # the first release has landed
+            proxy.delay = 0.5
+            block = guard.reserve(provider, 60)
+            await block.__aenter__()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await block.__aexit__(None, None, None)
+
+            assert loop.time() - began < 0.25
+            assert 0 == guard.held(provider)
+            with pytest.raises(InsufficientBalance):
+                async with other.reserve(provider, 50):
+                    pass
+            # Sent after the release on the same connection: it sees it.
+            assert Decimal(39) == (await guard.balance(provider)).amount
+            proxy.delay = 0
+        assert (units(39), 0) == await in_redis(addr, guard, provider)
+
+    async def test_settle_in_flight_at_close_lands(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """
+        Closing the guard waits for the settles on their way: one that has
+        not reached Redis yet when close() begins lands.
+        """
+        provider = InMemoryProvider(100)
+        async with make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard:
+            await spend(guard, provider, 1)
+            await guard.balance(provider)
+            proxy.delay_up = 0.3  # the proxy forwards it after 0.3 s
+            await spend(guard, provider, 10)
+        assert (units(89), 0) == await in_redis(addr, guard, provider)
+
+    async def test_lost_settle_is_sent_again(
+        self,
+        addr: tuple[str, int],
+        namespace: str,
+        proxy: RedisProxy,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """
+        A release that never reached Redis is sent again once Redis can be
+        reached; meanwhile its hold keeps the amount reserved.
+        """
+        provider = InMemoryProvider(100)
+        caplog.set_level(logging.WARNING, logger="guard")
+        async with (
+            make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
+            make(addr, namespace) as other,
+        ):
+            await spend(guard, provider, 1)
+            await guard.balance(provider)
+            block = guard.reserve(provider, 80)
+            await block.__aenter__()
+            proxy.refuse = True
+            await block.__aexit__(None, None, None)
+            for _ in range(100):
+                if "could not release a hold" in caplog.text:
+                    break
+                await asyncio.sleep(0.02)
+            assert "could not release a hold" in caplog.text
+            with pytest.raises(InsufficientBalance):
+                async with other.reserve(provider, 50):
+                    pass
+            proxy.refuse = False
+
+            for _ in range(150):  # retried every second
+                if (await in_redis(addr, guard, provider))[1] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert (units(19), 0) == await in_redis(addr, guard, provider)
+
+    async def test_settle_of_an_ended_loop_is_sent_from_the_next(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """
+        A settle still queued when its event loop ended is sent again from
+        the loop the guard is used on next.
+        """
+        provider = InMemoryProvider(100)
+        guard = make(addr, namespace, settle="debit")
+
+        async def first() -> None:
+            await spend(guard, provider, 1)
+            await guard.balance(provider)
+            block = guard.reserve(provider, 10)
+            await block.__aenter__()
+            await block.__aexit__(None, None, None)
+            # The loop ends before the release is written.
+
+        async def second() -> tuple[str | None, int]:
+            await guard.balance(provider)  # adopts this loop
+            for _ in range(150):
+                found = await in_redis(addr, guard, provider)
+                if found[1] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            await guard.aclose()
+            return found
+
+        await asyncio.to_thread(asyncio.run, first())
+        units_left, held = await asyncio.to_thread(asyncio.run, second())
+        assert 0 == held
+        # Sent again, it may have run before: the balance is debited or gone.
+        assert units_left in (units(89), None)
+
+
+class TestSharedConnection:
+    async def test_concurrent_calls_share_one_connection_in_order(
+        self, addr: tuple[str, int], namespace: str
+    ) -> None:
+        """
+        100 concurrent calls go out on one connection, and what each call
+        sends after its settle sees that settle.
+        """
+        provider = InMemoryProvider(1000)
+        async with make(addr, namespace, settle="debit") as guard:
+            await spend(guard, provider, 1)
+            seen: list[Decimal] = []
+
+            async def call() -> None:
+                async with guard.reserve(provider, 1):
+                    await asyncio.sleep(0)
+                seen.append((await guard.balance(provider)).amount)
+
+            await asyncio.gather(*(call() for _ in range(100)))
+            wire: Any = guard.store._wire  # type: ignore[attr-defined]
+            pool = wire._main.pool
+            connections = len(pool._in_use_connections) + len(
+                pool._available_connections
+            )
+
+            assert Decimal(899) == (await guard.balance(provider)).amount
+        assert 1 == provider.fetches  # no settle was lost or sent twice
+        assert connections <= 2  # the first call's, made the shared one
+        # Each call's read came after its own release and those before it.
+        assert all(amount <= Decimal(998) for amount in seen)
+        assert Decimal(899) == min(seen)
+
+    async def test_late_reply_gives_the_connection_up(
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+    ) -> None:
+        """
+        A reply later than the timeout fails the calls waiting on the shared
+        connection; the next call connects afresh.
+        """
+        provider = InMemoryProvider(100)
+        cache = RedisCache(endpoint="127.0.0.1", port=proxy.port, timeout=0.3)
+        async with BalanceGuard(
+            cache=cache, namespace=namespace, settle="debit"
+        ) as guard:
+            await spend(guard, provider, 1)
+            proxy.delay = 1.0
+            with pytest.raises(BalanceUnavailable, match=r"no answer within 0\.3 s"):
+                await guard.balance(provider)
+            proxy.delay = 0
+            assert Decimal(100) == (await guard.balance(provider, fresh=True)).amount
+
+    async def test_a_server_that_stops_answering(self) -> None:
+        """
+        Calls waiting on the shared connection of a server that stopped
+        (SIGSTOP) fail within the timeout, and work again once it is back.
+        """
+        server = RedisServer()
+        server.start()
+        try:
+            provider = InMemoryProvider(100)
+            cache = RedisCache(endpoint="127.0.0.1", port=server.port, timeout=0.3)
+            async with BalanceGuard(
+                cache=cache, namespace="stop", settle="debit"
+            ) as guard:
+                await spend(guard, provider, 1)
+                assert server.process is not None
+                server.process.send_signal(signal.SIGSTOP)
+                try:
+                    results = await asyncio.gather(
+                        *(guard.balance(provider) for _ in range(5)),
+                        return_exceptions=True,
+                    )
+                finally:
+                    server.process.send_signal(signal.SIGCONT)
+                assert all(isinstance(r, BalanceUnavailable) for r in results)
+                assert Decimal(99) == (await guard.balance(provider)).amount
+        finally:
+            server.stop()
