@@ -9,48 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
-from _redis_server import RedisProxy, RedisServer, delete_namespace, machine_redis
+from _redis_server import RedisServer
 from aiocache import RedisCache
+from test_redis import _addr, _namespace, _proxy, make  # noqa: F401 - fixtures
 
 from guard import BalanceGuard, BalanceUnavailable, InsufficientBalance
 from guard.stores.redis._scripts import keys_of
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from _redis_server import RedisProxy
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(name="addr")
-def _addr() -> tuple[str, int]:
-    return machine_redis()
-
-
-@pytest.fixture(name="namespace")
-def _namespace(addr: tuple[str, int]) -> Iterator[str]:
-    namespace = f"guard-test-{uuid.uuid4().hex[:12]}"
-    yield namespace
-    delete_namespace(*addr, namespace)
-
-
-@pytest.fixture(name="proxy")
-async def _proxy(addr: tuple[str, int]) -> AsyncIterator[RedisProxy]:
-    async with RedisProxy(*addr) as proxy:
-        yield proxy
-
-
-def make(addr: tuple[str, int], namespace: str, **options: Any) -> BalanceGuard:
-    host, port = addr
-    return BalanceGuard(
-        cache=RedisCache(endpoint=host, port=port), namespace=namespace, **options
-    )
 
 
 async def in_redis(
@@ -58,6 +33,7 @@ async def in_redis(
 ) -> tuple[str | None, int]:
     """The balance's units and the sum held, read straight from Redis."""
     store: Any = guard.store
+    store = getattr(store, "shared", store)  # a FallbackStore's
     keys = keys_of(store.key_prefix, guard._track(provider).account.key)
     async with aioredis.Redis(host=addr[0], port=addr[1], decode_responses=True) as r:
         units = await r.hget(keys[0], "u")
@@ -74,16 +50,23 @@ async def spend(guard: BalanceGuard, provider: InMemoryProvider, amount: int) ->
 
 
 class TestBackgroundSettle:
+    @pytest.mark.parametrize("policy", ["closed", "open"])
     async def test_settle_returns_before_redis_answers(
-        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy
+        self, addr: tuple[str, int], namespace: str, proxy: RedisProxy, policy: str
     ) -> None:
         """
-        A debit settles without waiting for Redis; the hold keeps the amount
-        out of another process's reach until the release lands.
+        A debit settles without waiting for Redis (under either policy); the
+        hold keeps the amount out of another process's reach until the
+        release lands.
         """
         provider = InMemoryProvider(100)
         async with (
-            make(("127.0.0.1", proxy.port), namespace, settle="debit") as guard,
+            make(
+                ("127.0.0.1", proxy.port),
+                namespace,
+                settle="debit",
+                on_unavailable=policy,
+            ) as guard,
             make(addr, namespace) as other,
         ):
             await spend(guard, provider, 1)
@@ -259,6 +242,7 @@ class TestSharedConnection:
                 cache=cache, namespace="stop", settle="debit"
             ) as guard:
                 await spend(guard, provider, 1)
+                await guard.balance(provider)  # the release has landed
                 assert server.process is not None
                 server.process.send_signal(signal.SIGSTOP)
                 try:
@@ -272,3 +256,30 @@ class TestSharedConnection:
                 assert Decimal(99) == (await guard.balance(provider)).amount
         finally:
             server.stop()
+
+    async def test_without_hiredis(self, addr: tuple[str, int], namespace: str) -> None:
+        """
+        With redis-py's own reply parser (no hiredis), a task reads the
+        shared connection's replies: calls and background settles work alike,
+        and a lost connection is replaced.
+        """
+        from redis._parsers import _AsyncRESP2Parser
+
+        provider = InMemoryProvider(1000)
+        async with make(addr, namespace, settle="debit") as guard:
+            wire: Any = guard.store._wire  # type: ignore[attr-defined]
+            wire._main.pool.connection_kwargs["parser_class"] = _AsyncRESP2Parser
+            await spend(guard, provider, 1)
+            pipe = wire._main.pipe
+            assert pipe is not None
+            assert pipe._reader is not None
+
+            await asyncio.gather(*(spend(guard, provider, 1) for _ in range(50)))
+            assert Decimal(949) == (await guard.balance(provider)).amount
+
+            pipe.conn._writer.transport.abort()  # the connection lost
+            # Sent on it, then again on a pooled connection, which is then
+            # shared in its place.
+            assert Decimal(949) == (await guard.balance(provider)).amount
+            assert pipe.error is not None
+            assert wire._main.pipe is not pipe

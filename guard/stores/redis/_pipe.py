@@ -3,11 +3,13 @@ Auto-pipelining: the scripts of concurrent calls to one Redis node share
 one connection, and those issued in the same turn of the event loop go out
 in one write.
 
-Redis answers a connection's commands in the order they were sent, so one
-task reads the replies and hands each to whoever sent its command: an
-awaiting caller (a future) or a callback (a settle sent in the background).
-Commands a process sends on one pipe reach Redis in the order they were
-issued, whichever caller issued them.
+Redis answers a connection's commands in the order they were sent, so the
+replies are handed out in order to whoever sent each command: an awaiting
+caller (a future) or a callback (a settle sent in the background). With
+hiredis (the ``redis`` extra) they are parsed as the data arrives, by the
+connection's protocol; otherwise a task reads them with redis-py. Commands
+a process sends on one pipe reach Redis in the order they were issued,
+whichever caller issued them.
 
 A pipe is made from a pooled connection that has just answered, and is
 given up at the first sign of trouble: the connection lost or closed, or a
@@ -23,8 +25,10 @@ import collections
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from redis._parsers import hiredis as _hiredis
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 __all__ = ["Done", "Pipe"]
 
@@ -68,10 +72,13 @@ class Pipe:
         self._flushing = False
         self._timer: asyncio.TimerHandle | None = None
         self.error: BaseException | None = None  # set once given up
-        self._reader = self.loop.create_task(self._read())
-
-    def __len__(self) -> int:
-        return len(self._waiting)
+        self._reader: asyncio.Task[None] | None = None
+        parser = conn._parser
+        if isinstance(parser, _AsyncHiredisParser) and not conn._reader._buffer:
+            # The replies parsed as they arrive: no task to wake per read.
+            conn._writer.transport.set_protocol(_Replies(self, parser._reader))
+        else:
+            self._reader = self.loop.create_task(self._read())
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """
@@ -79,6 +86,10 @@ class Pipe:
         """
         future = self.loop.create_future()
         self.push(command, future)
+        if len(self._waiting) == len(self._out):
+            # Nothing on its way to batch with: don't wait for the turn's
+            # end (with whatever was queued in the background before it).
+            self._flush()
         return future
 
     def push(self, command: bytes, sink: _Sink) -> None:
@@ -122,7 +133,6 @@ class Pipe:
 
     async def _read(self) -> None:
         conn = self.conn
-        waiting = self._waiting
         while True:
             try:
                 # Closing it on an error is fail()'s: the pipe's, not redis-py's.
@@ -135,12 +145,25 @@ class Pipe:
             except BaseException:  # cancelled: given up, or the loop ends
                 self.fail(RedisConnectionError("the connection was closed"))
                 raise
-            if not waiting:  # nothing asked: the connection is out of step
-                self.fail(RedisConnectionError("an unexpected reply"))
+            if not self.reply(reply):
                 return
-            sink = waiting.popleft()[0]
-            _hand(sink, reply)
-            self._on_reply()
+
+    def reply(self, reply: Any) -> bool:
+        """
+        Hand *reply* to the oldest command's sink; False if the pipe was
+        given up instead.
+        """
+        if isinstance(reply, RedisConnectionError | ReadOnlyError):
+            # A connection refused in mid-use, or a demoted primary (a
+            # Sentinel's failover): the pool's connections find the new one.
+            self.fail(RedisConnectionError(str(reply)))
+            return False
+        if not self._waiting:  # nothing asked: the connection is out of step
+            self.fail(RedisConnectionError("an unexpected reply"))
+            return False
+        _hand(self._waiting.popleft()[0], reply)
+        self._on_reply()
+        return True
 
     def fail(self, error: BaseException) -> None:
         """
@@ -154,7 +177,7 @@ class Pipe:
             self._timer.cancel()
             self._timer = None
         self._out.clear()
-        if self._reader is not asyncio.current_task():
+        if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         writer = self.conn._writer
         if writer is not None:
@@ -176,6 +199,38 @@ class Pipe:
         self._waiting.clear()
         self._out.clear()
         return done
+
+
+class _Replies(asyncio.Protocol):
+    """
+    The protocol of a pipe's connection with hiredis: replies parsed and
+    handed out as the data arrives.
+    """
+
+    def __init__(self, pipe: Pipe, reader: Any) -> None:
+        self.pipe = pipe
+        self.reader = reader
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        try:
+            reader.feed(data)
+            while (reply := reader.gets()) is not False and reply is not _MORE:
+                if not self.pipe.reply(reply):
+                    return
+        except Exception as exc:  # a reply hiredis can't parse
+            self.pipe.fail(RedisConnectionError(f"{type(exc).__name__}: {exc}"))
+
+    def eof_received(self) -> None:
+        self.pipe.fail(RedisConnectionError("the server closed the connection"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.fail(RedisConnectionError(f"the connection was lost: {exc}"))
+
+
+# What redis-py's hiredis reader returns while a reply is incomplete (older
+# versions: False).
+_MORE = getattr(_hiredis, "NOT_ENOUGH_DATA", False)
 
 
 def _hand(sink: _Sink, reply: Any) -> None:

@@ -361,11 +361,13 @@ class Wire:
         # The common case in one step: the node known, nothing amiss.
         node = self._known(account)
         fast = node is not None and not (durable and self.replicas)
+        deadline = None
         try:
             if fast and node is not None:
                 pipe = node.ready()
                 if pipe is not None and not self.closed:
                     # Bounded by the pipe, which gives up on a late reply.
+                    deadline = pipe.loop.time() + self.timeout
                     self._busy += 1
                     try:
                         return await pipe.send(command)
@@ -374,9 +376,14 @@ class Wire:
                     except (NoScriptError, MovedError, AskError, *_BUSY, *_LOST):
                         # The server lost the script, the slot moved, or the
                         # pipe was given up for a lost connection: the
-                        # full path, on the pool's connections.
+                        # full path, on the pool's connections, in the
+                        # time left.
                         fast = False
-            async with asyncio.timeout(self.timeout):
+            async with (
+                asyncio.timeout(self.timeout)
+                if deadline is None
+                else asyncio.timeout_at(deadline)
+            ):
                 if fast and node is not None:
                     try:
                         return await self.call(command, node, keep=True)
