@@ -53,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import BalanceUnavailable
 from ._pipe import Pipe
+from ._scripts import SCRIPTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -639,7 +640,10 @@ class Wire:
         old = node.pipe
         if old is not None:  # given up: its connection back with the others
             node.free.insert(0, old.conn)
-        node.pipe = Pipe(conn, self.timeout, self._replied)
+        pipe = node.pipe = Pipe(conn, self.timeout, self._replied)
+        for script in SCRIPTS:  # a failure here fails what follows too
+            self._busy += 1
+            pipe.push(pack(("SCRIPT", "LOAD", script.source)), _ignore)
 
     def _is_closed(self) -> bool:
         # A call, not the attribute: it changes while call() awaits.
@@ -754,6 +758,10 @@ async def _read(conn: Any, parts: int) -> Any:
         if isinstance(reply, ResponseError):
             raise reply
     return replies
+
+
+def _ignore(reply: object, error: BaseException | None) -> None:
+    pass
 
 
 def _one_line(exc: BaseException) -> str:
