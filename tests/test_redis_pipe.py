@@ -283,3 +283,34 @@ class TestSharedConnection:
             assert Decimal(949) == (await guard.balance(provider)).amount
             assert pipe.error is not None
             assert wire._main.pipe is not pipe
+
+    async def test_a_demoted_primary(self) -> None:
+        """
+        A server that turned replica (READONLY) gives the shared connection
+        up: the call fails, and works again on the server once it is a
+        primary again.
+        """
+        server = RedisServer()
+        server.start()
+        try:
+            provider = InMemoryProvider(100)
+            cache = RedisCache(endpoint="127.0.0.1", port=server.port)
+            async with BalanceGuard(
+                cache=cache, namespace="demoted", settle="debit"
+            ) as guard:
+                await spend(guard, provider, 1)
+                wire: Any = guard.store._wire  # type: ignore[attr-defined]
+                pipe = wire._main.pipe
+                admin = aioredis.Redis(port=server.port)
+                try:
+                    await admin.replicaof("127.0.0.1", 1)  # a primary never found
+                    with pytest.raises(BalanceUnavailable, match="read only replica"):
+                        await spend(guard, provider, 1)
+                    assert pipe.error is not None
+                    await admin.replicaof("NO", "ONE")
+                finally:
+                    await admin.aclose()
+                await spend(guard, provider, 1)
+                assert Decimal(98) == (await guard.balance(provider)).amount
+        finally:
+            server.stop()
