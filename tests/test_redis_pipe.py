@@ -178,6 +178,36 @@ class TestBackgroundSettle:
 
 
 class TestSharedConnection:
+    @pytest.mark.parametrize("mode", ["debit", "refresh"])
+    async def test_holds_stop_concurrent_overspend(
+        self, addr: tuple[str, int], namespace: str, mode: str
+    ) -> None:
+        """
+        50 concurrent 100 DZD spends on 1,000 DZD, settled in the
+        background: 10 run, 40 are refused, the provider never goes below 0.
+        """
+        provider = InMemoryProvider(1000)
+        async with make(addr, namespace, settle=mode) as guard:
+
+            async def call() -> str:
+                async with guard.reserve(provider, 100):
+                    await asyncio.sleep(0.01)
+                    provider.spend(100)
+                    assert provider.balance >= 0
+                return "sent"
+
+            results = await asyncio.gather(
+                *(call() for _ in range(50)), return_exceptions=True
+            )
+            again = await asyncio.gather(
+                *(call() for _ in range(5)), return_exceptions=True
+            )
+
+        assert 10 == results.count("sent")
+        assert 40 == sum(isinstance(r, InsufficientBalance) for r in results)
+        assert all(isinstance(r, InsufficientBalance) for r in again)
+        assert Decimal(0) == provider.balance
+
     async def test_concurrent_calls_share_one_connection_in_order(
         self, addr: tuple[str, int], namespace: str
     ) -> None:
