@@ -35,6 +35,12 @@ For ``settle="debit"`` and ``settle="invalidate"`` it prints:
   calls per second over ``GET`` replies per second, 100 tasks each looping, on the
   same client. Target: at least 0.8x.
 
+A warm guarded call waits for one script (check-and-hold); its release is
+sent without waiting, in the same write as the next call's check. The
+guard's scripts share one connection per node (what concurrent callers
+send in one turn of the event loop goes out in one write); the ``GET`` s
+each take a pooled connection, as redis-py sends them.
+
 ``INFO commandstats`` counts every client's commands: run it against a Redis
 nothing else is using.
 """

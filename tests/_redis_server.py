@@ -169,9 +169,10 @@ class RedisProxy:
 
     ``async with RedisProxy(host, port) as proxy:``, then connect to
     ``proxy.port``. Set `lose` to drop the connections that the next *lose*
-    replies come back on, `refuse` to drop every connection at once, and
+    replies come back on, `refuse` to drop every connection at once,
     `delay` to hold every reply back that many seconds (the server has run
-    the command; the client is still waiting).
+    the command; the client is still waiting), and `delay_up` to hold every
+    command back (the server has not seen it yet).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -180,6 +181,7 @@ class RedisProxy:
         self.lose = 0
         self.refuse = False
         self.delay = 0.0
+        self.delay_up = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -225,6 +227,8 @@ class RedisProxy:
                         break
                     if not up and self.delay:
                         await asyncio.sleep(self.delay)
+                    if up and self.delay_up:
+                        await asyncio.sleep(self.delay_up)
                     writer.write(data)
                     await writer.drain()
             client_w.transport.abort()

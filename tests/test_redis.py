@@ -242,6 +242,9 @@ class TestHolds:
         assert Decimal(60) == g1.held(provider)
         await settle(hold, ok=True)
         assert Decimal(0) == g1.held(provider)
+        # The release is sent in the background: a read sent after it
+        # returns once Redis has run it.
+        await g1.balance(provider)
         assert await acquire(g2, provider, Decimal(60)) is not None
 
     async def test_debit_is_exact(self, addr: tuple[str, int], namespace: str) -> None:
@@ -341,6 +344,8 @@ class TestHolds:
             make(addr, namespace) as other,
         ):
             await settle(await acquire(guard, provider, Decimal(1)), ok=True)
+            # The settle is sent in the background: its reply in first.
+            await guard.balance(provider)
             proxy.lose = 1
 
             hold = await acquire(guard, provider, Decimal(60))
@@ -456,6 +461,8 @@ class TestLeases:
             make(addr, namespace) as other,
         ):
             await settle(await acquire(guard, provider, Decimal(1)), ok=True)
+            # The settle is sent in the background: its reply in first.
+            await guard.balance(provider)
             # The check's reply, then every reconnection's first reply.
             proxy.lose = 4
 
@@ -470,7 +477,12 @@ class TestLeases:
         """A settle cancelled while Redis is slow still releases its hold."""
         provider = InMemoryProvider(100)
         addr = ("127.0.0.1", server.port)
-        async with make(addr, "cancel") as guard, make(addr, "cancel") as other:
+        # "invalidate": the settle awaits Redis (others are sent in the
+        # background, see TestBackgroundSettle).
+        async with (
+            make(addr, "cancel", settle="invalidate") as guard,
+            make(addr, "cancel") as other,
+        ):
             hold = await acquire(guard, provider, Decimal(80))
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
@@ -503,8 +515,13 @@ class TestLeases:
         ):
             hold = await acquire(guard, provider, Decimal(80))
             proxy.refuse = True
-            with caplog.at_level(logging.WARNING, logger="guard"):
-                await settle(hold, ok=False)
+            caplog.set_level(logging.WARNING, logger="guard")
+            await settle(hold, ok=False)
+
+            async def logged() -> bool:
+                return "could not release a hold" in caplog.text
+
+            await eventually(logged, "the failed release was logged", limit=5)
             proxy.refuse = False
 
             await eventually(

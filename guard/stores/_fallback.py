@@ -217,6 +217,16 @@ class FallbackStore:
             return found
         return await local.put(account, amount, found)
 
+    def release_now(self, hold: Hold, outcome: Outcome) -> bool:
+        """
+        `release` without awaiting, when the shared store made *hold* and
+        can (see its ``release_now``); False: `release` must be awaited.
+        """
+        release_now = getattr(self.shared, "release_now", None)
+        if release_now is None or id(hold) in self._local:
+            return False
+        return bool(release_now(hold, outcome))
+
     async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         if self._local.pop(id(hold), None) is not None:
             await self.local.release(hold, outcome=outcome)

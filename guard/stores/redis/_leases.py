@@ -215,6 +215,28 @@ class Leases:
                 self.retry(RELEASE, account, args)
             raise
 
+    def released(
+        self,
+        account: Account,
+        args: tuple[str | int, ...],
+        reply: object,
+        error: BaseException | None,
+    ) -> None:
+        """
+        The end of a release sent in the background: if it failed, send it
+        again at once in a task of the store's (then retried until the
+        lease ends, as any release), or, the store closing, on its last try.
+        """
+        if error is None:
+            return
+        if not self.closed:
+            try:
+                self.spawn(self.release(account, args, owned=True))
+                return
+            except RuntimeError:  # no running loop
+                pass
+        self.retry(RELEASE, account, args)
+
     async def drop(self, account: Account, args: tuple[str | int, ...]) -> None:
         """
         Drop a hold (and lock) that a check that failed may have made.
@@ -262,9 +284,13 @@ class Leases:
         """
         loop = asyncio.get_running_loop()
         renew_at = loop.time() + self.lease / 3
-        while self._live or self._later:
-            # Wakes at least every RETRY seconds, for releases failing meanwhile.
+        while True:
+            # Wakes at least every RETRY seconds, for releases failing
+            # meanwhile. Checked after the sleep: a hold released at once
+            # (the common case) doesn't cost a task per call.
             await asyncio.sleep(max(min(renew_at - loop.time(), RETRY), 0))
+            if not self._live and not self._later:
+                return
             await self.retry_failed()
             if loop.time() >= renew_at:
                 ok = await self._renew_holds()

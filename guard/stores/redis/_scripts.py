@@ -50,6 +50,7 @@ __all__ = [
     "READ",
     "RELEASE",
     "RENEW",
+    "SCRIPTS",
     "TICKET",
     "UNLOCK",
     "Script",
@@ -398,3 +399,8 @@ bump()
 return redis.call('DEL', KEYS[1])
 """
 )
+
+# Loaded first on each connection calls share, so that a script sent in the
+# background finds its script there (rather than fail with NOSCRIPT and be
+# sent again, out of order).
+SCRIPTS = (HOLD, RELEASE, READ, BEGIN, PUT, TICKET, INVALIDATE, UNLOCK, DROP, RENEW)

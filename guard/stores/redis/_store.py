@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import os
 import secrets
@@ -25,6 +26,7 @@ from ._scripts import (
     INVALIDATE,
     PUT,
     READ,
+    RELEASE,
     TICKET,
     UNLOCK,
     amount_of,
@@ -76,6 +78,18 @@ class RedisStore:
     its caller's cancellation is finished the same way (sent again: at worst
     it invalidates instead of debiting). One that cannot reach Redis is
     tried again every second until the hold's lease ends.
+
+    **A settle is not waited for** (``settle="debit"`` or ``"refresh"``, not
+    with *replicas*): leaving a guarded block sends the release and returns
+    at once. Concurrent calls of a process share one connection per Redis
+    node, and what they send in one turn of the event loop goes out in one
+    write; so the release reaches Redis before anything this process sends
+    on that account after it (the next check, ``guard.balance()``), unless
+    that connection is lost in between. Until it lands, other processes see
+    the call's amount still held, never more money than there is: the hold
+    keeps it reserved. One that fails is sent again, then retried every
+    second until the hold's lease ends; `close` waits for those on their
+    way. ``held()`` no longer counts the call as soon as its block is left.
 
     **When Redis loses its data** (a restart without persistence, a
     ``FLUSHALL``, a failover that lost writes), the holds of calls still
@@ -397,13 +411,33 @@ class RedisStore:
             return None
         return self._entry(*reply[1:])
 
+    def release_now(self, hold: Hold, outcome: Outcome) -> bool:
+        """
+        `release` without awaiting Redis's reply: the script is sent on the
+        connection this process's scripts on the account share, so it runs
+        before any of them sent after it (``guard.balance()``, the next
+        check) and the hold keeps the amount out of every process's reach
+        until it has. One that fails is sent again (see `release`), and
+        `close` waits for those on their way. False when `release` must be
+        awaited: a ``"forget"`` (calls woken by the same fetch check first),
+        writes that wait for replicas, or no shared connection yet.
+        """
+        if outcome == "forget":
+            return False
+        account = hold.account
+        args = _release_args(hold, outcome)
+        leases = self._leases
+        done = functools.partial(leases.released, account, args)
+        if not self._wire.run_soon(RELEASE, account, self._keys(account), args, done):
+            return False
+        leases.remove(account, hold.token)
+        return True
+
     async def release(self, hold: Hold, *, outcome: Outcome) -> None:
         account = hold.account
         # Before the first await: a cancellation can't leave it counted.
         self._leases.remove(account, hold.token)
-        fetch_id = "" if hold.entry is None else hold.entry.fetch_id
-        units = hold.token.rpartition(":")[2]
-        args = (hold.token, units, outcome, fetch_id)
+        args = _release_args(hold, outcome)
         try:
             await self._leases.release(account, args)
         except asyncio.CancelledError:
@@ -466,6 +500,12 @@ class RedisStore:
         self._leases.after_fork()
         self._tickets = {}
         self._locks = {}
+
+
+def _release_args(hold: Hold, outcome: Outcome) -> tuple[str, ...]:
+    fetch_id = "" if hold.entry is None else hold.entry.fetch_id
+    units = hold.token.rpartition(":")[2]
+    return (hold.token, units, outcome, fetch_id)
 
 
 _STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()

@@ -2,11 +2,14 @@
 The Redis store's connection layer: every redis-py internal it relies on.
 
 A warm guarded call is two scripts, so their round trips are most of its
-cost: they are sent on pooled connections directly, packed once per
-account, rather than through redis-py's general command path. Each call is
-bounded as a whole (the wait for a connection, the replies and every
-retry); a script the server lost (``NOSCRIPT``) is loaded again, on the
-node that runs it.
+cost: they are packed once per account and sent directly rather than
+through redis-py's general command path, on one connection per node that
+concurrent calls share (``_pipe``: what they issue in one turn of the event
+loop goes out in one write), or on pooled connections while that one is
+not there (the first call, after a failure, and writes that wait for
+replicas, which would hold up the others). Each call is bounded as a whole
+(the wait for a connection, the replies and every retry); a script the
+server lost (``NOSCRIPT``) is loaded again, on the node that runs it.
 
 Three topologies (`Target`): one server; a primary that Sentinels watch,
 asked where it is each time a connection is made (``READONLY`` from a
@@ -49,11 +52,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import BalanceUnavailable
+from ._pipe import Pipe
+from ._scripts import SCRIPTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .._values import Account
+    from ._pipe import Done
     from ._scripts import Script
 
 __all__ = ["Target", "Wire", "pack", "target_of"]
@@ -194,10 +200,11 @@ def target_of(source: object) -> Target:
 
 class _Node:
     """
-    One server's pool, and the connections taken from it and kept.
+    One server's pool, the connections taken from it and kept, and the one
+    concurrent calls share.
     """
 
-    __slots__ = ("addr", "free", "pool")
+    __slots__ = ("addr", "free", "pipe", "pool")
 
     def __init__(self, addr: str, pool: Any) -> None:
         self.addr = addr
@@ -205,6 +212,18 @@ class _Node:
         # Checking a connection out of redis-py's pool and back costs a fifth
         # of a GET: they are kept here between calls.
         self.free: list[Any] = []
+        self.pipe: Pipe | None = None
+
+    def ready(self) -> Pipe | None:
+        """The pipe, if it can take commands on the running loop."""
+        pipe = self.pipe
+        if (
+            pipe is None
+            or pipe.error is not None
+            or pipe.loop is not asyncio.get_running_loop()
+        ):
+            return None
+        return pipe
 
 
 class Wire:
@@ -215,7 +234,8 @@ class Wire:
     Args:
         target: Where to connect.
         timeout: Seconds one call may take as a whole.
-        size: How many connections at most (calls past it wait for one).
+        size: How many pooled connections at most per node (calls past it
+            wait for one), besides the one calls share.
         replicas: After a hold or a release, wait until that many replicas
             have it (``WAIT``); 0: don't wait.
         replica_timeout: Seconds to wait for them.
@@ -280,7 +300,8 @@ class Wire:
             host, _, port = addr.rpartition(":")
             settings.update(host=host, port=int(port))
         common: dict[str, Any] = {
-            "max_connections": self._size,
+            # One more: the pipe's, which call() takes out of the pool.
+            "max_connections": self._size + 1,
             "connection_class": target.connection_class,
             **settings,
             "decode_responses": True,
@@ -337,30 +358,43 @@ class Wire:
         Raises:
             BalanceUnavailable: No reply within the timeout, or Redis failed.
         """
-        packed = self._packed.get((script, account.key))
-        if packed is None:
-            head: tuple[str | int, ...] = ("EVALSHA", script.sha, len(keys), *keys)
-            packed = b"".join([_bulk(arg) for arg in head])
-            self._packed[script, account.key] = packed
-        count = 3 + len(keys) + len(args)
-        command = b"".join((b"*%d\r\n" % count, packed, *map(_bulk, args)))
+        command = self._command(script, account, keys, args)
+        # The common case in one step: the node known, nothing amiss.
+        node = self._known(account)
+        fast = node is not None and not (durable and self.replicas)
+        deadline = None
         try:
-            async with asyncio.timeout(self.timeout):
-                # The common case in one step: the node known, nothing amiss.
-                node = self._main
-                if node is None:
-                    slot = self._slot_of.get(account.key)
-                    node = None if slot is None else self._table[slot]
-                if node is not None and not (durable and self.replicas):
+            if fast and node is not None:
+                pipe = node.ready()
+                if pipe is not None and not self.closed:
+                    # Bounded by the pipe, which gives up on a late reply.
+                    deadline = pipe.loop.time() + self.timeout
+                    self._busy += 1
                     try:
-                        return await self.call(command, node)
+                        return await pipe.send(command)
+                    except TimeoutError:
+                        raise  # the pipe's: the call's time is up
+                    except (NoScriptError, MovedError, AskError, *_BUSY, *_LOST):
+                        # The server lost the script, the slot moved, or the
+                        # pipe was given up for a lost connection: the
+                        # full path, on the pool's connections, in the
+                        # time left.
+                        fast = False
+            async with (
+                asyncio.timeout(self.timeout)
+                if deadline is None
+                else asyncio.timeout_at(deadline)
+            ):
+                if fast and node is not None:
+                    try:
+                        return await self.call(command, node, keep=True)
                     except NoScriptError:
                         pass  # the server restarted or was flushed
                     except (MovedError, AskError, *_BUSY, *_LOST):
                         if not self.cluster:
                             raise
                 return await self._run(script, account, keys, command, durable)
-        except TimeoutError:  # asyncio.timeout's, or a socket's
+        except TimeoutError:  # asyncio.timeout's, the pipe's, or a socket's
             reason = f"no answer within {self.timeout:g} s"
         except BalanceUnavailable:
             raise
@@ -369,6 +403,65 @@ class Wire:
         raise BalanceUnavailable(
             f"cache unavailable: {reason}", provider=account.provider
         ) from None
+
+    def run_soon(
+        self,
+        script: Script,
+        account: Account,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        done: Done,
+    ) -> bool:
+        """
+        Send *script* without awaiting its reply, which goes to *done*
+        (with the error instead, if it fails), on the shared connection of
+        the node that runs it: it reaches Redis before any script this
+        process sends after it on that connection. False: nothing was sent
+        (no shared connection is ready; `run` must be awaited instead).
+        """
+        node = self._known(account)
+        if node is None or self.closed or self.replicas:
+            return False
+        try:
+            pipe = node.ready()
+        except RuntimeError:  # no running loop
+            return False
+        if pipe is None:
+            return False
+        self._busy += 1
+        pipe.push(self._command(script, account, keys, args), done)
+        return True
+
+    def _command(
+        self,
+        script: Script,
+        account: Account,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+    ) -> bytes:
+        packed = self._packed.get((script, account.key))
+        if packed is None:
+            head: tuple[str | int, ...] = ("EVALSHA", script.sha, len(keys), *keys)
+            packed = b"".join([_bulk(arg) for arg in head])
+            self._packed[script, account.key] = packed
+        count = 3 + len(keys) + len(args)
+        return b"".join((b"*%d\r\n" % count, packed, *map(_bulk, args)))
+
+    def _known(self, account: Account) -> _Node | None:
+        """The node that runs *account*'s scripts, if known."""
+        node = self._main
+        if node is None:
+            slot = self._slot_of.get(account.key)
+            node = None if slot is None else self._table[slot]
+        return node
+
+    def _replied(self) -> None:
+        # A reply (or failure) handed out by a pipe.
+        if self._busy:
+            self._busy -= 1
+        if not self._busy and self._drained is not None:
+            with contextlib.suppress(asyncio.InvalidStateError):
+                self._drained.set_result(None)
 
     async def _run(
         self,
@@ -392,7 +485,9 @@ class Wire:
             if node is None:
                 node = await self._owner(slot)
             try:
-                replies = await self.call(before + command + after, node, parts)
+                replies = await self.call(
+                    before + command + after, node, parts, keep=True
+                )
             except NoScriptError:
                 await self.call(pack(("SCRIPT", "LOAD", script.source)), node)
                 continue
@@ -482,13 +577,18 @@ class Wire:
             return
         raise RedisConnectionError(f"no cluster node answered ({', '.join(errors)})")
 
-    async def call(self, command: bytes, node: _Node, parts: int = 1) -> Any:
+    async def call(
+        self, command: bytes, node: _Node, parts: int = 1, *, keep: bool = False
+    ) -> Any:
         """
         Send a packed command on a pooled connection of *node* and return its
         reply (several commands: the list of their *parts* replies).
 
         A lost connection is replaced and the command sent once more, as
         redis-py does: the scripts are idempotent.
+
+        *keep*: if the node has no shared connection (`_pipe`) ready, this
+        one becomes it once it has answered.
         """
         if self.loop is not asyncio.get_running_loop():
             self.adopt_loop()
@@ -525,15 +625,25 @@ class Wire:
                 finally:
                     if self._is_closed():  # close() has let go of the others
                         await conn.disconnect(nowait=True)
-                    elif conn.is_connected:
-                        node.free.append(conn)
-                    else:  # used last: connecting again costs round trips
+                    elif not conn.is_connected:
+                        # Used last: connecting again costs round trips.
                         node.free.insert(0, conn)
+                    elif keep and node.ready() is None:
+                        self._share(node, conn)
+                    else:
+                        node.free.append(conn)
         finally:
-            self._busy -= 1
-            if not self._busy and self._drained is not None:
-                with contextlib.suppress(asyncio.InvalidStateError):
-                    self._drained.set_result(None)
+            self._replied()
+
+    def _share(self, node: _Node, conn: Any) -> None:
+        """Make *conn*, which just answered, the one *node*'s calls share."""
+        old = node.pipe
+        if old is not None:  # given up: its connection back with the others
+            node.free.insert(0, old.conn)
+        pipe = node.pipe = Pipe(conn, self.timeout, self._replied)
+        for script in SCRIPTS:  # a failure here fails what follows too
+            self._busy += 1
+            pipe.push(pack(("SCRIPT", "LOAD", script.source)), _ignore)
 
     def _is_closed(self) -> bool:
         # A call, not the attribute: it changes while call() awaits.
@@ -544,6 +654,8 @@ class Wire:
         for node in self._nodes.values():
             pool: Any = node.pool
             conns += node.free
+            if node.pipe is not None:
+                conns.append(node.pipe.conn)
             conns += getattr(pool, "_available_connections", ())
             conns += getattr(pool, "_in_use_connections", ())
         return conns
@@ -566,11 +678,20 @@ class Wire:
         self.loop = loop
         if old is None:
             return
+        # Scripts sent in the background on the old loop may not have
+        # reached Redis: their callbacks learn it here, on the new loop.
+        lost: list[Done] = []
+        for node in self._nodes.values():
+            if node.pipe is not None:
+                lost += node.pipe.abandon()
         for conn in self._connections():
             _abandon(conn)
         self._client = None
         self._reset()
         self._on_new_loop()
+        error = RedisConnectionError("the event loop ended")
+        for done in lost:
+            done(None, error)
 
     def after_fork(self) -> None:
         """
@@ -605,6 +726,10 @@ class Wire:
         if self._mapping is not None:
             self._mapping.cancel()
         for node in self._nodes.values():
+            if node.pipe is not None:
+                node.pipe.fail(RedisConnectionError("the guard is closed"))
+                node.free.append(node.pipe.conn)
+                node.pipe = None
             while node.free:
                 await node.pool.release(node.free.pop())
             await node.pool.aclose()
@@ -633,6 +758,10 @@ async def _read(conn: Any, parts: int) -> Any:
         if isinstance(reply, ResponseError):
             raise reply
     return replies
+
+
+def _ignore(reply: object, error: BaseException | None) -> None:
+    pass
 
 
 def _one_line(exc: BaseException) -> str:
