@@ -151,6 +151,10 @@ _DETAIL_UNAVAILABLE = (
 )
 
 
+# What an amount function usually returns, which is never awaitable.
+_READY: Final = frozenset({int, Decimal, str, float})
+
+
 def _static_amount(value: RequestAmount) -> RequestAmount:
     return value if callable(value) else to_amount(value)
 
@@ -193,7 +197,8 @@ class RouteRule:
             return amount
         try:
             value = amount(request) if callable(amount) else amount
-            if inspect.isawaitable(value):
+            # isawaitable() asks abstract classes: slow for the usual answer.
+            if type(value) not in _READY and inspect.isawaitable(value):
                 value = await value
         except (
             LookupError,
