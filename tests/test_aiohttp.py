@@ -69,6 +69,30 @@ def make_app(provider: Provider, **options: Any) -> web.Application:
     return app
 
 
+# How a guarded handler ends: the status the client sees, and whether the
+# call counts as a success.
+OUTCOMES = [
+    ("answer 200", 200, True),
+    ("answer 500", 500, False),
+    ("raise 302", 302, True),
+    ("raise 409", 409, False),
+    ("raise RuntimeError", 500, False),
+]
+
+
+def ended(outcome: str) -> web.Response:
+    """End a handler as *outcome* (one of `OUTCOMES`) says."""
+    if outcome == "answer 200":
+        return web.Response(text="sent")
+    if outcome == "answer 500":
+        return web.Response(status=500)
+    if outcome == "raise 302":
+        raise web.HTTPFound("/done")
+    if outcome == "raise 409":
+        raise web.HTTPConflict()
+    raise RuntimeError("the provider call broke")
+
+
 @pytest.fixture(name="oneclick")
 def _oneclick(guard_emulator: GuardEmulator) -> Provider:
     return guard_emulator.oneclickdz
@@ -275,16 +299,7 @@ class TestRoutes:
 
         assert 402 == (await client.post("/topup", json={"amount": 1})).status
 
-    @pytest.mark.parametrize(
-        ("outcome", "status", "ok"),
-        [
-            ("answer 200", 200, True),
-            ("answer 500", 500, False),
-            ("raise 302", 302, True),
-            ("raise 409", 409, False),
-            ("raise RuntimeError", 500, False),
-        ],
-    )
+    @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
     async def test_settled_as_the_handler_ended(
         self,
         aiohttp_client: MakeClient,
@@ -299,15 +314,7 @@ class TestRoutes:
         """
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            if outcome == "answer 200":
-                return web.Response(text="sent")
-            if outcome == "answer 500":
-                return web.Response(status=500)
-            if outcome == "raise 302":
-                raise web.HTTPFound("/done")
-            if outcome == "raise 409":
-                raise web.HTTPConflict()
-            raise RuntimeError("the provider call broke")
+            return ended(outcome)
 
         events: list[GuardEvent] = []
         app = web.Application()
@@ -326,16 +333,7 @@ class TestRoutes:
         assert Decimal(0) == client.app[GUARD_KEY].held(oneclick)
 
     @pytest.mark.parametrize("copy", [False, True], ids=["in process", "copied"])
-    @pytest.mark.parametrize(
-        ("outcome", "status", "ok"),
-        [
-            ("answer 200", 200, True),
-            ("answer 500", 500, False),
-            ("raise 302", 302, True),
-            ("raise 409", 409, False),
-            ("raise RuntimeError", 500, False),
-        ],
-    )
+    @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
     async def test_warm_call_settled_as_the_handler_ended(
         self,
         aiohttp_client: MakeClient,
@@ -354,16 +352,7 @@ class TestRoutes:
         """
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            how = request.query.get("outcome", "answer 200")
-            if how == "answer 200":
-                return web.Response(text="sent")
-            if how == "answer 500":
-                return web.Response(status=500)
-            if how == "raise 302":
-                raise web.HTTPFound("/done")
-            if how == "raise 409":
-                raise web.HTTPConflict()
-            raise RuntimeError("the provider call broke")
+            return ended(request.query.get("outcome", "answer 200"))
 
         cache = SimpleMemoryCache() if copy else None
         app = web.Application()
