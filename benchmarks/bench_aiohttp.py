@@ -6,13 +6,16 @@ Run from the repository root, in the dev environment, with ``wrk`` installed
 (Debian package ``wrk``)::
 
     python benchmarks/bench_aiohttp.py            # 7 rounds of 2 s per app
-    python benchmarks/bench_aiohttp.py --quick    # a few seconds, for CI
+    python benchmarks/bench_aiohttp.py --quick    # 2 rounds of 1 s, for CI
     python benchmarks/bench_aiohttp.py --check    # exit 1 if a target is missed
 
 The same app (one ``GET /`` handler answering a small JSON body) is served
-five ways, each by its own process on a free loopback port:
+six ways, each by its own process on a free loopback port:
 
 - ``plain``: no guard, the baseline;
+- ``middleware``: no guard, one middleware passing every request on: what
+  aiohttp itself charges an app for having any middleware (left out of the
+  wrk runs with ``--quick``), for scale;
 - ``route/debit`` and ``route/refresh``: ``setup_guard(app, ...,
   routes={"hello": guard_route(provider, 1)})`` with ``settle="debit"`` and
   the default ``"refresh"``;
@@ -20,17 +23,22 @@ five ways, each by its own process on a free loopback port:
   1)`` on the handler, with ``setup_guard`` for the error answers.
 
 The provider is a `guard.testing.InMemoryProvider` whose balance never runs
-out, so the figures are guard's own work and not a provider's.
+out, so the figures are guard's own work and not a provider's: it runs in
+the app's process but answers from memory, and only when asked (on the
+first request, and with ``"refresh"`` at most once per ``refresh_interval``
+after a settle); the run prints how many balances each app fetched.
 
-(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration. Each
-    round runs the guarded apps in turn between two runs of the plain app,
-    and a guarded app's ratio in that round is its requests/second over the
-    mean of those two, so that load from other processes, which drifts over
-    seconds, cancels out. Printed: each app's median requests/second, median
-    ratio and median p99 latency, and the server process's CPU time per
-    request (from ``/proc``, on Linux) as a ratio to the plain app's, the
-    figure least moved by other processes. Target: at least 0.9x the plain
-    app's requests/second for every guarded app.
+(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration. The
+    runs alternate: two guarded apps, then the plain app, and so on, each
+    round loading every guarded app once in a rotated order; a guarded
+    app's ratio in a run is its requests/second over the mean of the plain
+    app's runs right before and after it, so that load from other
+    processes, which drifts over seconds, cancels out. Printed: each app's
+    median requests/second, median ratio and median p99 latency, and the
+    server process's CPU time per request (from ``/proc``, on Linux) as a
+    ratio to the plain app's, the figure least moved by other processes.
+    Target: at least 0.9x the plain app's requests/second for every guarded
+    app.
 (b) In process: one request dispatched through ``Application._handle``
     (routing, middlewares, handler; no HTTP parsing) in a tight loop, the
     median CPU time per request of each app as a ratio to the plain app's,
@@ -45,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import platform
 import re
@@ -66,19 +75,27 @@ from guard.aiohttp import guard_route, setup_guard
 from guard.testing import InMemoryProvider
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from aiohttp.typedefs import Handler
 
 MODES = (
     "plain",
+    "middleware",
     "route/debit",
     "route/refresh",
     "decorator/debit",
     "decorator/refresh",
 )
 BASELINE = "plain"
+# Not guarded: aiohttp's own cost of an app with any middleware, for scale.
+REFERENCE = "middleware"
 TARGET_RATIO = 0.9
 PLENTY = Decimal(10) ** 15
 CONNECTIONS = 50
+PROVIDER = web.AppKey("provider", InMemoryProvider)
+# Guarded apps loaded between two loads of the plain app.
+PER_GAP = 2
 
 
 # -- the app ----------------------------------------------------------------
@@ -88,16 +105,23 @@ async def hello(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@web.middleware
+async def passing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await handler(request)
+
+
 def make_app(mode: str) -> web.Application:
     """
     The app served in *mode* (one of `MODES`).
     """
     app = web.Application()
-    if mode == BASELINE:
+    if mode in (BASELINE, REFERENCE):
         app.router.add_get("/", hello, name="hello")
+        if mode == REFERENCE:
+            app.middlewares.append(passing)
         return app
     kind, settle = mode.split("/")
-    provider = InMemoryProvider(PLENTY)
+    provider = app[PROVIDER] = InMemoryProvider(PLENTY)
     guard = BalanceGuard(settle="debit" if settle == "debit" else "refresh")
     if kind == "route":
         app.router.add_get("/", hello, name="hello")
@@ -111,12 +135,14 @@ def make_app(mode: str) -> web.Application:
 def serve(mode: str) -> None:
     """
     Serve *mode*'s app on a free loopback port, printed first, until
-    SIGTERM.
+    SIGTERM; then print how many balances its provider was asked for.
     """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
-    web.run_app(make_app(mode), sock=sock, print=None, access_log=None)
+    app = make_app(mode)
+    web.run_app(app, sock=sock, print=None, access_log=None)
+    print(app[PROVIDER].fetches if PROVIDER in app else 0, flush=True)
 
 
 # -- (a) wrk -----------------------------------------------------------------
@@ -228,13 +254,20 @@ class Server:
             cpu = (cpu_after - cpu_before) / requests
         return Run(requests, rps, p99, cpu)
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """
+        Stop the server; return how many balances its provider was asked
+        for (None: unknown).
+        """
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=10)
+            out, _ = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            return None
+        last = out.strip().rpartition("\n")[2]
+        return int(last) if last.isdigit() else None
 
 
 class Figures(NamedTuple):
@@ -246,6 +279,8 @@ class Figures(NamedTuple):
     ratio: float  # requests/second over the plain app's
     p99: float
     cpu_ratio: float | None  # server CPU per request over the plain app's
+    requests: int  # served under wrk, all runs
+    fetches: int | None  # balances the app's provider was asked for; None: unknown
 
 
 def find_wrk() -> str:
@@ -261,56 +296,67 @@ def find_wrk() -> str:
     return wrk
 
 
-def load(rounds: int, duration: int) -> dict[str, Figures]:
+def plan(rounds: int, modes: Sequence[str]) -> list[str]:
     """
-    Each mode's medians under wrk.
+    The order of the wrk runs: every round loads each of *modes* but the
+    plain app once, two at a time between loads of the plain app, and
+    rotates the order so that no app always runs right after the plain one.
+    """
+    guarded = [mode for mode in modes if mode != BASELINE]
+    order = [BASELINE]
+    for i in range(rounds):
+        turn = guarded[i % len(guarded) :] + guarded[: i % len(guarded)]
+        for at in range(0, len(turn), PER_GAP):
+            order += [*turn[at : at + PER_GAP], BASELINE]
+    return order
 
-    Every round runs the guarded apps in turn between two runs of the plain
-    app; a guarded app's ratios in that round are to the mean of those two,
-    so that load from other processes, which drifts over seconds, cancels
-    out.
+
+def load(rounds: int, duration: int, modes: Sequence[str]) -> dict[str, Figures]:
+    """
+    The medians under wrk of each of *modes*.
+
+    A guarded app's ratios in a run are to the mean of the plain app's runs
+    right before and right after it (see `plan`), so that load from other
+    processes, which drifts over seconds, cancels out.
     """
     wrk = find_wrk()
-    servers = {mode: Server(mode) for mode in MODES}
-    guarded = [mode for mode in MODES if mode != BASELINE]
-    runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
-    ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
-    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
-
-    def measure(mode: str) -> Run:
-        run = servers[mode].load(wrk, duration)
-        runs[mode].append(run)
-        return run
-
+    servers = {mode: Server(mode) for mode in modes}
+    runs: dict[str, list[Run]] = {mode: [] for mode in modes}
+    ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+    fetches: dict[str, int | None] = {}
     try:
         deadline = time.monotonic() + 30
         for server in servers.values():
             server.ready(deadline)
-        before = measure(BASELINE)
-        for i in range(rounds):
-            # Rotate the order so no mode always runs first after the plain app.
-            order = guarded[i % len(guarded) :] + guarded[: i % len(guarded)]
-            this_round = {mode: measure(mode) for mode in order}
-            after = measure(BASELINE)
-            base = (before.rps + after.rps) / 2
-            for mode, run in this_round.items():
-                ratios[mode].append(run.rps / base)
-                if run.cpu and before.cpu and after.cpu:
-                    cpu_ratios[mode].append(run.cpu / ((before.cpu + after.cpu) / 2))
-            before = after
+        order = plan(rounds, modes)
+        done = [(mode, servers[mode].load(wrk, duration)) for mode in order]
     finally:
-        for server in servers.values():
-            server.stop()
+        for mode, server in servers.items():
+            fetches[mode] = server.stop()
+    plain = [i for i, (mode, _) in enumerate(done) if mode == BASELINE]
+    for before, after in itertools.pairwise(plain):
+        base, last = done[before][1], done[after][1]
+        runs[BASELINE].append(base)
+        for mode, run in done[before + 1 : after]:
+            runs[mode].append(run)
+            ratios[mode].append(run.rps / ((base.rps + last.rps) / 2))
+            if run.cpu and base.cpu and last.cpu:
+                cpu_ratios[mode].append(run.cpu / ((base.cpu + last.cpu) / 2))
+    runs[BASELINE].append(done[plain[-1]][1])
     ratios[BASELINE] = [1.0]
-    cpu_ratios[BASELINE] = [1.0] if cpu_ratios[guarded[0]] else []
+    if any(cpu_ratios.values()):
+        cpu_ratios[BASELINE] = [1.0]
     return {
         mode: Figures(
             rps=statistics.median(run.rps for run in runs[mode]),
             ratio=statistics.median(ratios[mode]),
             p99=statistics.median(run.p99 for run in runs[mode]),
             cpu_ratio=statistics.median(cpu_ratios[mode]) if cpu_ratios[mode] else None,
+            requests=sum(run.requests for run in runs[mode]),
+            fetches=fetches[mode],
         )
-        for mode in MODES
+        for mode in modes
     }
 
 
@@ -386,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         f"wrk -t1 -c{CONNECTIONS} -d{duration}s --latency, {rounds} rounds "
         "interleaved"
     )
-    figures = load(rounds, duration)
+    # --quick leaves the reference app out of the wrk runs: CI's time.
+    modes = [mode for mode in MODES if not (args.quick and mode == REFERENCE)]
+    figures = load(rounds, duration, modes)
     missed = []
     print(
         "\n(a) under wrk, medians over the rounds: requests/second and its "
@@ -395,13 +443,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     for mode, fig in figures.items():
         mark = ""
-        if mode != BASELINE and fig.ratio < TARGET_RATIO:
+        if mode not in (BASELINE, REFERENCE) and fig.ratio < TARGET_RATIO:
             mark = f"  MISSED (target >= {TARGET_RATIO}x)"
             missed.append(mode)
         cpu = "" if fig.cpu_ratio is None else f"  CPU/request {fig.cpu_ratio:5.2f}x"
         print(
             f"  {mode:<18} {fig.rps:>7.0f} req/s {fig.ratio:5.2f}x  "
             f"p99 {fig.p99 * 1e3:6.2f} ms{cpu}{mark}"
+        )
+    asked = {
+        mode: fig.fetches
+        for mode, fig in figures.items()
+        if mode not in (BASELINE, REFERENCE) and fig.fetches is not None
+    }
+    if asked:
+        # The provider answers from memory in the app's process: what it
+        # costs the app is this many fetches, next to the requests served.
+        print(
+            "  balances fetched from the provider, in all: "
+            + ", ".join(
+                f"{mode} {count} for {figures[mode].requests:,} requests"
+                for mode, count in asked.items()
+            )
         )
 
     per_request, handler = asyncio.run(dispatch_loops(calls, repeats))
@@ -418,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             + (
                 ""
                 if mode == BASELINE
-                else f"  guard adds {added * 1e6:5.2f} us "
+                else f"  adds {added * 1e6:5.2f} us "
                 f"({added / handler:.1f}x the handler)"
             )
         )

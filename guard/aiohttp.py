@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
     from aiohttp.web_urldispatcher import AbstractRoute
 
+    from guard._lane import Lane
     from guard.typing import AmountLike, Provider
 
 __all__ = [
@@ -123,13 +124,35 @@ A callable that turns a guard error into a response of your own; returning
 None keeps the default one (see `problem_response`).
 """
 
-_Seen: TypeAlias = (
-    "tuple[weakref.ref[web.Application], RouteRule | None, BalanceGuard | None]"
-)
+
+class _Seen:
+    """
+    What one route needs, learnt on its first request: the app whose
+    middleware run it was learnt for, its rule, the app's guard (None: the
+    default one), and the lane of the rule's account on the guard last used.
+    """
+
+    __slots__ = ("app", "guard", "lane", "rule")
+
+    def __init__(
+        self,
+        app: weakref.ref[web.Application],
+        rule: RouteRule | None,
+        guard: BalanceGuard | None,
+    ) -> None:
+        self.app = app
+        self.rule = rule
+        self.guard = guard
+        self.lane: Lane | None = None
+
 
 _DETAIL_UNAVAILABLE = (
     "The provider balance could not be checked right now; try again later."
 )
+
+
+# What an amount function usually returns, which is never awaitable.
+_READY: Final = frozenset({int, Decimal, str, float})
 
 
 def _static_amount(value: RequestAmount) -> RequestAmount:
@@ -174,7 +197,8 @@ class RouteRule:
             return amount
         try:
             value = amount(request) if callable(amount) else amount
-            if inspect.isawaitable(value):
+            # isawaitable() asks abstract classes: slow for the usual answer.
+            if type(value) not in _READY and inspect.isawaitable(value):
                 value = await value
         except (
             LookupError,
@@ -404,19 +428,16 @@ def guard_middleware(
         active = guard or request.config_dict.get(GUARD_KEY) or get_default_guard()
         return active._track(rule.provider).digest
 
-    async def guarded(
+    async def reserved(
         request: web.Request,
         handler: Handler,
+        active: BalanceGuard,
         rule: RouteRule,
-        found: BalanceGuard | None,
+        amount: Decimal,
     ) -> web.StreamResponse:
-        active = found or get_default_guard()
-        amount = rule.amount
-        if type(amount) is not Decimal:  # fixed amounts were read at build time
-            amount = await rule.required(request)
+        # Off the lane: what ``async with active.reserve(...)`` does, without
+        # its two coroutines (the rule's amount and mode are checked).
         settle = rule.settle
-        # What ``async with active.reserve(...)`` does, without its two
-        # coroutines: the rule's amount and settle mode are already checked.
         block = _Reserve(active, rule.provider, amount, settle)
         reservation = block._enter_now() or await block._enter()
         ok = False
@@ -432,9 +453,8 @@ def guard_middleware(
         return response
 
     checked: weakref.WeakSet[web.Application] = weakref.WeakSet()
-    # What each route needs, learnt on its first request: (the app whose
-    # middleware run it was learnt for, its rule, the app's guard). One dict
-    # lookup per request; an entry per route, so bounded by the app.
+    # What each route needs, learnt on its first request. One dict lookup per
+    # request; an entry per route, so bounded by the app.
     seen: dict[AbstractRoute, _Seen] = {}
 
     def learn(request: web.Request) -> _Seen:
@@ -457,7 +477,7 @@ def guard_middleware(
         found = None
         if rule is not None:
             found = guard or request.config_dict.get(GUARD_KEY)
-        entry = (weakref.ref(app), rule, found)
+        entry = _Seen(weakref.ref(app), rule, found)
         if resource is not None:  # not a 404/405 route, made per request
             seen[route] = entry
         return entry
@@ -469,15 +489,43 @@ def guard_middleware(
     ) -> web.StreamResponse:
         rule: RouteRule | None = None
         try:
-            if rules:
-                match_info = request.match_info
-                entry = seen.get(match_info.route)
-                if entry is None or entry[0]() is not match_info.current_app:
-                    entry = learn(request)
-                rule = entry[1]
-                if rule is not None:
-                    return await guarded(request, handler, rule, entry[2])
-            return await handler(request)
+            if not rules:
+                return await handler(request)
+            match_info = request.match_info
+            entry = seen.get(match_info.route)
+            if entry is None or entry.app() is not match_info.current_app:
+                entry = learn(request)
+            rule = entry.rule
+            if rule is None:
+                return await handler(request)
+            # The guarded call, inlined: each coroutine a request passes
+            # through costs it a frame.
+            active = entry.guard or get_default_guard()
+            amount = rule.amount
+            if type(amount) is not Decimal:  # fixed amounts were read at build time
+                amount = await rule.required(request)
+            lane = entry.lane
+            if lane is None or lane.guard is not active:
+                lane = entry.lane = active._lane(rule.provider)
+            settle = rule.settle
+            fetched = lane.enter(amount, settle)
+            if fetched is None:
+                return await reserved(request, handler, active, rule, amount)
+            # On the lane (``guard/_lane.py``): held, nothing awaited.
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                # A redirect raised as an exception: a success.
+                if not lane.exit(amount, fetched, exc.status < 400, settle):
+                    await lane.forget_copy()
+                raise
+            except BaseException:
+                if not lane.exit(amount, fetched, False, settle):
+                    await lane.forget_copy()
+                raise
+            if not lane.exit(amount, fetched, response.status < 400, settle):
+                await lane.forget_copy()
+            return response
         except (InsufficientBalance, BalanceUnavailable) as exc:
             return await answer(request, exc, rule)
         except AmountError as exc:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _readme import amount_function
+from aiocache import SimpleMemoryCache
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -26,6 +27,7 @@ from guard.errors import (
     GuardError,
     ProviderAuthError,
 )
+from guard.stores import MemoryStore
 from guard.testing import Fault, Route
 
 if TYPE_CHECKING:
@@ -65,6 +67,30 @@ def make_app(provider: Provider, **options: Any) -> web.Application:
     options.setdefault("routes", {"topup": guard_route(provider, body_amount)})
     setup_guard(app, lambda: BalanceGuard(retries=0), **options)
     return app
+
+
+# How a guarded handler ends: the status the client sees, and whether the
+# call counts as a success.
+OUTCOMES = [
+    ("answer 200", 200, True),
+    ("answer 500", 500, False),
+    ("raise 302", 302, True),
+    ("raise 409", 409, False),
+    ("raise RuntimeError", 500, False),
+]
+
+
+def ended(outcome: str) -> web.Response:
+    """End a handler as *outcome* (one of `OUTCOMES`) says."""
+    if outcome == "answer 200":
+        return web.Response(text="sent")
+    if outcome == "answer 500":
+        return web.Response(status=500)
+    if outcome == "raise 302":
+        raise web.HTTPFound("/done")
+    if outcome == "raise 409":
+        raise web.HTTPConflict()
+    raise RuntimeError("the provider call broke")
 
 
 @pytest.fixture(name="oneclick")
@@ -273,16 +299,7 @@ class TestRoutes:
 
         assert 402 == (await client.post("/topup", json={"amount": 1})).status
 
-    @pytest.mark.parametrize(
-        ("outcome", "status", "ok"),
-        [
-            ("answer 200", 200, True),
-            ("answer 500", 500, False),
-            ("raise 302", 302, True),
-            ("raise 409", 409, False),
-            ("raise RuntimeError", 500, False),
-        ],
-    )
+    @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
     async def test_settled_as_the_handler_ended(
         self,
         aiohttp_client: MakeClient,
@@ -297,15 +314,7 @@ class TestRoutes:
         """
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            if outcome == "answer 200":
-                return web.Response(text="sent")
-            if outcome == "answer 500":
-                return web.Response(status=500)
-            if outcome == "raise 302":
-                raise web.HTTPFound("/done")
-            if outcome == "raise 409":
-                raise web.HTTPConflict()
-            raise RuntimeError("the provider call broke")
+            return ended(outcome)
 
         events: list[GuardEvent] = []
         app = web.Application()
@@ -322,6 +331,60 @@ class TestRoutes:
         assert status == response.status
         assert [ok] == [e.ok for e in events if e.kind == "settled"]
         assert Decimal(0) == client.app[GUARD_KEY].held(oneclick)
+
+    @pytest.mark.parametrize("copy", [False, True], ids=["in process", "copied"])
+    @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
+    async def test_warm_call_settled_as_the_handler_ended(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+        outcome: str,
+        status: int,
+        ok: bool,
+        copy: bool,
+    ) -> None:
+        """
+        On a cached balance, with ``settle="debit"``, a success debits it
+        and a failure forgets it (the next call fetches again), also when
+        the store copies balances to a cache; the hold is released either
+        way.
+        """
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return ended(request.query.get("outcome", "answer 200"))
+
+        cache = SimpleMemoryCache() if copy else None
+        app = web.Application()
+        app.router.add_post("/topup", handler, name="topup")
+        setup_guard(
+            app,
+            lambda: BalanceGuard(settle="debit", store=MemoryStore(cache=cache)),
+            routes={"topup": guard_route(oneclick, 100)},
+        )
+        client = await aiohttp_client(app)
+        start = guard_emulator.balance(oneclick)
+        assert 200 == (await client.post("/topup")).status  # fetches
+
+        response = await client.post(
+            "/topup", params={"outcome": outcome}, allow_redirects=False
+        )
+
+        assert status == response.status
+        guard = client.app[GUARD_KEY]
+        assert Decimal(0) == guard.held(oneclick)
+        assert 1 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        if cache is not None:  # a forgotten balance's copy is deleted too
+            key = guard._track(oneclick).account.key
+            assert ok == (await cache.get(key) is not None)
+        balance = await guard.balance(oneclick)
+        # The emulator's own balance does not move: the handler spends nothing.
+        if ok:
+            assert start - 200 == balance.amount
+            assert 1 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
+        else:
+            assert start == balance.amount
+            assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
 
     async def test_no_route_and_wrong_method(
         self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
