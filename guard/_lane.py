@@ -14,6 +14,7 @@ lane counts and settles is what the general path would have: the two share
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ __all__ = ["Entered", "Lane"]
 
 _running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 _new = object.__new__
 
 
@@ -70,9 +72,15 @@ class Lane:
         fetched, for `exit`. None: nothing held, the general path must run.
         """
         store = self._store
+        loops = self._loops
         if (
             store is None
-            or not self._loops.here()
+            # loops.here(), inline for asyncio's own loops
+            or (
+                loops.home._thread_id != _get_ident()  # type: ignore[union-attr]
+                if loops.native
+                else not loops.here()
+            )
             or (settle or self.guard.settle_mode) == "invalidate"
         ):
             return None
