@@ -513,7 +513,7 @@ class BalanceGuard(Reads):
         tracked = self._track(provider)
         lane = tracked.lane
         if lane is None:
-            of = getattr(self._store, "lane", None)
+            of = getattr(self._store, "_lane", None)
             lane = tracked.lane = Lane(
                 self, tracked, None if of is None else of(tracked.account)
             )

@@ -331,7 +331,7 @@ class MemoryStore:
         entry = self._current(state)
         return None if entry is None else Short(entry, state.available)
 
-    def lane(self, account: Account) -> Lane:
+    def _lane(self, account: Account) -> Lane:
         """
         *account*'s state, to hold and release on without I/O or
         allocation: what a guarded call uses on its fastest path.
