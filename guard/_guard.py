@@ -186,8 +186,7 @@ class BalanceGuard(Reads):
             session=session,
         )
         self._loops = HomeLoop()
-        # The store's I/O-free check and release, for the fast path.
-        self._hold_now = getattr(self._store, "hold_now", None)
+        # The store's I/O-free release, for settling off the lane.
         self._release_now = getattr(self._store, "release_now", None)
         self._peek = getattr(self._store, "peek", None)
         self._last_lane: tuple[object, Lane] | None = None
