@@ -5,10 +5,11 @@ checked, held and settled with no await, no I/O and nothing allocated.
 A `Lane` is one account of one guard whose store keeps balances in process
 (`guard.stores.MemoryStore`). It says no (`enter` returns None) whenever the
 general path of ``_guard.py`` has work to do: a miss, a shortage, a call from
-another event loop than the guard's, a settle that forgets the balance, or a
-hook that wants each call's ``"settled"`` event. What a call that takes the
-lane counts and settles is what the general path would have: the two share
-`BalanceGuard._end`.
+another event loop than the guard's, or a settle that forgets the balance.
+What a call that takes the lane counts and settles, and tells the hooks and
+a history that want each call's end, is what the general path would have:
+the two share `BalanceGuard._end` and `Hooks.tell_settled`; a call is timed
+only when someone listens.
 """
 
 from __future__ import annotations
