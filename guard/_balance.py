@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import attrs
 
-__all__ = ["BALANCE_SLOTS", "Balance", "Reported", "new_balance"]
+__all__ = ["Balance", "Reported", "new_balance"]
 
 
 @attrs.define(frozen=True)
@@ -39,11 +39,10 @@ class Balance:
         return (dt.datetime.now(dt.UTC) - self.fetched_at).total_seconds()
 
 
-BALANCE_SLOTS = tuple(
+_SLOTS = tuple(
     Balance.__dict__[name].__set__
     for name in ("provider", "amount", "currency", "fetched_at", "sandbox")
 )
-"""Setters of `Balance`'s slots, in the order of its fields."""
 
 
 def new_balance(
@@ -58,7 +57,7 @@ def new_balance(
     through its slots, at a third of the cost of its ``__init__``.
     """
     balance: Balance = object.__new__(Balance)
-    set_provider, set_amount, set_currency, set_fetched_at, set_sandbox = BALANCE_SLOTS
+    set_provider, set_amount, set_currency, set_fetched_at, set_sandbox = _SLOTS
     set_provider(balance, provider)
     set_amount(balance, amount)
     set_currency(balance, currency)

@@ -19,8 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ._balance import BALANCE_SLOTS as _SLOTS
-from ._balance import Balance
+from ._balance import Balance, new_balance
 
 if TYPE_CHECKING:
     from decimal import Decimal
@@ -36,7 +35,6 @@ __all__ = ["Entered", "Lane"]
 _running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
-_new = object.__new__
 
 
 class Lane:
@@ -126,21 +124,20 @@ class Lane:
     def amount(self) -> Decimal:
         """The balance now, right after `enter` held an amount on it."""
         assert self._store is not None
-        return self._store.amount()
+        return self._store.balance
 
     def balance(self, fetched: Entry) -> Balance:
         """The balance now, right after `enter` returned *fetched*."""
         tracked = self.tracked
         provider = tracked.provider
-        # new_balance(), inline: made on every `async with require_balance`.
-        balance = _new(Balance)
-        set_provider, set_amount, set_currency, set_fetched_at, set_sandbox = _SLOTS
-        set_provider(balance, provider.name)
-        set_amount(balance, self._store.balance)  # type: ignore[union-attr]
-        set_currency(balance, provider.currency)
-        set_fetched_at(balance, fetched.fetched_at)
-        set_sandbox(balance, tracked.key_type == "SANDBOX")
-        return balance
+        assert self._store is not None
+        return new_balance(
+            provider.name,
+            self._store.balance,
+            provider.currency,
+            fetched.fetched_at,
+            tracked.key_type == "SANDBOX",
+        )
 
     async def forget_copy(self) -> None:
         """Delete the cache's copy of a balance `exit` forgot."""

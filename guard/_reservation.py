@@ -101,7 +101,7 @@ class Reservation:
         self._fetched = fetched
         self._checked = checked
         self._failed = False
-        self._started = 0.0  # set by the caller if a hook wants a duration
+        self._started = lane.started()
         return self
 
     @property
@@ -207,10 +207,7 @@ class _Reserve:
         fetched = lane.enter(amount, self._settle)
         if fetched is None:
             return None
-        reservation = Reservation._on_lane(lane, amount, fetched, lane.amount())
-        if lane.hooks.settled:
-            reservation._started = lane.started()
-        return reservation
+        return Reservation._on_lane(lane, amount, fetched, lane.amount())
 
     async def _enter(self) -> Reservation:
         guard = self._guard
@@ -240,19 +237,6 @@ class _Reserve:
             raise RuntimeError("a reserve() block exited without being entered")
         # The one place that decides whether a spend succeeded.
         ok = exc_type is None and not reservation._failed
-        lane = reservation._lane
-        if lane is not None and lane.at_home():
-            # What _settle_now does on the lane, without its call.
-            assert reservation._fetched is not None
-            if not lane.exit(
-                reservation._amount,
-                reservation._fetched,
-                ok,
-                self._settle,
-                reservation._started,
-            ):
-                await lane.forget_copy()
-            return
         guard = self._guard
         if not guard._settle_now(reservation, ok, self._settle):
             await guard._settle(reservation, ok=ok, settle=self._settle)

@@ -192,10 +192,6 @@ class Lane:
         self.settled_off = add(self.settled_off, amount)
         return self.store.cache is None
 
-    def amount(self) -> Decimal:
-        """The balance now."""
-        return self.balance
-
     async def forget_copy(self, account: Account) -> None:
         """Delete the cache's copy of *account*'s balance."""
         await self.store._delete(account)
