@@ -16,6 +16,7 @@ from guard.aiohttp import (
     GUARD_KEY,
     INSUFFICIENT_BALANCE_TYPE,
     PROBLEM_CONTENT_TYPE,
+    ProblemHandler,
     guard_middleware,
     guard_route,
     problem_response,
@@ -31,7 +32,7 @@ from guard.stores import MemoryStore
 from guard.testing import Fault, Route
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from aiohttp.test_utils import TestClient
 
@@ -48,7 +49,45 @@ async def body_amount(request: web.Request) -> Any:
     return (await request.json())["amount"]
 
 
-def make_app(provider: Provider, **options: Any) -> web.Application:
+FORMS = ["setup_guard", "guard_middleware"]
+
+
+@pytest.fixture(name="form", params=FORMS)
+def _form(request: pytest.FixtureRequest) -> str:
+    """How an app is guarded: see `guard_app`."""
+    form: str = request.param
+    return form
+
+
+def guard_app(
+    form: str,
+    app: web.Application,
+    guard: BalanceGuard | Callable[[], BalanceGuard] | None = None,
+    **options: Any,
+) -> None:
+    """
+    Guard *app* as *form* says: with setup_guard, which wraps the route
+    handlers; or with guard_middleware, the app's guard kept under GUARD_KEY
+    by a context of the app's own.
+    """
+    if form == "setup_guard":
+        setup_guard(app, guard, **options)
+        assert not app.middlewares
+        return
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        made = guard if isinstance(guard, BalanceGuard) else (guard or BalanceGuard)()
+        app[GUARD_KEY] = made
+        async with made:
+            yield
+
+    app.cleanup_ctx.append(context)
+    app.middlewares.append(guard_middleware(**options))
+
+
+def make_app(
+    provider: Provider, form: str = "setup_guard", **options: Any
+) -> web.Application:
     """A reseller app: POST /topup spends, GET /health does not."""
     app = web.Application()
     app[SEEN] = []
@@ -65,7 +104,7 @@ def make_app(provider: Provider, **options: Any) -> web.Application:
     app.router.add_post("/topup", topup, name="topup")
     app.router.add_get("/health", health, name="health")
     options.setdefault("routes", {"topup": guard_route(provider, body_amount)})
-    setup_guard(app, lambda: BalanceGuard(retries=0), **options)
+    guard_app(form, app, lambda: BalanceGuard(retries=0), **options)
     return app
 
 
@@ -100,10 +139,10 @@ def _oneclick(guard_emulator: GuardEmulator) -> Provider:
 
 class TestRoutes:
     async def test_accepted(
-        self, aiohttp_client: MakeClient, oneclick: Provider
+        self, form: str, aiohttp_client: MakeClient, oneclick: Provider
     ) -> None:
         """A covered amount reaches the handler, which can read the body again."""
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.post("/topup", json={"amount": 500})
 
@@ -113,13 +152,14 @@ class TestRoutes:
 
     async def test_refused_402(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
     ) -> None:
         """An amount the balance cannot cover is answered 402 problem+json."""
         guard_emulator.set_balance(oneclick, "120.50")
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.post("/topup", json={"amount": 500})
 
@@ -137,10 +177,14 @@ class TestRoutes:
         assert [] == client.app[SEEN]
 
     async def test_unguarded_route(
-        self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: Any,
     ) -> None:
         """A route without a rule runs without a balance check."""
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.get("/health")
 
@@ -149,13 +193,16 @@ class TestRoutes:
 
     async def test_settled_after_each_call(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
     ) -> None:
         """Each guarded call invalidates the cached balance and releases its hold."""
         rule = guard_route(oneclick, body_amount, settle="invalidate")
-        client = await aiohttp_client(make_app(oneclick, routes={"topup": rule}))
+        client = await aiohttp_client(
+            make_app(oneclick, form=form, routes={"topup": rule})
+        )
 
         for _ in range(2):
             assert 200 == (await client.post("/topup", json={"amount": 1})).status
@@ -168,7 +215,12 @@ class TestRoutes:
         [("/topup/250?fee=5", 200), ("/topup/9990?fee=11", 402)],
     )
     async def test_amount_from_match_info_and_query(
-        self, aiohttp_client: MakeClient, oneclick: Provider, path: str, expected: int
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        path: str,
+        expected: int,
     ) -> None:
         """A sync amount function may read match info and query."""
 
@@ -180,17 +232,21 @@ class TestRoutes:
 
         app = web.Application()
         app.router.add_post("/topup/{amount}", handler, name="topup")
-        setup_guard(app, routes={"topup": guard_route(oneclick, amount)})
+        guard_app(form, app, routes={"topup": guard_route(oneclick, amount)})
         client = await aiohttp_client(app)
 
         assert expected == (await client.post(path)).status
 
     @pytest.mark.parametrize("amount", ["-5", "lots", True])
     async def test_bad_amount_400(
-        self, aiohttp_client: MakeClient, oneclick: Provider, amount: object
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        amount: object,
     ) -> None:
         """An amount the client got wrong is answered 400 problem+json."""
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.post("/topup", json={"amount": amount})
 
@@ -204,10 +260,14 @@ class TestRoutes:
         ids=["not-json", "missing", "list", "not-utf8"],
     )
     async def test_unreadable_amount_400(
-        self, aiohttp_client: MakeClient, oneclick: Provider, body: bytes
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        body: bytes,
     ) -> None:
         """An amount function that cannot read the request gives 400, not 500."""
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.post(
             "/topup", data=body, headers={"Content-Type": "application/json"}
@@ -291,10 +351,12 @@ class TestRoutes:
             await runner.cleanup()
 
     async def test_fixed_amount(
-        self, aiohttp_client: MakeClient, oneclick: Provider
+        self, form: str, aiohttp_client: MakeClient, oneclick: Provider
     ) -> None:
         """A rule may carry a fixed amount."""
-        app = make_app(oneclick, routes={"topup": guard_route(oneclick, "10001")})
+        app = make_app(
+            oneclick, form=form, routes={"topup": guard_route(oneclick, "10001")}
+        )
         client = await aiohttp_client(app)
 
         assert 402 == (await client.post("/topup", json={"amount": 1})).status
@@ -302,6 +364,7 @@ class TestRoutes:
     @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
     async def test_settled_as_the_handler_ended(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         outcome: str,
@@ -319,7 +382,8 @@ class TestRoutes:
         events: list[GuardEvent] = []
         app = web.Application()
         app.router.add_post("/topup", handler, name="topup")
-        setup_guard(
+        guard_app(
+            form,
             app,
             lambda: BalanceGuard(settle="debit", hooks=[events.append]),
             routes={"topup": guard_route(oneclick, 100)},
@@ -336,6 +400,7 @@ class TestRoutes:
     @pytest.mark.parametrize(("outcome", "status", "ok"), OUTCOMES)
     async def test_warm_call_settled_as_the_handler_ended(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
@@ -357,7 +422,8 @@ class TestRoutes:
         cache = SimpleMemoryCache() if copy else None
         app = web.Application()
         app.router.add_post("/topup", handler, name="topup")
-        setup_guard(
+        guard_app(
+            form,
             app,
             lambda: BalanceGuard(settle="debit", store=MemoryStore(cache=cache)),
             routes={"topup": guard_route(oneclick, 100)},
@@ -387,10 +453,14 @@ class TestRoutes:
             assert 2 == guard_emulator.count(Route.ONECLICKDZ_BALANCE)
 
     async def test_no_route_and_wrong_method(
-        self, aiohttp_client: MakeClient, oneclick: Provider, guard_emulator: Any
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: Any,
     ) -> None:
         """404 and 405 stay so with rules configured, and check no balance."""
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         for _ in range(2):
             assert 404 == (await client.post("/nowhere")).status
@@ -413,6 +483,7 @@ class TestRoutes:
 class TestUnavailable:
     async def test_503_with_provider_retry_after(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
@@ -422,7 +493,7 @@ class TestUnavailable:
             Route.ONECLICKDZ_BALANCE,
             Fault.oneclickdz(429, "RATE_LIMIT_EXCEEDED", retry_after=7),
         )
-        client = await aiohttp_client(make_app(oneclick))
+        client = await aiohttp_client(make_app(oneclick, form=form))
 
         response = await client.post("/topup", json={"amount": 1})
 
@@ -435,13 +506,14 @@ class TestUnavailable:
 
     async def test_503_default_retry_after(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
     ) -> None:
         """Without a hint from the provider, Retry-After is the configured one."""
         guard_emulator.fail(Route.ONECLICKDZ_BALANCE, Fault.html(502))
-        client = await aiohttp_client(make_app(oneclick, retry_after=11))
+        client = await aiohttp_client(make_app(oneclick, form=form, retry_after=11))
 
         response = await client.post("/topup", json={"amount": 1})
 
@@ -449,11 +521,11 @@ class TestUnavailable:
         assert "11" == response.headers["Retry-After"]
 
     async def test_auth_error_leaks_no_secret(
-        self, aiohttp_client: MakeClient, guard_emulator: GuardEmulator
+        self, form: str, aiohttp_client: MakeClient, guard_emulator: GuardEmulator
     ) -> None:
         """Refused credentials give 503 without the key or the reason."""
         wrong = guard_emulator.emulator.oneclickdz("not-the-key-s3cr3t")
-        client = await aiohttp_client(make_app(wrong))
+        client = await aiohttp_client(make_app(wrong, form=form))
 
         response = await client.post("/topup", json={"amount": 1})
 
@@ -467,6 +539,7 @@ class TestUnavailable:
 class TestHandlers:
     async def test_require_balance_on_a_handler(
         self,
+        form: str,
         aiohttp_client: MakeClient,
         oneclick: Provider,
         guard_emulator: GuardEmulator,
@@ -477,7 +550,8 @@ class TestHandlers:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(text="sent")
 
-        app = web.Application(middlewares=[guard_middleware()])
+        app = web.Application()
+        guard_app(form, app)
         app.router.add_post("/send", handler)
         client = await aiohttp_client(app)
 
@@ -488,7 +562,11 @@ class TestHandlers:
 
     @pytest.mark.parametrize("amount", ["-1", "abc"])
     async def test_require_balance_on_a_handler_bad_amount(
-        self, aiohttp_client: MakeClient, oneclick: Provider, amount: str
+        self,
+        form: str,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        amount: str,
     ) -> None:
         """A decorated handler's amount the client got wrong is answered 400."""
 
@@ -496,7 +574,8 @@ class TestHandlers:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(text="sent")
 
-        app = web.Application(middlewares=[guard_middleware()])
+        app = web.Application()
+        guard_app(form, app)
         app.router.add_post("/send/{amount}", handler)
         client = await aiohttp_client(app)
 
@@ -506,7 +585,7 @@ class TestHandlers:
         assert PROBLEM_CONTENT_TYPE == response.content_type
 
     async def test_handler_value_error_stays_500(
-        self, aiohttp_client: MakeClient, oneclick: Provider
+        self, form: str, aiohttp_client: MakeClient, oneclick: Provider
     ) -> None:
         """A decorated handler's own ValueError is not taken for a bad amount."""
 
@@ -514,14 +593,15 @@ class TestHandlers:
         async def handler(request: web.Request) -> web.Response:
             raise ValueError("the handler's own bug")
 
-        app = web.Application(middlewares=[guard_middleware()])
+        app = web.Application()
+        guard_app(form, app)
         app.router.add_post("/send", handler)
         client = await aiohttp_client(app)
 
         assert 500 == (await client.post("/send")).status
 
     async def test_error_raised_deep_in_a_handler(
-        self, aiohttp_client: MakeClient
+        self, form: str, aiohttp_client: MakeClient
     ) -> None:
         """InsufficientBalance raised anywhere in a handler becomes 402."""
 
@@ -533,7 +613,8 @@ class TestHandlers:
                 currency="credits",
             )
 
-        app = web.Application(middlewares=[guard_middleware()])
+        app = web.Application()
+        guard_app(form, app)
         app.router.add_get("/", handler)
         client = await aiohttp_client(app)
 
@@ -542,7 +623,9 @@ class TestHandlers:
         assert "1.10" == body["required"]
         assert "available" not in body
 
-    async def test_problem_override(self, aiohttp_client: MakeClient) -> None:
+    async def test_problem_override(
+        self, form: str, aiohttp_client: MakeClient
+    ) -> None:
         """A problem callable replaces the answer; returning None keeps it."""
 
         def problem(request: web.Request, exc: GuardError) -> web.Response | None:
@@ -558,7 +641,8 @@ class TestHandlers:
         async def down(request: web.Request) -> web.Response:
             raise BalanceUnavailable("down", provider="x", retry_after=2.5)
 
-        app = web.Application(middlewares=[guard_middleware(problem=problem)])
+        app = web.Application()
+        guard_app(form, app, problem=problem)
         app.router.add_get("/short", short)
         app.router.add_get("/down", down)
         client = await aiohttp_client(app)
@@ -623,6 +707,80 @@ class TestSetup:
             guard_middleware(retry_after=-1)
         with pytest.raises(TypeError, match="guard"):
             setup_guard(web.Application(), "guard")  # type: ignore[arg-type]
+
+    async def test_handlers_wrapped_not_a_middleware(
+        self, aiohttp_client: MakeClient, oneclick: Provider
+    ) -> None:
+        """
+        setup_guard installs no middleware (any one costs every request),
+        yet answers guard errors from every route, sub-applications' too.
+        """
+
+        async def short(request: web.Request) -> web.Response:
+            raise InsufficientBalance(
+                provider="x", required=Decimal(2), available=Decimal(1), currency="DZD"
+            )
+
+        parent, sub = web.Application(), web.Application()
+        parent.router.add_get("/short", short)
+        sub.router.add_get("/short", short)
+        parent.add_subapp("/sub", sub)
+        setup_guard(parent)
+        client = await aiohttp_client(parent)
+
+        assert [] == [*parent.middlewares, *sub.middlewares]
+        assert 402 == (await client.get("/short")).status
+        assert 402 == (await client.get("/sub/short")).status
+
+    async def test_the_nearest_setup_answers(self, aiohttp_client: MakeClient) -> None:
+        """
+        With setup_guard on an app and on its sub-application, a route's
+        errors are answered by its own app's, as middlewares would.
+        """
+
+        def answering(status: int) -> ProblemHandler:
+            def problem(request: web.Request, exc: GuardError) -> web.Response:
+                return web.Response(status=status)
+
+            return problem
+
+        async def down(request: web.Request) -> web.Response:
+            raise BalanceUnavailable("down", provider="x")
+
+        parent, sub = web.Application(), web.Application()
+        parent.router.add_get("/down", down)
+        sub.router.add_get("/down", down)
+        setup_guard(sub, problem=answering(418))
+        parent.add_subapp("/sub", sub)
+        setup_guard(parent, problem=answering(409))
+
+        client = await aiohttp_client(parent)
+
+        assert 409 == (await client.get("/down")).status
+        assert 418 == (await client.get("/sub/down")).status
+
+    async def test_class_based_view(
+        self,
+        aiohttp_client: MakeClient,
+        oneclick: Provider,
+        guard_emulator: GuardEmulator,
+    ) -> None:
+        """A rule guards a route served by a class-based view."""
+        guard_emulator.set_balance(oneclick, 500)
+
+        class TopUp(web.View):
+            async def post(self) -> web.Response:
+                return web.Response(text="sent")
+
+        app = web.Application()
+        app.router.add_view("/topup", TopUp, name="topup")
+        setup_guard(app, routes={"topup": guard_route(oneclick, 600)})
+        client = await aiohttp_client(app)
+
+        assert 402 == (await client.post("/topup")).status
+        guard_emulator.set_balance(oneclick, 1000)
+        await client.app[GUARD_KEY].invalidate(oneclick)
+        assert 200 == (await client.post("/topup")).status
 
     async def test_handler_spends_on_the_emulator(
         self,
