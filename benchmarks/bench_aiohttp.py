@@ -28,8 +28,9 @@ the app's process but answers from memory, and only when asked (on the
 first request, and with ``"refresh"`` at most once per ``refresh_interval``
 after a settle); the run prints how many balances each app fetched.
 
-(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration. The
-    runs alternate: two guarded apps, then the plain app, and so on, each
+(a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration, wrk
+    and the servers each on a CPU of their own (``taskset``, where there
+    are two), so that they do not take turns on one. The runs alternate: two guarded apps, then the plain app, and so on, each
     round loading every guarded app once in a rotated order; a guarded
     app's ratio in a run is its requests/second over the mean of the plain
     app's runs right before and after it, so that load from other
@@ -201,15 +202,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cores() -> tuple[list[str], list[str]]:
+    """
+    The command prefixes that run the servers and wrk each on its own CPU,
+    the first two this process may use, so that the load generator and the
+    server it loads do not take turns on one core; empty where that cannot
+    be done (fewer than two CPUs, no ``taskset``).
+    """
+    taskset = shutil.which("taskset")
+    if taskset is None or not hasattr(os, "sched_getaffinity"):
+        return [], []
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return [], []
+    return [taskset, "-c", str(allowed[0])], [taskset, "-c", str(allowed[1])]
+
+
 class Server:
     """
-    One app served by a child process.
+    One app served by a child process, its command prefixed by *pin*.
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, pin: Sequence[str] = ()) -> None:
         self.mode = mode
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, __file__, "--serve", mode],
+            [*pin, sys.executable, __file__, "--serve", mode],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -236,13 +253,22 @@ class Server:
                     ) from exc
                 time.sleep(0.05)
 
-    def load(self, wrk: str, duration: int) -> Run:
+    def load(self, wrk: str, duration: int, pin: Sequence[str] = ()) -> Run:
         """
-        Load the app with wrk for *duration* seconds.
+        Load the app with wrk for *duration* seconds, its command prefixed
+        by *pin*.
         """
         cpu_before = cpu_seconds(self.proc.pid)
         out = subprocess.run(  # noqa: S603
-            [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", self.url],
+            [
+                *pin,
+                wrk,
+                "-t1",
+                f"-c{CONNECTIONS}",
+                f"-d{duration}s",
+                "--latency",
+                self.url,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -320,7 +346,8 @@ def load(rounds: int, duration: int, modes: Sequence[str]) -> dict[str, Figures]
     processes, which drifts over seconds, cancels out.
     """
     wrk = find_wrk()
-    servers = {mode: Server(mode) for mode in modes}
+    server_pin, wrk_pin = cores()
+    servers = {mode: Server(mode, server_pin) for mode in modes}
     runs: dict[str, list[Run]] = {mode: [] for mode in modes}
     ratios: dict[str, list[float]] = {mode: [] for mode in modes}
     cpu_ratios: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -330,7 +357,7 @@ def load(rounds: int, duration: int, modes: Sequence[str]) -> dict[str, Figures]
         for server in servers.values():
             server.ready(deadline)
         order = plan(rounds, modes)
-        done = [(mode, servers[mode].load(wrk, duration)) for mode in order]
+        done = [(mode, servers[mode].load(wrk, duration, wrk_pin)) for mode in order]
     finally:
         for mode, server in servers.items():
             fetches[mode] = server.stop()
@@ -427,10 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     calls, repeats = (2_000, 5) if args.quick else (10_000, 9)
 
     find_wrk()
+    server_pin, wrk_pin = cores()
     print(
         f"Python {platform.python_version()}, {platform.machine()}; "
         f"wrk -t1 -c{CONNECTIONS} -d{duration}s --latency, {rounds} rounds "
-        "interleaved"
+        "interleaved; "
+        + (
+            f"servers on CPU {server_pin[-1]}, wrk on CPU {wrk_pin[-1]}"
+            if server_pin
+            else "servers and wrk not pinned to CPUs"
+        )
     )
     # --quick leaves the reference app out of the wrk runs: CI's time.
     modes = [mode for mode in MODES if not (args.quick and mode == REFERENCE)]
