@@ -7,6 +7,7 @@ a fixture of the same name that takes this one and adds them.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -19,6 +20,16 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from _redis_server import ClusterServers, SentinelServers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts a background command with SIGINT
+    # ignored, and a child process inherits that: Ctrl+C, as the tests send
+    # it to `guard emulator` and `guard watch`, would then be lost. Python's
+    # own handler is reset to the default in a child, which then gets its
+    # KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(name="provider")
