@@ -30,8 +30,9 @@ after a settle); the run prints how many balances each app fetched.
 
 (a) ``wrk -t1 -c50 --latency`` loads each app for a fixed duration, wrk
     and the servers each on a CPU of their own (``taskset``, where there
-    are two), so that they do not take turns on one. The runs alternate: two guarded apps, then the plain app, and so on, each
-    round loading every guarded app once in a rotated order; a guarded
+    are two), so that they do not take turns on one. The runs alternate:
+    two guarded apps, then the plain app, and so on, each round loading
+    every guarded app once in a rotated order; a guarded
     app's ratio in a run is its requests/second over the mean of the plain
     app's runs right before and after it, so that load from other
     processes, which drifts over seconds, cancels out. Printed: each app's
