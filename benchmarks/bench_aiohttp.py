@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import itertools
 import os
@@ -405,7 +406,7 @@ async def dispatch_loops(calls: int, repeats: int) -> tuple[dict[str, float], fl
             await runner.setup()  # runs setup_guard's startup
             runners.append(runner)
             request = make_mocked_request("GET", "/", app=app)
-            loops[mode] = lambda app=app, request=request: app._handle(request)
+            loops[mode] = functools.partial(app._handle, request)
         request = make_mocked_request("GET", "/")
         loops["handler"] = lambda: hello(request)
         for run in loops.values():
