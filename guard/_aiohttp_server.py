@@ -12,6 +12,7 @@ work as a middleware, for apps that compose their own list.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from decimal import Decimal
@@ -343,6 +344,9 @@ def _wrap_routes(
             if rule is None
             else _guarded(original, rule, answers, guard)
         )
+        # Name, docstring and __wrapped__ of the handler: for tools that read
+        # them off the route (API docs, tracebacks, inspect.unwrap).
+        functools.update_wrapper(wrapper, original, updated=())
         # aiohttp has no public setter for a route's handler: the attribute
         # is set directly, as other aiohttp integrations do.
         route._handler = wrapper

@@ -729,6 +729,10 @@ class TestSetup:
         client = await aiohttp_client(parent)
 
         assert [] == [*parent.middlewares, *sub.middlewares]
+        # What tools read off a route's handler is the handler's.
+        for app in (parent, sub):
+            handler = next(iter(app.router.routes())).handler
+            assert ("short", short) == (handler.__name__, handler.__wrapped__)  # type: ignore[attr-defined]
         assert 402 == (await client.get("/short")).status
         assert 402 == (await client.get("/sub/short")).status
 
