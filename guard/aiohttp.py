@@ -1,5 +1,6 @@
 """
-guard for aiohttp: server middleware, route rules, and client middleware.
+guard for aiohttp: guarded routes, answers to guard errors, and the client
+middleware.
 
 Server side::
 
@@ -12,9 +13,11 @@ Server side::
         routes={"topup": guard_route(oneclick, amount=topup_amount)},
     )
 
-`InsufficientBalance` raised while handling a request becomes ``402`` and
-`BalanceUnavailable` ``503`` with ``Retry-After``, both as RFC 9457
-``application/problem+json``. Client side, see `guard_client_middleware`.
+`setup_guard` wraps the app's route handlers when it starts (no middleware,
+see `guard_middleware` for one): `InsufficientBalance` raised while handling
+a request becomes ``402`` and `BalanceUnavailable` ``503`` with
+``Retry-After``, both as RFC 9457 ``application/problem+json``. Client side,
+see `guard_client_middleware`.
 """
 
 from __future__ import annotations
