@@ -3,9 +3,8 @@ The guarded call: ``reserve()`` = check -> hold -> run -> settle.
 
 `BalanceGuard.reserve` is the one primitive; `guard.require_balance` (all
 its forms), the aiohttp guarded routes and the client middleware are
-layers over it. Fetching lives
-in ``_fetch.py``, event-loop binding in ``_loops.py``, balances and holds in
-the store (``guard.stores``).
+layers over it. Fetching lives in ``_fetch.py``, event-loop binding in
+``_loops.py``, balances and holds in the store (``guard.stores``).
 """
 
 from __future__ import annotations
