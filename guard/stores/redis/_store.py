@@ -34,7 +34,8 @@ from ._scripts import (
     floor_units,
     keys_of,
 )
-from ._wire import Wire, target_of
+from ._target import target_of
+from ._wire import Wire
 
 if TYPE_CHECKING:
     from decimal import Decimal
