@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 from aiohttp import web
+from aiohttp.abc import AbstractView
 
 from guard._aiohttp_problems import (
     Answers,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         Awaitable,
         Callable,
         Coroutine,
+        Generator,
         Mapping,
     )
 
@@ -290,7 +292,25 @@ class _Wrapped:
     """A route handler `setup_guard` wrapped, and the wrapper."""
 
     original: Handler
-    wrapper: _Wrapper
+    wrapper: _Wrapper | type[AbstractView]
+
+
+def _view(view: type[AbstractView], wrapper: _Wrapper) -> type[AbstractView]:
+    """
+    A class-based *view* run through *wrapper*, as a subclass of it: what
+    reads the route's handler at request time (aiohttp-cors asks whether it
+    is a view) still finds one.
+    """
+
+    class Wrapped(view):  # type: ignore[valid-type,misc]
+        def __await__(self) -> Generator[None, None, web.StreamResponse]:
+            # *wrapper* runs *view* on the request: one instance each.
+            return wrapper(self.request).__await__()
+
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(Wrapped, name, getattr(view, name))
+    Wrapped.__wrapped__ = view
+    return Wrapped
 
 
 # Routes as setup_guard left them. Weak: an app's routes go with the app.
@@ -347,10 +367,13 @@ def _wrap_routes(
         # Name, docstring and __wrapped__ of the handler: for tools that read
         # them off the route (API docs, tracebacks, inspect.unwrap).
         functools.update_wrapper(wrapper, original, updated=())
+        handler: _Wrapper | type[AbstractView] = wrapper
+        if isinstance(original, type) and issubclass(original, AbstractView):
+            handler = _view(original, wrapper)
         # aiohttp has no public setter for a route's handler: the attribute
         # is set directly, as other aiohttp integrations do.
-        route._handler = wrapper
-        _wrapped[route] = _Wrapped(original, wrapper)
+        route._handler = handler
+        _wrapped[route] = _Wrapped(original, handler)
 
 
 def setup_guard(

@@ -769,15 +769,29 @@ class TestSetup:
         oneclick: Provider,
         guard_emulator: GuardEmulator,
     ) -> None:
-        """A rule guards a route served by a class-based view."""
+        """
+        A rule guards a route served by a class-based view, and a view's own
+        guard errors are answered; the route's handler is still a view of
+        that class, for what asks at request time (aiohttp-cors does).
+        """
         guard_emulator.set_balance(oneclick, 500)
 
         class TopUp(web.View):
             async def post(self) -> web.Response:
                 return web.Response(text="sent")
 
+        class Short(web.View):
+            async def get(self) -> web.Response:
+                raise InsufficientBalance(
+                    provider="x",
+                    required=Decimal(2),
+                    available=Decimal(1),
+                    currency="DZD",
+                )
+
         app = web.Application()
         app.router.add_view("/topup", TopUp, name="topup")
+        app.router.add_view("/short", Short)
         setup_guard(app, routes={"topup": guard_route(oneclick, 600)})
         client = await aiohttp_client(app)
 
@@ -785,6 +799,15 @@ class TestSetup:
         guard_emulator.set_balance(oneclick, 1000)
         await client.app[GUARD_KEY].invalidate(oneclick)
         assert 200 == (await client.post("/topup")).status
+        assert 405 == (await client.get("/topup")).status
+        assert 402 == (await client.get("/short")).status
+        handlers = {route.resource.name: route.handler for route in app.router.routes()}  # type: ignore[union-attr]
+        assert handlers["topup"] is not TopUp
+        assert issubclass(handlers["topup"], TopUp)  # type: ignore[arg-type]
+        assert ("TopUp", TopUp) == (
+            handlers["topup"].__name__,
+            handlers["topup"].__wrapped__,  # type: ignore[union-attr]
+        )
 
     async def test_handler_spends_on_the_emulator(
         self,
