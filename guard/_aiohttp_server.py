@@ -348,17 +348,14 @@ def _wrap_routes(
     handler: a sub-application starts after its parent, so a route's
     errors are answered by the nearest app's setup, as its middleware would.
     """
-    named = app.router.named_resources()
     for route, owner in _routes(app):
         original = route.handler
         before = _wrapped.get(route)
         if before is not None and before.wrapper is original:
             original = before.original
-        rule = None
-        if owner is app and route.resource is not None:
-            name = route.resource.name
-            if name is not None and named.get(name) is route.resource:
-                rule = rules.get(name)
+        # A route of *app*'s own, so its name is one of *app*'s names.
+        name = route.name if owner is app else None
+        rule = rules.get(name) if name else None
         wrapper = (
             _answering(original, answers)
             if rule is None
@@ -523,11 +520,9 @@ def guard_middleware(
         route = match_info.route
         resource = route.resource
         name = resource.name if resource is not None else None
-        rule = rules.get(name) if name else None
-        if rule is not None and app.router.named_resources().get(name or "") is not (
-            resource
-        ):
-            rule = None
+        rule = None
+        if name and app.router.named_resources().get(name) is resource:
+            rule = rules.get(name)
         wrapper = (
             _answering(handler, answers)
             if rule is None
